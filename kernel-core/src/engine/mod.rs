@@ -1,0 +1,348 @@
+//! The arch-neutral probe engine, in the shape of Linux `kernel/kprobes.c`
+//! plus uprobes: the probe table (address → probes), the hit state machine
+//! (hit → handlers → out-of-line step or simulation → post handlers),
+//! per-thread out-of-line state, and clean detach.
+//!
+//! Everything happens on the caller's thread: `run` waits for the next stop
+//! of any traced thread, handles it and lets the thread go. Probe handlers
+//! are a [`Sink`]: the engine hands it each hit while the thread is still
+//! stopped, with the registers and captures read at that moment.
+
+pub mod capture;
+mod resolve;
+mod run;
+pub mod xol;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
+
+use crate::arch::native::{Prepared, Regs, Slot};
+use crate::spec::ProbeSpec;
+use crate::symbols::ElfCache;
+use crate::target::{SigInfo, Stop, Target, TargetError, Tid};
+
+pub use capture::Value;
+use xol::Area;
+
+/// A probe's handle, unique in one engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeId(pub u32);
+
+/// Which moment of a hit an event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HitKind {
+    /// Before the probed instruction ran.
+    Entry,
+    /// After it ran (probes created with `post`).
+    Post,
+}
+
+/// One probe hit, handed to the [`Sink`] while the thread is stopped.
+pub struct Hit<'a> {
+    pub probe: ProbeId,
+    pub kind: HitKind,
+    pub pid: Tid,
+    pub tid: Tid,
+    /// CLOCK_MONOTONIC, nanoseconds.
+    pub time_ns: u64,
+    /// The probed address in the process.
+    pub addr: u64,
+    /// The registers; for entry events `rip` is the probed address.
+    pub regs: &'a Regs,
+    /// The probe's captures, by name, in the order of the spec.
+    pub captures: &'a [(String, Value)],
+}
+
+/// What the engine tells its user besides hits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The probe's breakpoint is in place in this process.
+    Armed {
+        probe: ProbeId,
+        pid: Tid,
+        addr: u64,
+        location: String,
+    },
+    /// The probe's module is not mapped yet; it is armed when it is.
+    Pending {
+        probe: ProbeId,
+        pid: Tid,
+        reason: String,
+    },
+    /// The probe cannot be placed in this process (found when a library
+    /// was mapped); nothing was written.
+    Refused {
+        probe: ProbeId,
+        pid: Tid,
+        reason: String,
+    },
+    /// The probed code went away (exec, library unmapped).
+    Gone {
+        probe: ProbeId,
+        pid: Tid,
+        reason: String,
+    },
+    /// A process ended.
+    Exited {
+        pid: Tid,
+        status: ExitStatus,
+    },
+    Warning(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Receives hits and notices.
+pub trait Sink {
+    fn hit(&mut self, hit: &Hit<'_>);
+    fn notice(&mut self, notice: &Notice);
+}
+
+/// Counters of one probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeStats {
+    pub hits: u64,
+    /// Hits whose handlers could not run.
+    pub nmissed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Symbol(#[from] crate::symbols::SymbolError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
+    #[error("no probe {0}")]
+    NoProbe(u32),
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+struct Probe {
+    spec: ProbeSpec,
+    text: String,
+    enabled: bool,
+    stats: ProbeStats,
+    /// Where it is armed, per process.
+    placed: HashMap<Tid, u64>,
+}
+
+/// Why the engine has a breakpoint of its own somewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Internal {
+    /// The dynamic linker's debugger hook (`r_debug.r_brk`).
+    LinkerHook { r_debug: u64 },
+}
+
+/// One probed address in one process.
+struct Site {
+    prepared: Prepared,
+    probes: Vec<ProbeId>,
+    internal: Option<Internal>,
+    /// Whether the breakpoint byte is in memory now.
+    armed: bool,
+    slot: Option<(u64, Slot)>,
+    /// Module path and symbol, for messages.
+    location: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InSlot {
+    site: u64,
+    slot_addr: u64,
+    saved_scratch: Option<u64>,
+    /// A signal arrived before the copy ran; it is delivered once the
+    /// copy has been single-stepped.
+    stepping_for_signal: bool,
+}
+
+struct Thread {
+    pid: Tid,
+    /// In a ptrace-stop the engine has not yet resumed.
+    stopped: bool,
+    in_slot: Option<InSlot>,
+    /// Signals to deliver at the next resume, with their siginfo.
+    pending: Vec<SigInfo>,
+}
+
+struct Process {
+    sites: BTreeMap<u64, Site>,
+    areas: Vec<Area>,
+    /// Slot address → site address.
+    slots: BTreeMap<u64, u64>,
+    /// Addresses whose breakpoint was removed or disarmed: a thread that
+    /// trapped there before it was taken away is rewound.
+    lifted: HashSet<u64>,
+    /// `syscall` bytes usable before any area exists.
+    syscall_bytes: Option<u64>,
+    /// Maps seen at the last rescan, to skip work when nothing changed.
+    maps_seen: Vec<(u64, u64, u64)>,
+    /// Whether the dynamic linker has finished loading the initial
+    /// libraries (until then a soname that is not mapped is not an error).
+    startup_done: bool,
+    /// A `vfork` child sharing this address space, until it execs.
+    vfork_children: HashSet<Tid>,
+    /// Probes found impossible in this process (not tried again).
+    refused: HashSet<ProbeId>,
+    /// Probes already reported as pending here.
+    pending_noted: HashSet<ProbeId>,
+}
+
+/// The probe engine over one backend.
+pub struct Engine<T: Target> {
+    target: T,
+    probes: BTreeMap<ProbeId, Probe>,
+    next_id: u32,
+    processes: HashMap<Tid, Process>,
+    threads: HashMap<Tid, Thread>,
+    /// Stops collected while waiting for one thread, handled next.
+    deferred: VecDeque<Stop>,
+    /// Stops of threads not known yet (a new thread's first stop can come
+    /// before its creator's clone event).
+    orphans: HashMap<Tid, Stop>,
+    elf: ElfCache,
+    exits: Vec<(Tid, ExitStatus)>,
+    /// Refusals found while running (a library mapped later): the user
+    /// asked for a probe that cannot be placed.
+    refusals: Vec<String>,
+}
+
+/// Why `run` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every traced process is gone.
+    AllExited,
+    /// The stop flag was raised.
+    Stopped,
+    /// A probe was refused while the program was starting (its library
+    /// was mapped and the probe cannot be placed there).
+    Refused,
+}
+
+impl<T: Target> Engine<T> {
+    pub fn new(target: T) -> Self {
+        Engine {
+            target,
+            probes: BTreeMap::new(),
+            next_id: 1,
+            processes: HashMap::new(),
+            threads: HashMap::new(),
+            deferred: VecDeque::new(),
+            orphans: HashMap::new(),
+            elf: ElfCache::new(),
+            exits: Vec::new(),
+            refusals: Vec::new(),
+        }
+    }
+
+    pub fn target_mut(&mut self) -> &mut T {
+        &mut self.target
+    }
+
+    /// The processes traced now.
+    pub fn pids(&self) -> Vec<Tid> {
+        let mut v: Vec<Tid> = self.processes.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// How each traced process that ended, ended.
+    pub fn exits(&self) -> &[(Tid, ExitStatus)] {
+        &self.exits
+    }
+
+    /// Refusals found after start (probes on libraries mapped later).
+    pub fn refusals(&self) -> &[String] {
+        &self.refusals
+    }
+
+    pub fn probe_ids(&self) -> Vec<ProbeId> {
+        self.probes.keys().copied().collect()
+    }
+
+    pub fn probe_text(&self, id: ProbeId) -> Option<&str> {
+        self.probes.get(&id).map(|p| p.text.as_str())
+    }
+
+    pub fn stats(&self, id: ProbeId) -> Option<ProbeStats> {
+        self.probes.get(&id).map(|p| p.stats.clone())
+    }
+
+    /// Where the probe is armed, per process.
+    pub fn placements(&self, id: ProbeId) -> Vec<(Tid, u64)> {
+        let mut v: Vec<(Tid, u64)> = self
+            .probes
+            .get(&id)
+            .map(|p| p.placed.iter().map(|(&a, &b)| (a, b)).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
+    /// The original bytes of every armed site of `pid` (what its memory
+    /// holds when no probe is armed), for checks.
+    pub fn armed_sites(&self, pid: Tid) -> Vec<u64> {
+        self.processes
+            .get(&pid)
+            .map(|p| {
+                p.sites
+                    .iter()
+                    .filter(|(_, s)| s.armed)
+                    .map(|(&a, _)| a)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn thread(&mut self, tid: Tid, pid: Tid) -> &mut Thread {
+        self.threads.entry(tid).or_insert(Thread {
+            pid,
+            stopped: true,
+            in_slot: None,
+            pending: Vec::new(),
+        })
+    }
+
+    fn new_process(&mut self, pid: Tid) {
+        self.processes.insert(
+            pid,
+            Process {
+                sites: BTreeMap::new(),
+                areas: Vec::new(),
+                slots: BTreeMap::new(),
+                lifted: HashSet::new(),
+                syscall_bytes: None,
+                maps_seen: Vec::new(),
+                startup_done: false,
+                vfork_children: HashSet::new(),
+                refused: HashSet::new(),
+                pending_noted: HashSet::new(),
+            },
+        );
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Raised by a signal handler of the caller to make `run` return and
+/// leave the targets clean.
+pub type StopFlag = AtomicBool;

@@ -1,0 +1,732 @@
+//! The hit state machine and the rest of a tracee's life: stops are
+//! taken one at a time, handled, and the thread is let go.
+
+use std::sync::atomic::Ordering;
+
+use super::{
+    capture, monotonic_ns, Engine, ExitStatus, Hit, HitKind, InSlot, Internal, Notice, Result,
+    RunEnd, Sink, StopFlag,
+};
+use crate::arch::native::{
+    arch_abort_xol, arch_post_xol, arch_simulate, Action, Regs, SlotMode, XolPosition,
+};
+use crate::arch::{Memory, MemoryError};
+use crate::target::{Event, Resume, SigInfo, Stop, Target, TargetError, Tid};
+
+/// `si_code` of a SIGTRAP raised by `int3`.
+const SI_KERNEL: i32 = 0x80;
+/// `si_code` of a SIGTRAP ending a single step.
+const TRAP_TRACE: i32 = 2;
+
+/// Target memory of one process, as the arch code wants it.
+struct Mem<'a, T: Target> {
+    target: &'a mut T,
+    pid: Tid,
+}
+
+impl<T: Target> Memory for Mem<'_, T> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> std::result::Result<(), MemoryError> {
+        self.target
+            .read_memory(self.pid, addr, buf)
+            .map_err(|_| MemoryError { addr })
+    }
+    fn write(&mut self, addr: u64, buf: &[u8]) -> std::result::Result<(), MemoryError> {
+        self.target
+            .write_memory(self.pid, addr, buf)
+            .map_err(|_| MemoryError { addr })
+    }
+}
+
+impl<T: Target> Engine<T> {
+    /// Runs until every traced process has ended or `stop` is raised.
+    /// Raising `stop` from a signal handler interrupts the wait.
+    pub fn run(&mut self, sink: &mut dyn Sink, stop: &StopFlag) -> Result<RunEnd> {
+        // Threads stopped at start (spawned, attached) are let go first.
+        let stopped: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.stopped)
+            .map(|(&t, _)| t)
+            .filter(|t| !self.deferred.iter().any(|s| s.tid() == *t))
+            .collect();
+        for tid in stopped {
+            self.resume(tid, Resume::Continue, 0)?;
+        }
+        loop {
+            if self.processes.is_empty() {
+                return Ok(RunEnd::AllExited);
+            }
+            if stop.load(Ordering::SeqCst) {
+                return Ok(RunEnd::Stopped);
+            }
+            let s = match self.deferred.pop_front() {
+                Some(s) => s,
+                None => match self.target.wait() {
+                    Ok(s) => s,
+                    Err(TargetError::Interrupted) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let before = self.refusals.len();
+            match self.handle(s, sink) {
+                Ok(()) => {}
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+            if self.refusals.len() > before {
+                return Ok(RunEnd::Refused);
+            }
+        }
+    }
+
+    pub(super) fn resume(&mut self, tid: Tid, how: Resume, sig: i32) -> Result<()> {
+        let mut sig = sig;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            if sig == 0 && !t.pending.is_empty() && how != Resume::Listen {
+                let info = t.pending.remove(0);
+                // Deliver it with its own siginfo where the stop allows.
+                if self.target.set_siginfo(tid, &info).is_ok() {
+                    sig = info.signo();
+                } else {
+                    // SAFETY: sending a signal to a thread of ours.
+                    unsafe { libc::syscall(libc::SYS_tgkill, t.pid, tid, info.signo()) };
+                }
+            }
+            t.stopped = false;
+        }
+        self.target.resume(tid, how, sig)?;
+        Ok(())
+    }
+
+    fn handle(&mut self, stop: Stop, sink: &mut dyn Sink) -> Result<()> {
+        let tid = stop.tid();
+        if !self.threads.contains_key(&tid) {
+            match stop {
+                Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
+                _ => {}
+            }
+            // A new thread's first stop before its creator's event: adopt
+            // it when the group is ours, else keep it for the fork event.
+            match crate::target::ptrace::thread_group_of(tid) {
+                Some(pid) if self.processes.contains_key(&pid) => {
+                    self.thread(tid, pid);
+                }
+                _ => {
+                    self.orphans.insert(tid, stop);
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.stopped = true;
+        }
+        match stop {
+            Stop::Signal { tid, info } => self.on_signal(tid, info, sink),
+            Stop::Event { tid, event } => self.on_event(tid, event, sink),
+            Stop::GroupStop { tid, .. } => self.resume(tid, Resume::Listen, 0),
+            Stop::Interrupted { tid } => self.resume(tid, Resume::Continue, 0),
+            Stop::Exited { tid, code } => {
+                self.thread_gone(tid, ExitStatus::Code(code), sink);
+                Ok(())
+            }
+            Stop::Killed { tid, signo } => {
+                self.thread_gone(tid, ExitStatus::Signal(signo), sink);
+                Ok(())
+            }
+        }
+    }
+
+    fn thread_gone(&mut self, tid: Tid, status: ExitStatus, sink: &mut dyn Sink) {
+        let Some(t) = self.threads.remove(&tid) else {
+            return;
+        };
+        let pid = t.pid;
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.vfork_children.remove(&tid);
+        }
+        if tid == pid {
+            // With __WALL the leader is reported last: the process is gone.
+            self.threads.retain(|_, t| t.pid != pid);
+            self.processes.remove(&pid);
+            for probe in self.probes.values_mut() {
+                probe.placed.remove(&pid);
+            }
+            self.exits.push((pid, status));
+            sink.notice(&Notice::Exited { pid, status });
+        }
+    }
+
+    fn on_event(&mut self, tid: Tid, event: Event, sink: &mut dyn Sink) -> Result<()> {
+        let pid = self.threads[&tid].pid;
+        match event {
+            Event::Clone(new) => {
+                self.thread(new, pid).stopped = false;
+                if let Some(s) = self.orphans.remove(&new) {
+                    self.deferred.push_back(s);
+                    self.threads.get_mut(&new).expect("just added").stopped = true;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Event::Fork(child) => {
+                self.untouch_fork_child(pid, child)?;
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Event::Vfork(child) => {
+                // The child shares our memory: it keeps every breakpoint and
+                // is traced like one of our threads until it execs.
+                self.thread(child, pid).stopped = false;
+                if let Some(p) = self.processes.get_mut(&pid) {
+                    p.vfork_children.insert(child);
+                }
+                if let Some(s) = self.orphans.remove(&child) {
+                    self.deferred.push_back(s);
+                    self.threads.get_mut(&child).expect("just added").stopped = true;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Event::VforkDone | Event::Exit(_) => self.resume(tid, Resume::Continue, 0),
+            Event::Exec(former) => {
+                if self.processes[&pid].vfork_children.contains(&tid) {
+                    // A vfork child left our address space: it runs a new
+                    // image with no breakpoint of ours. Let it go.
+                    self.processes
+                        .get_mut(&pid)
+                        .expect("exists")
+                        .vfork_children
+                        .remove(&tid);
+                    self.threads.remove(&tid);
+                    self.target.memory_changed(tid);
+                    let _ = self.target.detach(tid, 0);
+                    return Ok(());
+                }
+                // The whole group now is one thread, the leader, running the
+                // new image: every old probe ended with the old image.
+                if former != tid {
+                    self.threads.remove(&former);
+                }
+                self.threads.retain(|&t, th| th.pid != pid || t == pid);
+                self.target.memory_changed(pid);
+                let placed: Vec<_> = self
+                    .probes
+                    .iter()
+                    .filter(|(_, p)| p.placed.contains_key(&pid))
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in placed {
+                    sink.notice(&Notice::Gone {
+                        probe: id,
+                        pid,
+                        reason: "the process called execve; re-resolving against the new image"
+                            .into(),
+                    });
+                }
+                self.setup_image(pid, false, sink)?;
+                self.resume(pid, Resume::Continue, 0)
+            }
+        }
+    }
+
+    /// A fork child has a copy of our breakpoints; write the original bytes
+    /// into it and let it go, so that it runs untouched (as uprobes does).
+    fn untouch_fork_child(&mut self, pid: Tid, child: Tid) -> Result<()> {
+        if self.orphans.remove(&child).is_none() {
+            // Its first stop has not been seen yet.
+            loop {
+                match self.target.wait_for(child)? {
+                    Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
+                    Stop::Interrupted { .. } | Stop::GroupStop { .. } => break,
+                    _ => continue,
+                }
+            }
+        }
+        let sites: Vec<(u64, u8)> = self.processes[&pid]
+            .sites
+            .iter()
+            .filter(|(_, s)| s.armed)
+            .map(|(&a, s)| (a, s.prepared.bytes[0]))
+            .collect();
+        for (addr, orig) in sites {
+            self.target.write_memory(child, addr, &[orig])?;
+        }
+        self.target.memory_changed(child);
+        let _ = self.target.detach(child, 0);
+        Ok(())
+    }
+
+    fn on_signal(&mut self, tid: Tid, info: SigInfo, sink: &mut dyn Sink) -> Result<()> {
+        let pid = self.threads[&tid].pid;
+        let mut regs = self.target.get_regs(tid)?;
+        if info.signo() == libc::SIGTRAP {
+            if let Some(x) = self.threads[&tid].in_slot {
+                if self.slot_stop(tid, pid, x, &mut regs, &info, sink)? {
+                    return Ok(());
+                }
+            }
+            if info.code() == SI_KERNEL {
+                let addr = regs.rip.wrapping_sub(1);
+                let p = &self.processes[&pid];
+                if p.sites.get(&addr).is_some_and(|s| s.armed) {
+                    return self.on_breakpoint(tid, pid, addr, regs, sink);
+                }
+                if p.lifted.contains(&addr) || p.sites.contains_key(&addr) {
+                    // It trapped before the breakpoint was taken out: run
+                    // the original instruction now in place.
+                    regs.rip = addr;
+                    self.target.set_regs(tid, &regs)?;
+                    return self.resume(tid, Resume::Continue, 0);
+                }
+            }
+        }
+        if let Some((&slot_addr, &site_addr)) =
+            self.processes[&pid].slots.range(..=regs.rip).next_back()
+        {
+            if regs.rip < slot_addr + crate::arch::native::SLOT_SIZE as u64 {
+                return self.signal_in_slot(tid, pid, site_addr, slot_addr, regs, info, sink);
+            }
+        }
+        // Not ours: deliver it as without the tracer.
+        self.resume(tid, Resume::Continue, info.signo())
+    }
+
+    fn emit(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        addr: u64,
+        regs: &Regs,
+        kind: HitKind,
+        sink: &mut dyn Sink,
+    ) {
+        let time_ns = monotonic_ns();
+        let ids = self.processes[&pid].sites[&addr].probes.clone();
+        for id in ids {
+            let Some(probe) = self.probes.get_mut(&id) else {
+                continue;
+            };
+            if !probe.enabled || (kind == HitKind::Post && !probe.spec.post) {
+                continue;
+            }
+            if kind == HitKind::Entry {
+                probe.stats.hits += 1;
+            }
+            let caps: Vec<_> = probe.spec.captures.clone();
+            let captures: Vec<(String, capture::Value)> = caps
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        capture::evaluate(&mut self.target, pid, regs, c),
+                    )
+                })
+                .collect();
+            sink.hit(&Hit {
+                probe: id,
+                kind,
+                pid,
+                tid,
+                time_ns,
+                addr,
+                regs,
+                captures: &captures,
+            });
+        }
+    }
+
+    /// The hit state machine: handlers, then the displaced instruction is
+    /// simulated or sent to its slot.
+    fn on_breakpoint(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        addr: u64,
+        mut regs: Regs,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        regs.rip = addr;
+        self.emit(tid, pid, addr, &regs, HitKind::Entry, sink);
+        if let Some(Internal::LinkerHook { r_debug }) = self.processes[&pid].sites[&addr].internal {
+            self.linker_event(pid, r_debug, sink)?;
+        }
+        let Some(site) = self.processes.get(&pid).and_then(|p| p.sites.get(&addr)) else {
+            // The library holding it went away meanwhile.
+            self.target.set_regs(tid, &regs)?;
+            return self.resume(tid, Resume::Continue, 0);
+        };
+        let prepared = site.prepared.clone();
+        match &prepared.action {
+            Action::Simulate(sim) => {
+                let r = arch_simulate(
+                    &prepared,
+                    sim,
+                    &mut regs,
+                    &mut Mem {
+                        target: &mut self.target,
+                        pid,
+                    },
+                );
+                if let Err(e) = r {
+                    // As the instruction itself would have: a SIGSEGV at the
+                    // probed address.
+                    return self.fault_at(tid, regs, addr, e.addr);
+                }
+                self.emit(tid, pid, addr, &regs, HitKind::Post, sink);
+                self.target.set_regs(tid, &regs)?;
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Action::OutOfLine(_) => {
+                let (slot_addr, slot) = site.slot.clone().expect("out-of-line sites have a slot");
+                regs.rip = slot_addr;
+                let mut saved_scratch = None;
+                if let Some((r, v)) = slot.scratch {
+                    saved_scratch = Some(regs.get(r));
+                    regs.set(r, v);
+                }
+                if slot.mode != SlotMode::Boost {
+                    self.threads.get_mut(&tid).expect("known").in_slot = Some(InSlot {
+                        site: addr,
+                        slot_addr,
+                        saved_scratch,
+                        stepping_for_signal: false,
+                    });
+                }
+                self.target.set_regs(tid, &regs)?;
+                let how = if slot.mode == SlotMode::Step {
+                    Resume::Step
+                } else {
+                    Resume::Continue
+                };
+                self.resume(tid, how, 0)
+            }
+        }
+    }
+
+    /// A SIGTRAP while the thread runs a copy: the post stop. Returns
+    /// false when the trap was something else.
+    fn slot_stop(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        x: InSlot,
+        regs: &mut Regs,
+        info: &SigInfo,
+        sink: &mut dyn Sink,
+    ) -> Result<bool> {
+        let Some(site) = self.processes[&pid].sites.get(&x.site) else {
+            self.threads.get_mut(&tid).expect("known").in_slot = None;
+            return Ok(false);
+        };
+        let (_, slot) = site.slot.clone().expect("out-of-line site");
+        let prepared = site.prepared.clone();
+        let end = x.slot_addr + slot.copy_len as u64;
+        let trap_after =
+            slot.mode == SlotMode::TrapAfter && info.code() == SI_KERNEL && regs.rip == end + 1;
+        let stepped =
+            (slot.mode == SlotMode::Step || x.stepping_for_signal) && info.code() != SI_KERNEL;
+        if !trap_after && !stepped {
+            return Ok(false);
+        }
+        self.threads.get_mut(&tid).expect("known").in_slot = None;
+        if x.stepping_for_signal && slot.mode != SlotMode::Step {
+            // Stepped only to deliver a signal after the copy: put the
+            // thread where the original instruction would have left it.
+            arch_abort_xol(&prepared, &slot, x.slot_addr, x.saved_scratch, regs);
+        } else {
+            arch_post_xol(
+                &prepared,
+                &slot,
+                x.slot_addr,
+                x.saved_scratch,
+                regs,
+                &mut Mem {
+                    target: &mut self.target,
+                    pid,
+                },
+            )
+            .map_err(|e| super::EngineError::Refused(format!("post-step fixup failed: {e}")))?;
+        }
+        self.emit(tid, pid, x.site, regs, HitKind::Post, sink);
+        self.target.set_regs(tid, regs)?;
+        self.resume(tid, Resume::Continue, 0)?;
+        Ok(true)
+    }
+
+    /// A signal while the thread is inside a slot (uprobes' abort_xol). A
+    /// fault of the copied instruction is delivered at the original address
+    /// with the original siginfo; an asynchronous signal waits until the
+    /// copy has run, so that the handler never sees the slot.
+    #[allow(clippy::too_many_arguments)]
+    fn signal_in_slot(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        site_addr: u64,
+        slot_addr: u64,
+        mut regs: Regs,
+        mut info: SigInfo,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        let site = &self.processes[&pid].sites[&site_addr];
+        let (_, slot) = site.slot.clone().expect("out-of-line site");
+        let prepared = site.prepared.clone();
+        let x = self.threads[&tid].in_slot;
+        let saved = x.and_then(|x| x.saved_scratch);
+        let mut moved = regs;
+        match arch_abort_xol(&prepared, &slot, slot_addr, saved, &mut moved) {
+            XolPosition::BeforeCopy if !info.is_fault() => {
+                // Step the copy first, then deliver.
+                self.threads
+                    .get_mut(&tid)
+                    .expect("known")
+                    .pending
+                    .push(info);
+                self.threads.get_mut(&tid).expect("known").in_slot = Some(InSlot {
+                    site: site_addr,
+                    slot_addr,
+                    saved_scratch: saved,
+                    stepping_for_signal: true,
+                });
+                self.target.resume(tid, Resume::Step, 0)?;
+                self.threads.get_mut(&tid).expect("known").stopped = false;
+                Ok(())
+            }
+            XolPosition::BeforeCopy => {
+                self.threads.get_mut(&tid).expect("known").in_slot = None;
+                let a = info.addr();
+                if a >= slot_addr && a < slot_addr + crate::arch::native::SLOT_SIZE as u64 {
+                    info.set_addr(site_addr + (a - slot_addr));
+                    self.target.set_siginfo(tid, &info)?;
+                }
+                self.target.set_regs(tid, &moved)?;
+                self.resume(tid, Resume::Continue, info.signo())
+            }
+            XolPosition::AfterCopy => {
+                self.threads.get_mut(&tid).expect("known").in_slot = None;
+                if slot.mode == SlotMode::Step || slot.mode == SlotMode::TrapAfter {
+                    regs = moved;
+                    if slot.mode == SlotMode::Step {
+                        // Fixups (return address, scratch) of a finished copy.
+                        let mut r = self.target.get_regs(tid)?;
+                        arch_post_xol(
+                            &prepared,
+                            &slot,
+                            slot_addr,
+                            saved,
+                            &mut r,
+                            &mut Mem {
+                                target: &mut self.target,
+                                pid,
+                            },
+                        )
+                        .map_err(|e| {
+                            super::EngineError::Refused(format!("post-step fixup failed: {e}"))
+                        })?;
+                        regs = r;
+                    }
+                    self.emit(tid, pid, site_addr, &regs, HitKind::Post, sink);
+                } else {
+                    regs = moved;
+                }
+                self.target.set_regs(tid, &regs)?;
+                self.resume(tid, Resume::Continue, info.signo())
+            }
+            XolPosition::Inside => self.resume(tid, Resume::Continue, info.signo()),
+        }
+    }
+
+    /// Delivers SIGSEGV at `addr` as the instruction there would have.
+    fn fault_at(&mut self, tid: Tid, mut regs: Regs, addr: u64, bad: u64) -> Result<()> {
+        regs.rip = addr;
+        self.target.set_regs(tid, &regs)?;
+        let mut info = self.target.get_siginfo(tid)?;
+        info.raw = [0; 128];
+        info.raw[0..4].copy_from_slice(&libc::SIGSEGV.to_ne_bytes());
+        info.raw[8..12].copy_from_slice(&1i32.to_ne_bytes()); // SEGV_MAPERR
+        info.set_addr(bad);
+        self.target.set_siginfo(tid, &info)?;
+        self.resume(tid, Resume::Continue, libc::SIGSEGV)
+    }
+
+    /// Takes every breakpoint out, moves every thread out of the engine's
+    /// slots, unmaps its pages and lets every thread go: the programs run
+    /// on as if never probed.
+    pub fn detach_all(&mut self) -> Result<()> {
+        let pids = self.pids();
+        let mut first_err = None;
+        for pid in pids {
+            if let Err(e) = self.detach(pid) {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn stop_all(&mut self, pid: Tid) {
+        let running: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid && !t.stopped)
+            .map(|(&t, _)| t)
+            .collect();
+        for &tid in &running {
+            let _ = self.target.interrupt(tid);
+        }
+        for tid in running {
+            match self.target.wait_for(tid) {
+                Ok(Stop::Interrupted { .. }) | Ok(Stop::GroupStop { .. }) => {}
+                Ok(s @ (Stop::Signal { .. } | Stop::Event { .. })) => self.deferred.push_back(s),
+                Ok(Stop::Exited { .. } | Stop::Killed { .. }) | Err(_) => {
+                    self.threads.remove(&tid);
+                }
+            }
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.stopped = true;
+            }
+        }
+    }
+
+    fn detach(&mut self, pid: Tid) -> Result<()> {
+        self.stop_all(pid);
+        // Stops not handled yet: breakpoint traps are rewound below, real
+        // signals delivered at detach.
+        let mut trapped: Vec<Tid> = Vec::new();
+        let deferred: Vec<Stop> = self.deferred.drain(..).collect();
+        for s in deferred {
+            let Some(t) = self.threads.get(&s.tid()) else {
+                self.deferred.push_back(s);
+                continue;
+            };
+            if t.pid != pid {
+                self.deferred.push_back(s);
+                continue;
+            }
+            if let Stop::Signal { tid, info } = s {
+                if info.signo() == libc::SIGTRAP
+                    && (info.code() == SI_KERNEL || info.code() == TRAP_TRACE)
+                {
+                    trapped.push(tid);
+                } else if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending.push(info);
+                }
+            }
+        }
+        // 1. Original bytes back.
+        let sites: Vec<(u64, u8, bool)> = self.processes[&pid]
+            .sites
+            .iter()
+            .map(|(&a, s)| (a, s.prepared.bytes[0], s.armed))
+            .collect();
+        for &(addr, orig, armed) in &sites {
+            if armed {
+                self.target.write_memory(pid, addr, &[orig])?;
+            }
+        }
+        // 2. Threads out of the slots, and off the breakpoints.
+        let tids: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid)
+            .map(|(&t, _)| t)
+            .collect();
+        for &tid in &tids {
+            let Ok(mut regs) = self.target.get_regs(tid) else {
+                continue;
+            };
+            let before = regs;
+            let in_slot = self.threads[&tid].in_slot;
+            if let Some((&slot_addr, &site_addr)) =
+                self.processes[&pid].slots.range(..=regs.rip).next_back()
+            {
+                if regs.rip < slot_addr + crate::arch::native::SLOT_SIZE as u64 {
+                    let site = &self.processes[&pid].sites[&site_addr];
+                    let (_, slot) = site.slot.clone().expect("out-of-line");
+                    let saved = in_slot.and_then(|x| x.saved_scratch);
+                    if regs.rip == slot_addr + slot.copy_len as u64 + 1
+                        && slot.mode == SlotMode::TrapAfter
+                    {
+                        regs.rip -= 1;
+                    }
+                    if regs.rip == slot_addr + slot.copy_len as u64 && slot.mode == SlotMode::Step {
+                        let p = site.prepared.clone();
+                        let _ = arch_post_xol(
+                            &p,
+                            &slot,
+                            slot_addr,
+                            saved,
+                            &mut regs,
+                            &mut Mem {
+                                target: &mut self.target,
+                                pid,
+                            },
+                        );
+                    } else {
+                        let p = site.prepared.clone();
+                        arch_abort_xol(&p, &slot, slot_addr, saved, &mut regs);
+                    }
+                }
+            } else if trapped.contains(&tid)
+                && sites.iter().any(|&(a, _, _)| a == regs.rip.wrapping_sub(1))
+            {
+                regs.rip -= 1;
+            }
+            if regs != before {
+                self.target.set_regs(tid, &regs)?;
+            }
+        }
+        // 3. The engine's pages go.
+        let areas = std::mem::take(&mut self.processes.get_mut(&pid).expect("exists").areas);
+        if let Some(&tid) = tids.first() {
+            for area in &areas {
+                let mut sigs = Vec::new();
+                let _ = super::xol::unmap_area(&mut self.target, tid, area, &mut sigs);
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending.extend(sigs);
+                }
+            }
+        }
+        // 4. Let go, delivering what was pending.
+        for tid in tids {
+            let t = self.threads.remove(&tid).expect("listed");
+            let mut sig = 0;
+            if let Some((first, rest)) = t.pending.split_first() {
+                if self.target.set_siginfo(tid, first).is_ok() {
+                    sig = first.signo();
+                }
+                for s in rest {
+                    // SAFETY: re-sending a signal to a thread that had it.
+                    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
+                }
+            }
+            let _ = self.target.detach(tid, sig);
+        }
+        self.processes.remove(&pid);
+        for probe in self.probes.values_mut() {
+            probe.placed.remove(&pid);
+        }
+        Ok(())
+    }
+
+    /// Kills every traced process (a spawned program whose probes were
+    /// refused before it ran).
+    pub fn kill_all(&mut self) {
+        for pid in self.pids() {
+            // SAFETY: killing a process we traced.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            loop {
+                match self.target.wait() {
+                    Ok(Stop::Killed { tid, .. } | Stop::Exited { tid, .. }) if tid == pid => break,
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+            self.threads.retain(|_, t| t.pid != pid);
+            self.processes.remove(&pid);
+        }
+    }
+}
+
+fn is_gone(e: &super::EngineError) -> bool {
+    matches!(e, super::EngineError::Target(t) if t.is_gone())
+}

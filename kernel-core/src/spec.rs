@@ -1,0 +1,423 @@
+//! Probe specifications: where a probe goes and what it captures.
+//!
+//! The syntax is bpftrace's for the place and perf probe's for the
+//! captures (its "fetch-args"):
+//!
+//! ```text
+//! uprobe:/usr/bin/bash:readline                 entry of a function
+//! uprobe:libc:malloc size=%rdi:u64             soname stem, a capture
+//! uprobe:/path/bin:func+0x12 post               an instruction inside, with a post event
+//! uprobe:/path/bin:0x401230                     a virtual address in that file
+//! uprobe:0x7f12345678                           an address in the process
+//! uprobe:libc:open path=+0($arg1):string        a string read at the first argument
+//! ```
+//!
+//! Capture fetches: `%REG`, `$argN` (1-based, SysV order), `$stackN`
+//! (Nth word above the stack pointer), `$stack`, `@ADDR`, and
+//! `+OFF(FETCH)` / `-OFF(FETCH)` to read memory at FETCH plus OFF. Types:
+//! `u8..u64`, `s8..s64`, `x8..x64`, `string` (up to 256 bytes),
+//! `string[N]`, `bytes[N]` (N at most 4096).
+
+use std::fmt;
+
+/// Largest capture the engine reads at a hit.
+pub const MAX_CAPTURE: usize = 4096;
+/// Bound of a `string` capture without an explicit size.
+pub const DEFAULT_STRING: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An entry probe (kprobe): fires before the instruction runs.
+    Entry,
+    /// A return probe (kretprobe).
+    Return,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A symbol plus an offset into it.
+    Symbol { name: String, offset: u64 },
+    /// A virtual address in the module's file (as `objdump` shows it).
+    FileAddress(u64),
+    /// An address in the process (no module given).
+    ProcessAddress(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetch {
+    Reg(String),
+    /// 1-based argument number.
+    Arg(u8),
+    /// Nth 8-byte word above the stack pointer.
+    Stack(u32),
+    StackPointer,
+    Absolute(u64),
+    /// Memory at the inner fetch plus an offset.
+    Deref(i64, Box<Fetch>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureType {
+    Unsigned(u8),
+    Signed(u8),
+    Hex(u8),
+    /// NUL-terminated string, at most this many bytes.
+    String(usize),
+    Bytes(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    pub name: String,
+    pub fetch: Fetch,
+    pub ty: CaptureType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub kind: Kind,
+    /// A path or soname stem; `None` means the main executable (or, with a
+    /// `ProcessAddress`, whatever is mapped there).
+    pub module: Option<String>,
+    pub location: Location,
+    pub captures: Vec<Capture>,
+    /// Report a post event after the instruction ran.
+    pub post: bool,
+    /// Accept a symbol whose size is zero or unknown.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad probe spec `{spec}`: {reason}")]
+pub struct SpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl ProbeSpec {
+    pub fn parse(text: &str) -> Result<ProbeSpec, SpecError> {
+        let err = |reason: String| SpecError {
+            spec: text.to_string(),
+            reason,
+        };
+        let mut words = text.split_whitespace();
+        let head = words
+            .next()
+            .ok_or_else(|| err("empty; expected e.g. `uprobe:libc:malloc`".into()))?;
+        let (kind_s, rest) = head.split_once(':').ok_or_else(|| {
+            err("expected KIND:MODULE:LOCATION, e.g. `uprobe:/bin/bash:readline`".into())
+        })?;
+        let kind = match kind_s {
+            "uprobe" | "u" | "p" => Kind::Entry,
+            "uretprobe" | "ur" | "r" => Kind::Return,
+            other => {
+                return Err(err(format!(
+                    "unknown probe kind `{other}` (use `uprobe` or `uretprobe`)"
+                )))
+            }
+        };
+        let (module, loc) = match split_module(rest) {
+            Some((m, l)) => (Some(m.to_string()), l),
+            None => (None, rest),
+        };
+        if module.as_deref() == Some("") {
+            return Err(err("empty module name".into()));
+        }
+        let location = parse_location(loc, module.is_some()).map_err(err)?;
+        let mut spec = ProbeSpec {
+            kind,
+            module,
+            location,
+            captures: Vec::new(),
+            post: false,
+            force: false,
+        };
+        for w in words {
+            match w {
+                "post" => spec.post = true,
+                "force" => spec.force = true,
+                _ => {
+                    let c = parse_capture(w).map_err(err)?;
+                    if spec.captures.iter().any(|o| o.name == c.name) {
+                        return Err(err(format!("capture name `{}` used twice", c.name)));
+                    }
+                    spec.captures.push(c);
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Splits `MODULE:LOCATION` at the first colon that is not part of a C++
+/// `::`, so that `ns::f` stays one location.
+fn split_module(s: &str) -> Option<(&str, &str)> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b':' {
+            if b.get(i + 1) == Some(&b':') {
+                i += 2;
+                continue;
+            }
+            return Some((&s[..i], &s[i + 1..]));
+        }
+        i += 1;
+    }
+    None
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+fn parse_location(s: &str, has_module: bool) -> Result<Location, String> {
+    if s.is_empty() {
+        return Err("missing location: give a symbol, symbol+offset or an address".into());
+    }
+    if s.starts_with("0x") || s.starts_with("0X") {
+        let a = parse_number(s).ok_or_else(|| format!("bad address `{s}`"))?;
+        return Ok(if has_module {
+            Location::FileAddress(a)
+        } else {
+            Location::ProcessAddress(a)
+        });
+    }
+    if let Some((name, off)) = s.rsplit_once('+') {
+        if let Some(offset) = parse_number(off) {
+            if name.is_empty() {
+                return Err(format!("missing symbol before `+{off}`"));
+            }
+            return Ok(Location::Symbol {
+                name: name.to_string(),
+                offset,
+            });
+        }
+    }
+    Ok(Location::Symbol {
+        name: s.to_string(),
+        offset: 0,
+    })
+}
+
+fn parse_capture(w: &str) -> Result<Capture, String> {
+    let (name, rest) = w.split_once('=').ok_or_else(|| {
+        format!("`{w}` is not a capture: expected NAME=FETCH[:TYPE], e.g. `size=%rdi:u64`")
+    })?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "capture name `{name}` must be letters, digits and `_`"
+        ));
+    }
+    let (fetch_s, ty_s) = match rest.rsplit_once(':') {
+        Some((f, t)) if !t.contains(')') => (f, Some(t)),
+        _ => (rest, None),
+    };
+    let fetch = parse_fetch(fetch_s)?;
+    let ty = match ty_s {
+        None => CaptureType::Hex(64),
+        Some(t) => parse_type(t)?,
+    };
+    Ok(Capture {
+        name: name.to_string(),
+        fetch,
+        ty,
+    })
+}
+
+fn parse_type(t: &str) -> Result<CaptureType, String> {
+    let sized = |prefix: &str| -> Option<Result<usize, String>> {
+        let inner = t
+            .strip_prefix(prefix)?
+            .strip_prefix('[')?
+            .strip_suffix(']')?;
+        Some(match parse_number(inner) {
+            Some(n) if n > 0 && n as usize <= MAX_CAPTURE => Ok(n as usize),
+            _ => Err(format!(
+                "size `{inner}` in `{t}` must be between 1 and {MAX_CAPTURE}"
+            )),
+        })
+    };
+    if t == "string" {
+        return Ok(CaptureType::String(DEFAULT_STRING));
+    }
+    if let Some(n) = sized("string") {
+        return n.map(CaptureType::String);
+    }
+    if let Some(n) = sized("bytes") {
+        return n.map(CaptureType::Bytes);
+    }
+    let (ctor, bits): (fn(u8) -> CaptureType, &str) = match t.split_at(1) {
+        ("u", b) => (CaptureType::Unsigned, b),
+        ("s", b) => (CaptureType::Signed, b),
+        ("x", b) => (CaptureType::Hex, b),
+        _ => return Err(type_error(t)),
+    };
+    match bits {
+        "8" | "16" | "32" | "64" => Ok(ctor(bits.parse().expect("literal"))),
+        _ => Err(type_error(t)),
+    }
+}
+
+fn type_error(t: &str) -> String {
+    format!(
+        "unknown capture type `{t}` (use u8..u64, s8..s64, x8..x64, string, string[N] or bytes[N])"
+    )
+}
+
+fn parse_fetch(s: &str) -> Result<Fetch, String> {
+    if let Some(r) = s.strip_prefix('%') {
+        return Ok(Fetch::Reg(r.to_ascii_lowercase()));
+    }
+    if let Some(n) = s.strip_prefix("$arg") {
+        return match n.parse::<u8>() {
+            Ok(n @ 1..=6) => Ok(Fetch::Arg(n)),
+            _ => Err(format!(
+                "`{s}`: only $arg1..$arg6 are in registers (use $stackN for later arguments)"
+            )),
+        };
+    }
+    if s == "$stack" {
+        return Ok(Fetch::StackPointer);
+    }
+    if let Some(n) = s.strip_prefix("$stack") {
+        return n
+            .parse()
+            .map(Fetch::Stack)
+            .map_err(|_| format!("bad stack slot `{s}`"));
+    }
+    if let Some(a) = s.strip_prefix('@') {
+        return parse_number(a)
+            .map(Fetch::Absolute)
+            .ok_or_else(|| format!("bad address `{s}`"));
+    }
+    if let (Some(open), true) = (s.find('('), s.ends_with(')')) {
+        let off_s = &s[..open];
+        let inner = &s[open + 1..s.len() - 1];
+        let off = match off_s.strip_prefix('-') {
+            Some(n) => parse_number(n).map(|v| -(v as i64)),
+            None => parse_number(off_s.strip_prefix('+').unwrap_or(off_s)).map(|v| v as i64),
+        }
+        .ok_or_else(|| format!("bad offset `{off_s}` in `{s}`"))?;
+        return Ok(Fetch::Deref(off, Box::new(parse_fetch(inner)?)));
+    }
+    Err(format!(
+        "bad fetch `{s}`: use %REG, $argN, $stackN, $stack, @ADDR or OFF(FETCH)"
+    ))
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Symbol { name, offset: 0 } => write!(f, "{name}"),
+            Location::Symbol { name, offset } => write!(f, "{name}+{offset:#x}"),
+            Location::FileAddress(a) | Location::ProcessAddress(a) => write!(f, "{a:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: &str) {
+        let got = match ProbeSpec::parse(input) {
+            Ok(s) => format!(
+                "{:?} {:?} {}{}{} {:?}",
+                s.kind,
+                s.module,
+                s.location,
+                if s.post { " post" } else { "" },
+                if s.force { " force" } else { "" },
+                s.captures
+                    .iter()
+                    .map(|c| format!("{}={:?}:{:?}", c.name, c.fetch, c.ty))
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => format!("error: {}", e.reason),
+        };
+        assert_eq!(got, expect, "input: {input}");
+    }
+
+    #[test]
+    fn specs() {
+        check("uprobe:libc:malloc", r#"Entry Some("libc") malloc []"#);
+        check(
+            "uprobe:/usr/bin/bash:readline",
+            r#"Entry Some("/usr/bin/bash") readline []"#,
+        );
+        check(
+            "uprobe:/b:func+0x12 post",
+            r#"Entry Some("/b") func+0x12 post []"#,
+        );
+        check("uprobe:/b:func+18", r#"Entry Some("/b") func+0x12 []"#);
+        check("uprobe:/b:0x401230", r#"Entry Some("/b") 0x401230 []"#);
+        check("uprobe:0x7f0000001000", "Entry None 0x7f0000001000 []");
+        check("uprobe:main", "Entry None main []");
+        check(
+            "uprobe:/b:ns::Widget::frob",
+            r#"Entry Some("/b") ns::Widget::frob []"#,
+        );
+        check("uprobe:ns::f", "Entry None ns::f []");
+        check("uretprobe:libc:malloc", r#"Return Some("libc") malloc []"#);
+        check("uprobe:/b:f force", r#"Entry Some("/b") f force []"#);
+        check(
+            "kprobe:x",
+            "error: unknown probe kind `kprobe` (use `uprobe` or `uretprobe`)",
+        );
+        check(
+            "uprobe:libc:",
+            "error: missing location: give a symbol, symbol+offset or an address",
+        );
+        check("uprobe::f", "error: empty module name");
+        check(
+            "uprobe",
+            "error: expected KIND:MODULE:LOCATION, e.g. `uprobe:/bin/bash:readline`",
+        );
+    }
+
+    #[test]
+    fn captures() {
+        check(
+            "uprobe:libc:malloc size=%rdi:u64",
+            r#"Entry Some("libc") malloc ["size=Reg(\"rdi\"):Unsigned(64)"]"#,
+        );
+        check(
+            "uprobe:libc:open path=+0($arg1):string",
+            r#"Entry Some("libc") open ["path=Deref(0, Arg(1)):String(256)"]"#,
+        );
+        check(
+            "uprobe:/b:f buf=-8(%rsp):bytes[16] s=$stack2:s32 a=@0x1000:x8 sp=$stack",
+            r#"Entry Some("/b") f ["buf=Deref(-8, Reg(\"rsp\")):Bytes(16)", "s=Stack(2):Signed(32)", "a=Absolute(4096):Hex(8)", "sp=StackPointer:Hex(64)"]"#,
+        );
+        check(
+            "uprobe:/b:f p=+8(+0(%rdi)):string[32]",
+            r#"Entry Some("/b") f ["p=Deref(8, Deref(0, Reg(\"rdi\"))):String(32)"]"#,
+        );
+        check(
+            "uprobe:/b:f x=$arg7",
+            "error: `$arg7`: only $arg1..$arg6 are in registers (use $stackN for later arguments)",
+        );
+        check("uprobe:/b:f x=%rdi:u12", "error: unknown capture type `u12` (use u8..u64, s8..s64, x8..x64, string, string[N] or bytes[N])");
+        check(
+            "uprobe:/b:f x=%rdi:bytes[0]",
+            "error: size `0` in `bytes[0]` must be between 1 and 4096",
+        );
+        check(
+            "uprobe:/b:f x=%rdi y=%rsi x=%rdx",
+            "error: capture name `x` used twice",
+        );
+        check(
+            "uprobe:/b:f oops",
+            "error: `oops` is not a capture: expected NAME=FETCH[:TYPE], e.g. `size=%rdi:u64`",
+        );
+        check(
+            "uprobe:/b:f x=rdi",
+            "error: bad fetch `rdi`: use %REG, $argN, $stackN, $stack, @ADDR or OFF(FETCH)",
+        );
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one command that runs every test of wprobe on a fresh machine.
+# It installs what the machine lacks (a C compiler for the fixtures),
+# mounts tracefs for the kernel-uprobe cross-checks, then runs the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v g++ >/dev/null || need+=(g++)
+command -v objcopy >/dev/null || need+=(binutils)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+# Kernel uprobes are the oracle for hit counts; they live in tracefs.
+if [ ! -e /sys/kernel/tracing/uprobe_events ]; then
+    mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
+fi
+
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads=2
