@@ -392,10 +392,13 @@ fn list(text: &str, pid: Option<i32>) -> i32 {
         }
     };
     let mut n = 0;
+    let explicit = files.len() == 1;
     for f in files {
         let elf = match cache.get(&f) {
             Ok(e) => e,
-            Err(e) => return fail(e),
+            Err(e) if explicit => return fail(e),
+            // A directory scan meets linker scripts (libc.so) and the like.
+            Err(_) => continue,
         };
         let mut seen = std::collections::HashSet::new();
         for s in elf.matching(&glob) {

@@ -1,1 +1,272 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: C fixtures compiled at test
+//! time, the `wprobe` binary, and kernel uprobes through tracefs as the
+//! oracle for hit counts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+use wprobe_core::symbols::ElfFile;
+
+/// The source directory of the fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A scratch directory for this test binary's builds.
+pub fn scratch_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/<test>-<hash> → target/wprobe-fixtures/<test>-<hash>
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    let name = exe
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let dir = target.join("wprobe-fixtures").join(name);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Compiles `fixtures/NAME.c` (or `.cc` with g++) with `flags` into an
+/// executable whose path is unique to `tag`, so that tests running in
+/// parallel never share a file (a kernel uprobe on one file is seen by
+/// every process that maps it).
+pub fn build(name: &str, tag: &str, flags: &[&str]) -> PathBuf {
+    let c = fixtures_dir().join(format!("{name}.c"));
+    let cc = fixtures_dir().join(format!("{name}.cc"));
+    let (src, compiler) = if c.exists() { (c, "gcc") } else { (cc, "g++") };
+    let out = scratch_dir().join(format!("{name}-{tag}"));
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg("-g")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .arg("-lpthread")
+        .arg("-ldl")
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {} failed", src.display());
+    out
+}
+
+/// The `wprobe` binary built beside the tests.
+pub fn wprobe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
+    let bin = dir.join("wprobe");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The result of one `wprobe trace` run.
+pub struct Trace {
+    pub status: Option<i32>,
+    pub events: Vec<Value>,
+    pub summary: Option<Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Trace {
+    pub fn from_output(out: Output) -> Trace {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let (events, summary) = parse_jsonl(&stdout);
+        Trace {
+            status: out.status.code(),
+            events,
+            summary,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Hits of the probe with this 1-based id, from the summary.
+    pub fn hits(&self, probe: u64) -> u64 {
+        self.summary
+            .as_ref()
+            .and_then(|s| s["probes"].as_array().cloned())
+            .and_then(|ps| ps.into_iter().find(|p| p["probe"] == probe))
+            .and_then(|p| p["hits"].as_u64())
+            .unwrap_or_else(|| panic!("no summary for probe {probe}; stderr:\n{}", self.stderr))
+    }
+
+    pub fn events_of(&self, probe: u64, kind: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["probe"] == probe && e["kind"] == kind)
+            .collect()
+    }
+}
+
+/// Splits JSON Lines into events and the final summary; lines that are not
+/// JSON objects (the traced program's own output) are skipped.
+pub fn parse_jsonl(text: &str) -> (Vec<Value>, Option<Value>) {
+    let mut events = Vec::new();
+    let mut summary = None;
+    for line in text.lines() {
+        if !line.starts_with('{') {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(s) = v.get("summary") {
+            summary = Some(s.clone());
+        } else {
+            events.push(v);
+        }
+    }
+    (events, summary)
+}
+
+/// Runs `wprobe trace` with these arguments and collects everything.
+pub fn trace(args: &[&str]) -> Trace {
+    let out = Command::new(wprobe_bin())
+        .arg("trace")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wprobe");
+    Trace::from_output(out)
+}
+
+/// Runs a program without any probe and returns its output.
+pub fn run_plain(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fixture")
+}
+
+/// Whether kernel uprobes can be used here. Without tracefs a test skips
+/// its cross-check, unless `WPROBE_REQUIRE_TRACEFS=1` (CI) makes that a
+/// failure.
+pub fn tracefs_available() -> bool {
+    let ok = Path::new("/sys/kernel/tracing/uprobe_events").exists();
+    if !ok && std::env::var("WPROBE_REQUIRE_TRACEFS").as_deref() == Ok("1") {
+        panic!("WPROBE_REQUIRE_TRACEFS=1 but /sys/kernel/tracing/uprobe_events is missing");
+    }
+    if !ok {
+        eprintln!("tracefs not available: skipping the kernel-uprobe cross-check");
+    }
+    ok
+}
+
+/// The file offset of a symbol (+ offset), as uprobe_events wants it.
+pub fn file_offset(bin: &Path, symbol: &str, off: u64) -> u64 {
+    let elf = ElfFile::open(bin).expect("parse fixture");
+    let sym = elf.lookup(symbol).expect("symbol in fixture");
+    let vaddr = sym.addr + off;
+    let seg = elf.segment_for(vaddr).expect("segment");
+    vaddr - seg.vaddr + seg.offset
+}
+
+static EVENT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A kernel uprobe on `bin` at the given symbols, counting hits while
+/// `run` runs: the oracle the engine's counts must equal.
+pub fn kernel_uprobe_counts(bin: &Path, points: &[(&str, u64)], run: impl FnOnce()) -> Vec<u64> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    let group = format!(
+        "wprobe_{}_{}",
+        std::process::id(),
+        EVENT_SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut names = Vec::new();
+    for (i, (sym, off)) in points.iter().enumerate() {
+        // uprobe_profile shows event names without their group: keep
+        // them unique on their own.
+        let name = format!("{group}_p{i}");
+        let def = format!(
+            "p:{group}/{name} {}:{:#x}\n",
+            bin.display(),
+            file_offset(bin, sym, *off)
+        );
+        append(&tracing.join("uprobe_events"), &def);
+        names.push(name);
+    }
+    // Events count hits in uprobe_profile only while enabled.
+    std::fs::write(tracing.join("events").join(&group).join("enable"), "1")
+        .expect("enable uprobe events");
+    run();
+    let profile = std::fs::read_to_string(tracing.join("uprobe_profile")).expect("uprobe_profile");
+    let counts = names
+        .iter()
+        .map(|n| {
+            let key = n.as_str();
+            profile
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(key))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in uprobe_profile:\n{profile}"))
+        })
+        .collect();
+    std::fs::write(tracing.join("events").join(&group).join("enable"), "0")
+        .expect("disable uprobe events");
+    for n in &names {
+        append(&tracing.join("uprobe_events"), &format!("-:{group}/{n}\n"));
+    }
+    counts
+}
+
+fn append(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(line.as_bytes())
+        .unwrap_or_else(|e| panic!("write {line:?} to {}: {e}", path.display()));
+}
+
+/// The live bytes of a symbol's first `len` bytes in process `pid`, and
+/// the file's bytes there.
+pub fn live_and_file_bytes(pid: i32, bin: &Path, symbol: &str, len: usize) -> (Vec<u8>, Vec<u8>) {
+    use std::os::unix::fs::FileExt;
+    use wprobe_core::symbols::{find_module, modules, read_maps, ElfCache};
+    let mut cache = ElfCache::new();
+    let maps = read_maps(pid).expect("maps");
+    let mods = modules(pid, &maps, &mut cache).expect("modules");
+    let module = find_module(&bin.to_string_lossy(), &mods, &mut cache).expect("fixture mapped");
+    let elf = cache.get(&module.file).expect("parse fixture");
+    let sym = elf.lookup(symbol).expect("symbol");
+    let file = elf.file_bytes(sym.addr, len).expect("file bytes");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+    let mut live = vec![0u8; len];
+    mem.read_exact_at(&mut live, sym.addr.wrapping_add(module.bias))
+        .expect("read live code");
+    (live, file)
+}
+
+/// The value after `key:` in /proc/PID/status.
+pub fn proc_status(pid: i32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+/// Waits until `cond` holds, up to `secs` seconds.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cond()
+}
