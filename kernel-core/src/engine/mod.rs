@@ -173,6 +173,9 @@ struct Thread {
     in_slot: Option<InSlot>,
     /// Signals to deliver at the next resume, with their siginfo.
     pending: Vec<SigInfo>,
+    /// The current stop is a signal-delivery-stop: only there does the
+    /// kernel honour a signal given to PTRACE_CONT.
+    at_signal_stop: bool,
 }
 
 struct Process {
@@ -310,6 +313,7 @@ impl<T: Target> Engine<T> {
             stopped: true,
             in_slot: None,
             pending: Vec::new(),
+            at_signal_stop: false,
         })
     }
 

@@ -84,8 +84,9 @@ impl<T: Target> Engine<T> {
         if let Some(t) = self.threads.get_mut(&tid) {
             if sig == 0 && !t.pending.is_empty() && how != Resume::Listen {
                 let info = t.pending.remove(0);
-                // Deliver it with its own siginfo where the stop allows.
-                if self.target.set_siginfo(tid, &info).is_ok() {
+                // Deliver it with its own siginfo where the stop allows;
+                // elsewhere the kernel would drop it, so send it anew.
+                if t.at_signal_stop && self.target.set_siginfo(tid, &info).is_ok() {
                     sig = info.signo();
                 } else {
                     // SAFETY: sending a signal to a thread of ours.
@@ -119,6 +120,7 @@ impl<T: Target> Engine<T> {
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.stopped = true;
+            t.at_signal_stop = matches!(stop, Stop::Signal { .. });
         }
         match stop {
             Stop::Signal { tid, info } => self.on_signal(tid, info, sink),
@@ -381,21 +383,28 @@ impl<T: Target> Engine<T> {
                     saved_scratch = Some(regs.get(r));
                     regs.set(r, v);
                 }
-                if slot.mode != SlotMode::Boost {
-                    self.threads.get_mut(&tid).expect("known").in_slot = Some(InSlot {
+                // A signal waiting for this thread is delivered only after
+                // the copy ran, so that its handler never sees the slot:
+                // the copy is then single-stepped even where it is boosted.
+                let thread = self.threads.get_mut(&tid).expect("known");
+                let for_signal = !thread.pending.is_empty();
+                if slot.mode != SlotMode::Boost || for_signal {
+                    thread.in_slot = Some(InSlot {
                         site: addr,
                         slot_addr,
                         saved_scratch,
-                        stepping_for_signal: false,
+                        stepping_for_signal: for_signal,
                     });
                 }
-                self.target.set_regs(tid, &regs)?;
-                let how = if slot.mode == SlotMode::Step {
-                    Resume::Step
+                if slot.mode == SlotMode::Step || for_signal {
+                    thread.stopped = false;
+                    self.target.set_regs(tid, &regs)?;
+                    self.target.resume(tid, Resume::Step, 0)?;
+                    Ok(())
                 } else {
-                    Resume::Continue
-                };
-                self.resume(tid, how, 0)
+                    self.target.set_regs(tid, &regs)?;
+                    self.resume(tid, Resume::Continue, 0)
+                }
             }
         }
     }
@@ -471,14 +480,26 @@ impl<T: Target> Engine<T> {
         let x = self.threads[&tid].in_slot;
         let saved = x.and_then(|x| x.saved_scratch);
         let mut moved = regs;
-        match arch_abort_xol(&prepared, &slot, slot_addr, saved, &mut moved) {
+        let pos = arch_abort_xol(&prepared, &slot, slot_addr, saved, &mut moved);
+        if std::env::var_os("WPROBE_DEBUG").is_some() {
+            eprintln!(
+                "DEBUG signal {} in slot {slot_addr:#x} rip {:#x} pos {pos:?} fault {}",
+                info.signo(),
+                regs.rip,
+                info.is_fault()
+            );
+        }
+        match pos {
             XolPosition::BeforeCopy if !info.is_fault() => {
-                // Step the copy first, then deliver.
-                self.threads
-                    .get_mut(&tid)
-                    .expect("known")
-                    .pending
-                    .push(info);
+                // Step the copy first, then deliver. A standard signal
+                // already waiting is not queued twice, as the kernel would
+                // not queue it either.
+                let t = self.threads.get_mut(&tid).expect("known");
+                if info.signo() >= libc::SIGRTMIN()
+                    || !t.pending.iter().any(|p| p.signo() == info.signo())
+                {
+                    t.pending.push(info);
+                }
                 self.threads.get_mut(&tid).expect("known").in_slot = Some(InSlot {
                     site: site_addr,
                     slot_addr,
@@ -574,15 +595,32 @@ impl<T: Target> Engine<T> {
             let _ = self.target.interrupt(tid);
         }
         for tid in running {
+            let mut at_signal_stop = false;
             match self.target.wait_for(tid) {
                 Ok(Stop::Interrupted { .. }) | Ok(Stop::GroupStop { .. }) => {}
-                Ok(s @ (Stop::Signal { .. } | Stop::Event { .. })) => self.deferred.push_back(s),
+                Ok(s @ Stop::Signal { .. }) => {
+                    at_signal_stop = true;
+                    self.deferred.push_back(s);
+                }
+                Ok(s @ Stop::Event { event, .. }) => {
+                    // A thread born meanwhile is ours too: wait for its
+                    // first stop so that it can be let go with the others.
+                    if let Event::Clone(new) | Event::Vfork(new) = event {
+                        self.thread(new, pid).stopped = false;
+                        let _ = self.target.wait_for(new);
+                        if let Some(t) = self.threads.get_mut(&new) {
+                            t.stopped = true;
+                        }
+                    }
+                    self.deferred.push_back(s);
+                }
                 Ok(Stop::Exited { .. } | Stop::Killed { .. }) | Err(_) => {
                     self.threads.remove(&tid);
                 }
             }
             if let Some(t) = self.threads.get_mut(&tid) {
                 t.stopped = true;
+                t.at_signal_stop = at_signal_stop;
             }
         }
     }
@@ -592,6 +630,13 @@ impl<T: Target> Engine<T> {
         // Stops not handled yet: breakpoint traps are rewound below, real
         // signals delivered at detach.
         let mut trapped: Vec<Tid> = Vec::new();
+        // Threads whose current stop is a signal-delivery-stop.
+        let mut deferred_signal_stop: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid && t.at_signal_stop && t.stopped)
+            .map(|(&t, _)| t)
+            .collect();
         let deferred: Vec<Stop> = self.deferred.drain(..).collect();
         for s in deferred {
             let Some(t) = self.threads.get(&s.tid()) else {
@@ -603,6 +648,7 @@ impl<T: Target> Engine<T> {
                 continue;
             }
             if let Stop::Signal { tid, info } = s {
+                deferred_signal_stop.push(tid);
                 if info.signo() == libc::SIGTRAP
                     && (info.code() == SI_KERNEL || info.code() == TRAP_TRACE)
                 {
@@ -690,16 +736,20 @@ impl<T: Target> Engine<T> {
         for tid in tids {
             let t = self.threads.remove(&tid).expect("listed");
             let mut sig = 0;
+            let mut resend = t.pending.as_slice();
             if let Some((first, rest)) = t.pending.split_first() {
-                if self.target.set_siginfo(tid, first).is_ok() {
+                if deferred_signal_stop.contains(&tid)
+                    && self.target.set_siginfo(tid, first).is_ok()
+                {
                     sig = first.signo();
-                }
-                for s in rest {
-                    // SAFETY: re-sending a signal to a thread that had it.
-                    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
+                    resend = rest;
                 }
             }
             let _ = self.target.detach(tid, sig);
+            for s in resend {
+                // SAFETY: sending again a signal the thread had pending.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
+            }
         }
         self.processes.remove(&pid);
         for probe in self.probes.values_mut() {

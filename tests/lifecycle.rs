@@ -1,0 +1,274 @@
+//! What a process's life does to a probed program: Ctrl-C detach, job
+//! control, fork and vfork, and signals and faults while an instruction
+//! runs out of line. In every case the program must behave (and print)
+//! exactly as without the probes.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wprobe_tests::*;
+
+fn spin_sum(iters: i64, threads: i64) -> String {
+    format!(
+        "sum={}\n",
+        threads * (0..iters).map(|i| i * 3 + 1).sum::<i64>()
+    )
+}
+
+/// Starts `spin ITERS THREADS` and waits for its "ready".
+fn start_spin(bin: &std::path::Path, iters: i64, threads: i64) -> Child {
+    let mut child = Command::new(bin)
+        .args([iters.to_string(), threads.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start spin");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    child
+}
+
+fn sigint(child: &Child) {
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+}
+
+/// No anonymous executable mapping of the engine's size is left.
+fn engine_pages_gone(pid: i32) -> bool {
+    !wprobe_core::symbols::read_maps(pid)
+        .unwrap()
+        .iter()
+        .any(|m| m.exec && m.path.is_none() && m.end - m.start == 0x10000)
+}
+
+#[test]
+fn ctrl_c_detaches_and_the_target_runs_on() {
+    let bin = build("spin", "ctrlc", &["-O2"]);
+    let mut target = start_spin(&bin, 60000, 4);
+    let pid = target.id() as i32;
+    let events = scratch_dir().join("ctrlc.jsonl");
+    let _ = std::fs::remove_file(&events);
+    // A boosted probe, and a post probe (its threads sit in slots between
+    // two stops), on every thread.
+    let wprobe = Command::new(wprobe_bin())
+        .args(["trace", "--no-regs", "-o"])
+        .arg(&events)
+        .args([
+            "-e",
+            &format!("uprobe:{}:work", bin.display()),
+            "-e",
+            "uprobe:libc:usleep post",
+            "-p",
+            &pid.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wprobe");
+    assert!(
+        wait_until(10, || std::fs::metadata(&events)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false)),
+        "events flow"
+    );
+    sigint(&wprobe);
+    let out = wprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("detached"), "{stderr}");
+    // The target: untraced, its code as in the file, the engine's pages
+    // gone, and it finishes with the right output.
+    assert_eq!(proc_status(pid, "TracerPid:").as_deref(), Some("0"));
+    let (live, file) = live_and_file_bytes(pid, &bin, "work", 16);
+    assert_eq!(live, file);
+    assert!(engine_pages_gone(pid));
+    let mut rest = String::new();
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(target.wait().unwrap().success());
+    assert_eq!(rest, spin_sum(60000, 4));
+    let (_, summary) = parse_jsonl(&std::fs::read_to_string(&events).unwrap());
+    let summary = summary.expect("summary after Ctrl-C");
+    assert!(summary["probes"][0]["hits"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ctrl_c_of_a_spawned_command_detaches_and_waits_for_it() {
+    let bin = build("spin", "ctrlc-spawn", &["-O2"]);
+    let events = scratch_dir().join("ctrlc-spawn.jsonl");
+    let mut wprobe = Command::new(wprobe_bin())
+        .args(["trace", "--no-regs", "-o"])
+        .arg(&events)
+        .args(["-e", &format!("uprobe:{}:work", bin.display()), "--"])
+        .arg(&bin)
+        .args(["5000", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wprobe");
+    let mut ready = [0u8; 6];
+    wprobe
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    sigint(&wprobe);
+    let out = wprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Only wprobe got SIGINT: the command ran on, untraced, to its end.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), spin_sum(5000, 2));
+}
+
+#[test]
+fn job_control_works_as_without_the_tracer() {
+    let bin = build("spin", "jobctl", &["-O2"]);
+    let mut target = start_spin(&bin, 30000, 1);
+    let pid = target.id() as i32;
+    let events = scratch_dir().join("jobctl.jsonl");
+    let _ = std::fs::remove_file(&events);
+    let wprobe = Command::new(wprobe_bin())
+        .args(["trace", "--no-regs", "-o"])
+        .arg(&events)
+        .args([
+            "-e",
+            &format!("uprobe:{}:work", bin.display()),
+            "-p",
+            &pid.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wprobe");
+    let size = || std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
+    assert!(wait_until(10, || size() > 0), "events flow");
+    // SAFETY: signalling our child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped =
+        || proc_status(pid, "State:").is_some_and(|s| s.starts_with('T') || s.starts_with('t'));
+    assert!(wait_until(5, stopped), "the target stops on SIGSTOP");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = size();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(size(), before, "no hits while stopped");
+    assert!(stopped(), "still stopped");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(
+        wait_until(5, || size() > before),
+        "runs again after SIGCONT"
+    );
+    sigint(&wprobe);
+    let out = wprobe.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rest = String::new();
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(target.wait().unwrap().success());
+    assert_eq!(rest, spin_sum(30000, 1));
+}
+
+#[test]
+fn fork_children_run_untouched_and_vfork_children_exec() {
+    let bin = build("forker", "fork", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        "100",
+        "50",
+    ]);
+    let plain = run_plain(&bin, &["100", "50"]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    let own: String = t
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(own, String::from_utf8_lossy(&plain.stdout));
+    assert!(
+        own.contains("fork child: exit 0") && own.contains("vfork child: exit 0"),
+        "{own}"
+    );
+    assert_eq!(
+        t.hits(1),
+        100,
+        "only the parent's calls: the fork child has no breakpoints"
+    );
+}
+
+#[test]
+fn signals_and_faults_in_slots_are_delivered_as_without_probes() {
+    for (tag, extra) in [("boost", ""), ("post", " post")] {
+        let bin = build("signals", &format!("sig-{tag}"), &["-O2"]);
+        let b = bin.to_string_lossy();
+        let t = trace(&[
+            "--no-regs",
+            "-o",
+            "/dev/null",
+            "-e",
+            &format!("uprobe:{b}:deref{extra}"),
+            "-e",
+            &format!("uprobe:{b}:work{extra}"),
+            "--",
+            &b,
+            "100000",
+        ]);
+        let plain = run_plain(&bin, &["30000"]);
+        assert_eq!(t.status, Some(0), "{tag}: {}", t.stderr);
+        let expect = String::from_utf8_lossy(&plain.stdout);
+        assert!(
+            expect.contains("fault at deref: yes, si_addr=0") && expect.contains("outside=0"),
+            "{expect}"
+        );
+        assert_eq!(
+            t.stdout, expect,
+            "{tag}: the handler saw the original address, never a slot"
+        );
+    }
+}
+
+#[test]
+fn fault_hit_counts_equal_the_kernel_uprobe() {
+    let bin = build("signals", "sig-oracle", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &format!("uprobe:{b}:deref"),
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        "20000",
+    ]);
+    assert_eq!((t.hits(1), t.hits(2)), (1, 20000), "{}", t.stderr);
+    if tracefs_available() {
+        let k = kernel_uprobe_counts(&bin, &[("deref", 0), ("work", 0)], || {
+            run_plain(&bin, &["20000"]);
+        });
+        assert_eq!(k, vec![1, 20000]);
+    }
+}
