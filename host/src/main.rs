@@ -23,8 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Trace a command or a running process with entry probes; print each
-    /// hit as a JSON line.
+    /// Trace a command or a running process with entry and return probes;
+    /// print each hit as a JSON line.
     Trace(trace::TraceArgs),
 }
 

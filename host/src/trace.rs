@@ -19,9 +19,10 @@ use wprobe_core::target::ptrace::Ptrace;
 
 #[derive(Args)]
 pub struct TraceArgs {
-    /// A probe: `uprobe:MODULE:SYMBOL[+OFF]` or `uprobe:MODULE:0xADDR`,
-    /// then captures (`name=%rdi:u64`, `path=+0($arg1):string`) and
-    /// `post` / `force`. May be given several times.
+    /// A probe: `uprobe:MODULE:SYMBOL[+OFF]`, `uprobe:MODULE:0xADDR` or
+    /// `uretprobe:MODULE:SYMBOL`, then captures (`name=%rdi:u64`,
+    /// `path=+0($arg1):string`; a return probe takes them at entry) and
+    /// `post`, `force`, `maxactive=N`. May be given several times.
     #[arg(short = 'e', long = "probe", value_name = "SPEC")]
     probes: Vec<String>,
     /// Attach to this running process (all its threads) instead of running
@@ -234,6 +235,12 @@ impl JsonSink {
     fn write(&mut self, v: &Json) {
         let _ = serde_json::to_writer(&mut self.out, v);
         let _ = self.out.write_all(b"\n");
+        self.maybe_flush();
+    }
+
+    /// Events reach a reader within a tenth of a second even when they are
+    /// few, without a write per event when they are many.
+    fn maybe_flush(&mut self) {
         let now = monotonic_ns();
         if now - self.last_flush > 100_000_000 {
             let _ = self.out.flush();
@@ -265,39 +272,58 @@ impl JsonSink {
 }
 
 impl Sink for JsonSink {
+    /// One event as one JSON line. Written field by field rather than
+    /// through a `serde_json::Map`: this runs while the target thread is
+    /// stopped, and building a map of 27 registers per hit was most of the
+    /// cost of an event.
     fn hit(&mut self, hit: &Hit<'_>) {
-        let mut o = Map::new();
-        o.insert("probe".into(), json!(hit.probe.0));
-        o.insert(
-            "kind".into(),
-            json!(match hit.kind {
-                HitKind::Entry => "entry",
-                HitKind::Post => "post",
-            }),
+        let kind = match hit.kind {
+            HitKind::Entry => "entry",
+            HitKind::Post => "post",
+            HitKind::Return => "return",
+        };
+        let o = &mut self.out;
+        let _ = write!(
+            o,
+            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":[",
+            hit.probe.0, hit.pid, hit.tid, hit.time_ns, hit.addr
         );
-        o.insert("pid".into(), json!(hit.pid));
-        o.insert("tid".into(), json!(hit.tid));
-        o.insert("time_ns".into(), json!(hit.time_ns));
-        o.insert("addr".into(), json!(format!("{:#x}", hit.addr)));
-        o.insert("args".into(), json!(hit.regs.args()));
+        for (i, a) in hit.regs.args().iter().enumerate() {
+            let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
+        }
+        let _ = o.write_all(b"]");
+        if let Some(r) = &hit.ret {
+            let _ = write!(
+                o,
+                ",\"retval\":{},\"return_address\":\"{:#x}\",\"entry_time_ns\":{},\"latency_ns\":{},\"entry_args\":[",
+                r.value,
+                r.return_address,
+                r.entry_time_ns,
+                hit.time_ns.saturating_sub(r.entry_time_ns)
+            );
+            for (i, a) in r.entry_args.iter().enumerate() {
+                let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
+            }
+            let _ = o.write_all(b"]");
+        }
         if !hit.captures.is_empty() {
             let caps: Map<String, Json> = hit
                 .captures
                 .iter()
                 .map(|(k, v)| (k.clone(), value_json(v)))
                 .collect();
-            o.insert("captures".into(), Json::Object(caps));
+            let _ = o.write_all(b",\"captures\":");
+            let _ = serde_json::to_writer(&mut *o, &caps);
         }
         if self.regs {
-            let regs: Map<String, Json> = hit
-                .regs
-                .named()
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            o.insert("regs".into(), Json::Object(regs));
+            let _ = o.write_all(b",\"regs\":{");
+            for (i, (k, v)) in hit.regs.named().iter().enumerate() {
+                let _ = write!(o, "{}\"{k}\":{v}", if i == 0 { "" } else { "," });
+            }
+            let _ = o.write_all(b"}");
         }
-        self.write(&Json::Object(o));
+        let _ = o.write_all(b"}\n");
+        self.maybe_flush();
     }
 
     fn notice(&mut self, n: &Notice) {

@@ -85,6 +85,9 @@ pub struct ProbeSpec {
     pub post: bool,
     /// Accept a symbol whose size is zero or unknown.
     pub force: bool,
+    /// Return probes: how many calls may be in flight at once (kretprobes'
+    /// `maxactive`); further calls are counted in `nmissed`.
+    pub maxactive: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,11 +134,38 @@ impl ProbeSpec {
             captures: Vec::new(),
             post: false,
             force: false,
+            maxactive: None,
         };
+        if spec.kind == Kind::Return {
+            if let Location::Symbol { offset, .. } = spec.location {
+                if offset != 0 {
+                    return Err(err(format!(
+                        "a return probe goes on a function's entry; drop `+{offset:#x}`"
+                    )));
+                }
+            }
+        }
         for w in words {
             match w {
                 "post" => spec.post = true,
                 "force" => spec.force = true,
+                _ if w.starts_with("maxactive=") => {
+                    let n = &w["maxactive=".len()..];
+                    match n.parse::<u32>() {
+                        Ok(v @ 1..=100_000) if spec.kind == Kind::Return => {
+                            spec.maxactive = Some(v)
+                        }
+                        Ok(_) if spec.kind == Kind::Return => {
+                            return Err(err(format!(
+                                "maxactive `{n}` must be between 1 and 100000"
+                            )))
+                        }
+                        _ if spec.kind != Kind::Return => {
+                            return Err(err("maxactive applies to return probes only".into()))
+                        }
+                        _ => return Err(err(format!("maxactive `{n}` is not a number"))),
+                    }
+                }
                 _ => {
                     let c = parse_capture(w).map_err(err)?;
                     if spec.captures.iter().any(|o| o.name == c.name) {
@@ -364,6 +394,18 @@ mod tests {
         );
         check("uprobe:ns::f", "Entry None ns::f []");
         check("uretprobe:libc:malloc", r#"Return Some("libc") malloc []"#);
+        check(
+            "uretprobe:/b:f+4",
+            "error: a return probe goes on a function's entry; drop `+0x4`",
+        );
+        check(
+            "uprobe:/b:f maxactive=3",
+            "error: maxactive applies to return probes only",
+        );
+        check(
+            "uretprobe:/b:f maxactive=0",
+            "error: maxactive `0` must be between 1 and 100000",
+        );
         check("uprobe:/b:f force", r#"Entry Some("/b") f force []"#);
         check(
             "kprobe:x",

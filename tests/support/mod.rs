@@ -176,51 +176,115 @@ pub fn file_offset(bin: &Path, symbol: &str, off: u64) -> u64 {
 
 static EVENT_SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// A kernel uprobe on `bin` at the given symbols, counting hits while
-/// `run` runs: the oracle the engine's counts must equal.
-pub fn kernel_uprobe_counts(bin: &Path, points: &[(&str, u64)], run: impl FnOnce()) -> Vec<u64> {
-    let tracing = Path::new("/sys/kernel/tracing");
-    let group = format!(
-        "wprobe_{}_{}",
-        std::process::id(),
-        EVENT_SEQ.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut names = Vec::new();
-    for (i, (sym, off)) in points.iter().enumerate() {
-        // uprobe_profile shows event names without their group: keep
-        // them unique on their own.
-        let name = format!("{group}_p{i}");
-        let def = format!(
-            "p:{group}/{name} {}:{:#x}\n",
-            bin.display(),
-            file_offset(bin, sym, *off)
+/// Kernel uprobes and uretprobes on one file, enabled in a tracefs
+/// instance of their own: the oracle the engine's counts and return values
+/// must equal. Dropping it disables and deletes them, also when a test
+/// fails halfway.
+pub struct KernelProbes {
+    group: String,
+    names: Vec<String>,
+}
+
+const TRACING: &str = "/sys/kernel/tracing";
+
+impl KernelProbes {
+    /// `points`: (kind, symbol, offset), kind `p` (entry; counts) or `r`
+    /// (return; also records the return value).
+    pub fn new(bin: &Path, points: &[(char, &str, u64)]) -> KernelProbes {
+        let tracing = Path::new(TRACING);
+        let group = format!(
+            "wprobe_{}_{}",
+            std::process::id(),
+            EVENT_SEQ.fetch_add(1, Ordering::SeqCst)
         );
-        append(&tracing.join("uprobe_events"), &def);
-        names.push(name);
+        let mut k = KernelProbes {
+            group: group.clone(),
+            names: Vec::new(),
+        };
+        for (i, (kind, sym, off)) in points.iter().enumerate() {
+            // uprobe_profile shows event names without their group: keep
+            // them unique on their own.
+            let name = format!("{group}_{kind}{i}");
+            let fetch = if *kind == 'r' { " ret=$retval:s64" } else { "" };
+            let def = format!(
+                "{kind}:{group}/{name} {}:{:#x}{fetch}\n",
+                bin.display(),
+                file_offset(bin, sym, *off)
+            );
+            append(&tracing.join("uprobe_events"), &def);
+            k.names.push(name);
+        }
+        std::fs::create_dir(k.instance()).expect("create a tracefs instance");
+        std::fs::write(k.instance().join("events").join(&group).join("enable"), "1")
+            .expect("enable uprobe events");
+        k
     }
-    // Events count hits in uprobe_profile only while enabled.
-    std::fs::write(tracing.join("events").join(&group).join("enable"), "1")
-        .expect("enable uprobe events");
+
+    fn instance(&self) -> PathBuf {
+        Path::new(TRACING).join("instances").join(&self.group)
+    }
+
+    /// Hits of each point so far, from uprobe_profile.
+    pub fn counts(&self) -> Vec<u64> {
+        let profile = std::fs::read_to_string(Path::new(TRACING).join("uprobe_profile"))
+            .expect("uprobe_profile");
+        self.names
+            .iter()
+            .map(|n| {
+                profile
+                    .lines()
+                    .find(|l| l.split_whitespace().nth(1) == Some(n.as_str()))
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or_else(|| panic!("no {n} in uprobe_profile:\n{profile}"))
+            })
+            .collect()
+    }
+
+    /// The return values the `r` point with this index recorded, in order.
+    pub fn return_values(&self, index: usize) -> Vec<i64> {
+        let trace = std::fs::read_to_string(self.instance().join("trace")).expect("trace");
+        let tag = format!("{}:", self.names[index]);
+        trace
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .filter_map(|l| {
+                l.rsplit_once("ret=")
+                    .and_then(|(_, v)| v.trim().parse().ok())
+            })
+            .collect()
+    }
+}
+
+impl Drop for KernelProbes {
+    fn drop(&mut self) {
+        let tracing = Path::new(TRACING);
+        let _ = std::fs::write(
+            self.instance()
+                .join("events")
+                .join(&self.group)
+                .join("enable"),
+            "0",
+        );
+        let _ = std::fs::remove_dir(self.instance());
+        for n in &self.names {
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(tracing.join("uprobe_events"))
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(format!("-:{}/{n}\n", self.group).as_bytes())
+                });
+        }
+    }
+}
+
+/// Kernel uprobe hit counts of `points` while `run` runs.
+pub fn kernel_uprobe_counts(bin: &Path, points: &[(&str, u64)], run: impl FnOnce()) -> Vec<u64> {
+    let pts: Vec<(char, &str, u64)> = points.iter().map(|&(s, o)| ('p', s, o)).collect();
+    let k = KernelProbes::new(bin, &pts);
     run();
-    let profile = std::fs::read_to_string(tracing.join("uprobe_profile")).expect("uprobe_profile");
-    let counts = names
-        .iter()
-        .map(|n| {
-            let key = n.as_str();
-            profile
-                .lines()
-                .find(|l| l.split_whitespace().nth(1) == Some(key))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .and_then(|c| c.parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in uprobe_profile:\n{profile}"))
-        })
-        .collect();
-    std::fs::write(tracing.join("events").join(&group).join("enable"), "0")
-        .expect("disable uprobe events");
-    for n in &names {
-        append(&tracing.join("uprobe_events"), &format!("-:{group}/{n}\n"));
-    }
-    counts
+    k.counts()
 }
 
 fn append(path: &Path, line: &str) {

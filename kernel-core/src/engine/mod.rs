@@ -10,6 +10,7 @@
 
 pub mod capture;
 mod resolve;
+mod ret;
 mod run;
 pub mod xol;
 
@@ -35,6 +36,21 @@ pub enum HitKind {
     Entry,
     /// After it ran (probes created with `post`).
     Post,
+    /// The function returned (return probes).
+    Return,
+}
+
+/// What a return event adds: the kretprobe view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Return {
+    /// The return value register.
+    pub value: u64,
+    /// When the function was entered (CLOCK_MONOTONIC, ns).
+    pub entry_time_ns: u64,
+    /// The arguments at entry.
+    pub entry_args: [u64; 6],
+    /// Where the function returned to.
+    pub return_address: u64,
 }
 
 /// One probe hit, handed to the [`Sink`] while the thread is stopped.
@@ -49,8 +65,11 @@ pub struct Hit<'a> {
     pub addr: u64,
     /// The registers; for entry events `rip` is the probed address.
     pub regs: &'a Regs,
-    /// The probe's captures, by name, in the order of the spec.
+    /// The probe's captures, by name, in the order of the spec. Return
+    /// events carry the captures taken at entry.
     pub captures: &'a [(String, Value)],
+    /// For return events.
+    pub ret: Option<Return>,
 }
 
 /// What the engine tells its user besides hits.
@@ -135,6 +154,33 @@ struct Probe {
     stats: ProbeStats,
     /// Where it is armed, per process.
     placed: HashMap<Tid, u64>,
+    /// Return probes: calls in flight (live return instances).
+    active: u32,
+}
+
+/// kretprobes' default `maxactive`: max(10, 2 × CPUs).
+pub fn default_maxactive() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (2 * cpus).max(10)
+}
+
+/// One hijacked return (kretprobes' `kretprobe_instance`, uprobes'
+/// `return_instance`), keyed by the stack slot that held the return address.
+#[derive(Clone, Debug)]
+struct RetInstance {
+    /// The return probes this call reports to, with their entry captures.
+    probes: Vec<(ProbeId, Vec<(String, Value)>)>,
+    /// The function's entry address.
+    site: u64,
+    /// The return address the trampoline replaced.
+    orig_ret: u64,
+    /// Where on the stack the return address lives.
+    slot: u64,
+    entry_time_ns: u64,
+    entry_args: [u64; 6],
+    /// A tail call from one hijacked function into another: the return
+    /// address was already the trampoline; both return at once.
+    chained: bool,
 }
 
 /// Why the engine has a breakpoint of its own somewhere.
@@ -176,6 +222,8 @@ struct Thread {
     /// The current stop is a signal-delivery-stop: only there does the
     /// kernel honour a signal given to PTRACE_CONT.
     at_signal_stop: bool,
+    /// Hijacked returns, oldest first.
+    returns: Vec<RetInstance>,
 }
 
 struct Process {
@@ -199,6 +247,19 @@ struct Process {
     refused: HashSet<ProbeId>,
     /// Probes already reported as pending here.
     pending_noted: HashSet<ProbeId>,
+    /// The return trampoline: an `int3` in the first area.
+    trampoline: Option<u64>,
+}
+
+impl Process {
+    /// The slot `ip` is in, and the site it serves.
+    fn slot_at(&self, ip: u64) -> Option<(u64, u64)> {
+        self.slots
+            .range(..=ip)
+            .next_back()
+            .map(|(&slot, &site)| (slot, site))
+            .filter(|&(slot, _)| ip < slot + crate::arch::native::SLOT_SIZE as u64)
+    }
 }
 
 /// The probe engine over one backend.
@@ -314,6 +375,7 @@ impl<T: Target> Engine<T> {
             in_slot: None,
             pending: Vec::new(),
             at_signal_stop: false,
+            returns: Vec::new(),
         })
     }
 
@@ -331,6 +393,7 @@ impl<T: Target> Engine<T> {
                 vfork_children: HashSet::new(),
                 refused: HashSet::new(),
                 pending_noted: HashSet::new(),
+                trampoline: None,
             },
         );
     }

@@ -22,6 +22,9 @@ pub(super) enum Resolved {
         addr: u64,
         prepared: Prepared,
         location: String,
+        return_probe: bool,
+        /// Said to the user when the probe is armed.
+        warning: Option<String>,
     },
     /// The module is not mapped (yet).
     Pending(String),
@@ -60,11 +63,6 @@ impl<T: Target> Engine<T> {
     /// anywhere and the error says why.
     pub fn add_probe(&mut self, spec: ProbeSpec, sink: &mut dyn Sink) -> Result<ProbeId> {
         let text = spec_text(&spec);
-        if spec.kind == Kind::Return {
-            return Err(EngineError::NotImplemented(format!(
-                "return probes (`{text}`): uretprobe support is the next step of the engine; use an entry probe for now"
-            )));
-        }
         for c in &spec.captures {
             capture::validate(c)
                 .map_err(|e| EngineError::Refused(format!("{text}: capture `{}`: {e}", c.name)))?;
@@ -88,6 +86,7 @@ impl<T: Target> Engine<T> {
                 enabled: true,
                 stats: Default::default(),
                 placed: Default::default(),
+                active: 0,
             },
         );
         for (pid, r) in placements {
@@ -246,7 +245,7 @@ impl<T: Target> Engine<T> {
     }
 
     /// A free slot within reach of `near`, mapping a new area if needed.
-    fn alloc_slot(&mut self, pid: Tid, near: u64) -> Result<u64> {
+    pub(super) fn alloc_slot(&mut self, pid: Tid, near: u64) -> Result<u64> {
         let proc_ = self.processes.get_mut(&pid).expect("caller checked");
         if let Some(s) = proc_
             .areas
@@ -318,6 +317,7 @@ impl<T: Target> Engine<T> {
     pub(super) fn wait_until_stopped(&mut self, tid: Tid) -> Result<()> {
         use crate::target::Stop;
         let stop = self.target.wait_for(tid)?;
+        let stop = self.settle_interrupt(tid, stop)?;
         match stop {
             Stop::Interrupted { .. } => {}
             Stop::Exited { .. } | Stop::Killed { .. } => {
@@ -330,6 +330,23 @@ impl<T: Target> Engine<T> {
             t.stopped = true;
         }
         Ok(())
+    }
+
+    /// An interrupt stop may be reported while the trap of a breakpoint
+    /// the thread just executed is still queued: let the thread take it now
+    /// (it stops again before running any instruction) and report that
+    /// stop instead.
+    pub(super) fn settle_interrupt(
+        &mut self,
+        tid: Tid,
+        stop: crate::target::Stop,
+    ) -> Result<crate::target::Stop> {
+        use crate::target::{Resume, Stop};
+        if matches!(stop, Stop::Interrupted { .. }) && self.target.trap_pending(tid) {
+            self.target.resume(tid, Resume::Continue, 0)?;
+            return Ok(self.target.wait_for(tid)?);
+        }
+        Ok(stop)
     }
 
     /// Puts probe `id` at its resolved place in `pid`.
@@ -356,7 +373,15 @@ impl<T: Target> Engine<T> {
                 addr,
                 prepared,
                 location,
+                return_probe,
+                warning,
             } => {
+                if return_probe {
+                    self.ensure_trampoline(pid, addr)?;
+                }
+                if let Some(w) = warning {
+                    sink.notice(&Notice::Warning(w));
+                }
                 self.install_site(pid, addr, prepared, location.clone(), None)?;
                 let proc_ = self.processes.get_mut(&pid).expect("caller checked");
                 let site = proc_.sites.get_mut(&addr).expect("installed");
@@ -491,6 +516,16 @@ impl<T: Target> Engine<T> {
         }
         let code = code_at(&elf, &module.path, vaddr).map_err(|e| e.to_string())?;
         let prepared = arch_prepare_kprobe(&code, addr).map_err(|r| r.to_string())?;
+        let mut warning = None;
+        if spec.kind == Kind::Return {
+            self.check_return_probe(pid, &module.file)?;
+            if elf.symbols.iter().any(|s| s.name.starts_with("_Z")) {
+                warning = Some(format!(
+                    "{location} in {} is C++ code: a C++ exception thrown through it while its return                      is probed terminates the program, and backtrace() inside it stops at the                      trampoline (the unwinder cannot step past it; kernel uretprobes do the same)",
+                    module.path
+                ));
+            }
+        }
         if let Some(site) = self.processes[&pid].sites.get(&addr) {
             // Ours already: several probes at one address share it.
             let _ = site;
@@ -513,6 +548,8 @@ impl<T: Target> Engine<T> {
             addr,
             prepared,
             location: format!("{}:{location}", module.path),
+            return_probe: spec.kind == Kind::Return,
+            warning,
         })
     }
 

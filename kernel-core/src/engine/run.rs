@@ -11,6 +11,7 @@ use crate::arch::native::{
     arch_abort_xol, arch_post_xol, arch_simulate, Action, Regs, SlotMode, XolPosition,
 };
 use crate::arch::{Memory, MemoryError};
+use crate::spec::Kind;
 use crate::target::{Event, Resume, SigInfo, Stop, Target, TargetError, Tid};
 
 /// `si_code` of a SIGTRAP raised by `int3`.
@@ -143,12 +144,23 @@ impl<T: Target> Engine<T> {
             return;
         };
         let pid = t.pid;
+        self.forget_returns(t.returns);
         if let Some(p) = self.processes.get_mut(&pid) {
             p.vfork_children.remove(&tid);
         }
         if tid == pid {
             // With __WALL the leader is reported last: the process is gone.
-            self.threads.retain(|_, t| t.pid != pid);
+            let gone: Vec<Tid> = self
+                .threads
+                .iter()
+                .filter(|(_, t)| t.pid == pid)
+                .map(|(&t, _)| t)
+                .collect();
+            for t in gone {
+                if let Some(th) = self.threads.remove(&t) {
+                    self.forget_returns(th.returns);
+                }
+            }
             self.processes.remove(&pid);
             for probe in self.probes.values_mut() {
                 probe.placed.remove(&pid);
@@ -170,7 +182,7 @@ impl<T: Target> Engine<T> {
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::Fork(child) => {
-                self.untouch_fork_child(pid, child)?;
+                self.untouch_fork_child(pid, tid, child)?;
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::Vfork(child) => {
@@ -206,7 +218,22 @@ impl<T: Target> Engine<T> {
                 if former != tid {
                     self.threads.remove(&former);
                 }
-                self.threads.retain(|&t, th| th.pid != pid || t == pid);
+                let gone: Vec<Tid> = self
+                    .threads
+                    .iter()
+                    .filter(|(&t, th)| th.pid == pid && t != pid)
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in gone {
+                    if let Some(th) = self.threads.remove(&t) {
+                        self.forget_returns(th.returns);
+                    }
+                }
+                // The new image has none of the old calls.
+                if let Some(th) = self.threads.get_mut(&pid) {
+                    let old = std::mem::take(&mut th.returns);
+                    self.forget_returns(old);
+                }
                 self.target.memory_changed(pid);
                 let placed: Vec<_> = self
                     .probes
@@ -230,7 +257,7 @@ impl<T: Target> Engine<T> {
 
     /// A fork child has a copy of our breakpoints; write the original bytes
     /// into it and let it go, so that it runs untouched (as uprobes does).
-    fn untouch_fork_child(&mut self, pid: Tid, child: Tid) -> Result<()> {
+    fn untouch_fork_child(&mut self, pid: Tid, parent: Tid, child: Tid) -> Result<()> {
         if self.orphans.remove(&child).is_none() {
             // Its first stop has not been seen yet.
             loop {
@@ -250,6 +277,25 @@ impl<T: Target> Engine<T> {
         for (addr, orig) in sites {
             self.target.write_memory(child, addr, &[orig])?;
         }
+        // The child copied the forking thread's stack, hijacked return
+        // addresses included.
+        self.restore_returns(pid, &[parent], child)?;
+        // A fork from an instruction running out of line (a probed
+        // `syscall`) leaves the child inside the slot: send it to where
+        // the original instruction would have left it.
+        if let Ok(mut regs) = self.target.get_regs(child) {
+            if let Some((slot_addr, site_addr)) = self.processes[&pid].slot_at(regs.rip) {
+                let site = &self.processes[&pid].sites[&site_addr];
+                let (_, slot) = site.slot.clone().expect("out-of-line site");
+                let saved = self.threads.values().find_map(|t| {
+                    t.in_slot
+                        .filter(|x| x.slot_addr == slot_addr)
+                        .and_then(|x| x.saved_scratch)
+                });
+                arch_abort_xol(&site.prepared.clone(), &slot, slot_addr, saved, &mut regs);
+                self.target.set_regs(child, &regs)?;
+            }
+        }
         self.target.memory_changed(child);
         let _ = self.target.detach(child, 0);
         Ok(())
@@ -267,6 +313,9 @@ impl<T: Target> Engine<T> {
             if info.code() == SI_KERNEL {
                 let addr = regs.rip.wrapping_sub(1);
                 let p = &self.processes[&pid];
+                if p.trampoline == Some(addr) {
+                    return self.on_trampoline(tid, pid, regs, sink);
+                }
                 if p.sites.get(&addr).is_some_and(|s| s.armed) {
                     return self.on_breakpoint(tid, pid, addr, regs, sink);
                 }
@@ -279,12 +328,8 @@ impl<T: Target> Engine<T> {
                 }
             }
         }
-        if let Some((&slot_addr, &site_addr)) =
-            self.processes[&pid].slots.range(..=regs.rip).next_back()
-        {
-            if regs.rip < slot_addr + crate::arch::native::SLOT_SIZE as u64 {
-                return self.signal_in_slot(tid, pid, site_addr, slot_addr, regs, info, sink);
-            }
+        if let Some((slot_addr, site_addr)) = self.processes[&pid].slot_at(regs.rip) {
+            return self.signal_in_slot(tid, pid, site_addr, slot_addr, regs, info, sink);
         }
         // Not ours: deliver it as without the tracer.
         self.resume(tid, Resume::Continue, info.signo())
@@ -305,7 +350,10 @@ impl<T: Target> Engine<T> {
             let Some(probe) = self.probes.get_mut(&id) else {
                 continue;
             };
-            if !probe.enabled || (kind == HitKind::Post && !probe.spec.post) {
+            if !probe.enabled
+                || probe.spec.kind == Kind::Return
+                || (kind == HitKind::Post && !probe.spec.post)
+            {
                 continue;
             }
             if kind == HitKind::Entry {
@@ -330,6 +378,7 @@ impl<T: Target> Engine<T> {
                 addr,
                 regs,
                 captures: &captures,
+                ret: None,
             });
         }
     }
@@ -346,6 +395,7 @@ impl<T: Target> Engine<T> {
     ) -> Result<()> {
         regs.rip = addr;
         self.emit(tid, pid, addr, &regs, HitKind::Entry, sink);
+        self.hijack_return(tid, pid, addr, &regs)?;
         if let Some(Internal::LinkerHook { r_debug }) = self.processes[&pid].sites[&addr].internal {
             self.linker_event(pid, r_debug, sink)?;
         }
@@ -596,7 +646,12 @@ impl<T: Target> Engine<T> {
         }
         for tid in running {
             let mut at_signal_stop = false;
-            match self.target.wait_for(tid) {
+            let stop = self
+                .target
+                .wait_for(tid)
+                .map_err(super::EngineError::from)
+                .and_then(|s| self.settle_interrupt(tid, s));
+            match stop {
                 Ok(Stop::Interrupted { .. }) | Ok(Stop::GroupStop { .. }) => {}
                 Ok(s @ Stop::Signal { .. }) => {
                     at_signal_stop = true;
@@ -682,35 +737,31 @@ impl<T: Target> Engine<T> {
             };
             let before = regs;
             let in_slot = self.threads[&tid].in_slot;
-            if let Some((&slot_addr, &site_addr)) =
-                self.processes[&pid].slots.range(..=regs.rip).next_back()
-            {
-                if regs.rip < slot_addr + crate::arch::native::SLOT_SIZE as u64 {
-                    let site = &self.processes[&pid].sites[&site_addr];
-                    let (_, slot) = site.slot.clone().expect("out-of-line");
-                    let saved = in_slot.and_then(|x| x.saved_scratch);
-                    if regs.rip == slot_addr + slot.copy_len as u64 + 1
-                        && slot.mode == SlotMode::TrapAfter
-                    {
-                        regs.rip -= 1;
-                    }
-                    if regs.rip == slot_addr + slot.copy_len as u64 && slot.mode == SlotMode::Step {
-                        let p = site.prepared.clone();
-                        let _ = arch_post_xol(
-                            &p,
-                            &slot,
-                            slot_addr,
-                            saved,
-                            &mut regs,
-                            &mut Mem {
-                                target: &mut self.target,
-                                pid,
-                            },
-                        );
-                    } else {
-                        let p = site.prepared.clone();
-                        arch_abort_xol(&p, &slot, slot_addr, saved, &mut regs);
-                    }
+            if let Some((slot_addr, site_addr)) = self.processes[&pid].slot_at(regs.rip) {
+                let site = &self.processes[&pid].sites[&site_addr];
+                let (_, slot) = site.slot.clone().expect("out-of-line");
+                let saved = in_slot.and_then(|x| x.saved_scratch);
+                if regs.rip == slot_addr + slot.copy_len as u64 + 1
+                    && slot.mode == SlotMode::TrapAfter
+                {
+                    regs.rip -= 1;
+                }
+                if regs.rip == slot_addr + slot.copy_len as u64 && slot.mode == SlotMode::Step {
+                    let p = site.prepared.clone();
+                    let _ = arch_post_xol(
+                        &p,
+                        &slot,
+                        slot_addr,
+                        saved,
+                        &mut regs,
+                        &mut Mem {
+                            target: &mut self.target,
+                            pid,
+                        },
+                    );
+                } else {
+                    let p = site.prepared.clone();
+                    arch_abort_xol(&p, &slot, slot_addr, saved, &mut regs);
                 }
             } else if trapped.contains(&tid)
                 && sites.iter().any(|&(a, _, _)| a == regs.rip.wrapping_sub(1))
@@ -721,7 +772,9 @@ impl<T: Target> Engine<T> {
                 self.target.set_regs(tid, &regs)?;
             }
         }
-        // 3. The engine's pages go.
+        // 3. Hijacked return addresses back on every thread's stack.
+        self.restore_returns(pid, &tids, pid)?;
+        // 4. The engine's pages go.
         let areas = std::mem::take(&mut self.processes.get_mut(&pid).expect("exists").areas);
         if let Some(&tid) = tids.first() {
             for area in &areas {
@@ -732,7 +785,7 @@ impl<T: Target> Engine<T> {
                 }
             }
         }
-        // 4. Let go, delivering what was pending.
+        // 5. Let go, delivering what was pending.
         for tid in tids {
             let t = self.threads.remove(&tid).expect("listed");
             let mut sig = 0;

@@ -1,8 +1,9 @@
 //! Out-of-line execution areas: pages the engine maps in a target, within
 //! ±2 GB of the code they serve, cut into fixed-size slots.
 //!
-//! The first slot of every area holds `syscall; int3`: the gadget through
-//! which the engine makes the target call `mmap`/`munmap` later. Before an
+//! The first slot of every area holds `syscall; int3`, the gadget through
+//! which the engine makes the target call `mmap`/`munmap` later, and the
+//! `int3` that hijacked return addresses point to (the return trampoline). Before an
 //! area exists, any `0f 05` byte pair in an executable mapping serves (the
 //! vdso has some), since a single step runs exactly those two bytes.
 
@@ -14,7 +15,11 @@ use crate::target::{Resume, SigInfo, Stop, Target, TargetError, Tid};
 pub const REACH: u64 = (1 << 31) - 2 * AREA_LEN;
 /// Bytes per area: 16 pages.
 pub const AREA_LEN: u64 = 16 * 4096;
-const GADGET: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// `syscall; int3` at the area's start, then the return trampoline's
+/// `int3` at [`TRAMPOLINE_OFFSET`].
+const HEADER: [u8; 9] = [0x0f, 0x05, 0xcc, 0x90, 0x90, 0x90, 0x90, 0x90, 0xcc];
+/// Where in an area the return trampoline is.
+pub const TRAMPOLINE_OFFSET: u64 = 8;
 const USER_LOW: u64 = 0x10000;
 const USER_HIGH: u64 = 0x7fff_ffff_f000;
 
@@ -39,6 +44,10 @@ impl Area {
     pub fn gadget(&self) -> u64 {
         self.start
     }
+    /// Hijacked return addresses point here (uprobes' trampoline).
+    pub fn trampoline(&self) -> u64 {
+        self.start + TRAMPOLINE_OFFSET
+    }
     /// A slot no thread is in, or `None` when the area is full.
     pub fn alloc(&mut self) -> Option<u64> {
         if let Some(s) = self.free.pop() {
@@ -62,7 +71,7 @@ impl Area {
 
 /// The bytes written at the start of a new area.
 pub fn area_header() -> &'static [u8] {
-    &GADGET
+    &HEADER
 }
 
 /// A free, page-aligned range of `len` bytes as close as possible to `near`

@@ -1,0 +1,305 @@
+//! Return probes (kretprobes): at a function's entry the return address on
+//! the stack is replaced by the trampoline, an `int3` in the engine's first
+//! area; when the function returns there, the return events fire and the
+//! thread goes on at the original return address.
+//!
+//! Each thread keeps its hijacked returns oldest first, each keyed by the
+//! stack slot it hijacked (uprobes' `return_instance`). A return to the
+//! trampoline is matched by slot (`rsp - 8` after the `ret`), never by
+//! position alone, so that `longjmp` (instances whose frames are gone are
+//! dropped), coroutines and signal handlers on an alternate stack cannot
+//! pair a return with the wrong call. A function that tail-calls another
+//! hijacked function leaves the trampoline as the return address: the new
+//! instance is chained to the one below it and both fire on the one return.
+
+use super::{
+    capture, default_maxactive, monotonic_ns, Engine, EngineError, Hit, HitKind, Result,
+    RetInstance, Return, Sink,
+};
+use crate::arch::native::Regs;
+use crate::spec::Kind;
+use crate::target::{Resume, Target, Tid};
+
+impl<T: Target> Engine<T> {
+    /// The process's trampoline, mapping the first area if there is none
+    /// (the caller has a stopped thread, as when placing a probe).
+    pub(super) fn ensure_trampoline(&mut self, pid: Tid, near: u64) -> Result<u64> {
+        if let Some(t) = self.processes[&pid].trampoline {
+            return Ok(t);
+        }
+        if self.processes[&pid].areas.is_empty() {
+            // The slot is not used; mapping the area is what matters.
+            self.alloc_slot(pid, near)?;
+        }
+        let t = self.processes[&pid].areas[0].trampoline();
+        self.processes
+            .get_mut(&pid)
+            .expect("caller checked")
+            .trampoline = Some(t);
+        Ok(t)
+    }
+
+    /// Refuses return probes where hijacking the return address is unsafe:
+    /// Go programs (the runtime copies goroutine stacks, carrying the
+    /// trampoline address to where no instance expects it) and threads
+    /// with a CET shadow stack (the hardware compares the return address
+    /// with its own copy and kills the thread).
+    pub(super) fn check_return_probe(
+        &mut self,
+        pid: Tid,
+        module_file: &std::path::Path,
+    ) -> std::result::Result<(), String> {
+        if self.elf.get(module_file).is_ok_and(|e| e.is_go) {
+            return Err(format!(
+                "{} is a Go program: its runtime moves goroutine stacks, which would carry a hijacked \
+                 return address away; use entry probes (`uprobe:`) on Go code",
+                module_file.display()
+            ));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let shstk = status
+            .lines()
+            .find_map(|l| l.strip_prefix("x86_Thread_features:"))
+            .is_some_and(|f| f.split_whitespace().any(|w| w == "shstk"));
+        if shstk {
+            return Err(format!(
+                "process {pid} uses a CET shadow stack, which would kill it at a hijacked return; \
+                 use entry probes, or run it without shadow stacks (glibc.cpu.x86_shstk=off)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// At the entry of a function with return probes (the thread is stopped
+    /// at the entry, before the first instruction): hijack its return.
+    pub(super) fn hijack_return(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        site: u64,
+        regs: &Regs,
+    ) -> Result<()> {
+        let Some(trampoline) = self.processes[&pid].trampoline else {
+            return Ok(());
+        };
+        let ids: Vec<_> = self.processes[&pid].sites[&site]
+            .probes
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.probes
+                    .get(id)
+                    .is_some_and(|p| p.enabled && p.spec.kind == Kind::Return)
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sp = regs.rsp;
+        self.drop_dead_returns(tid, pid, sp);
+        let mut probes = Vec::new();
+        for id in ids {
+            let p = self.probes.get_mut(&id).expect("listed");
+            let max = p.spec.maxactive.unwrap_or_else(default_maxactive);
+            if p.active >= max {
+                // kretprobes: maxactive instances in flight at most; the
+                // rest are missed, and counted.
+                p.stats.nmissed += 1;
+                continue;
+            }
+            p.active += 1;
+            let caps = p.spec.captures.clone();
+            let values = caps
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        capture::evaluate(&mut self.target, pid, regs, c),
+                    )
+                })
+                .collect();
+            probes.push((id, values));
+        }
+        if probes.is_empty() {
+            return Ok(());
+        }
+        let mut word = [0u8; 8];
+        self.target.read_memory(pid, sp, &mut word)?;
+        let current = u64::from_le_bytes(word);
+        let thread = self.threads.get_mut(&tid).expect("known");
+        let (orig_ret, chained) = if current == trampoline {
+            // A tail call: the function below us already hijacked this
+            // slot, and returns through it together with us.
+            match thread.returns.iter().rev().find(|r| r.slot == sp) {
+                Some(below) => (below.orig_ret, true),
+                None => {
+                    for (id, _) in &probes {
+                        if let Some(p) = self.probes.get_mut(id) {
+                            p.active -= 1;
+                            p.stats.nmissed += 1;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        } else {
+            (current, false)
+        };
+        thread.returns.push(RetInstance {
+            probes,
+            site,
+            orig_ret,
+            slot: sp,
+            entry_time_ns: monotonic_ns(),
+            entry_args: regs.args(),
+            chained,
+        });
+        if !chained {
+            self.target
+                .write_memory(pid, sp, &trampoline.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Drops the thread's instances whose frames are gone: their slot lies
+    /// below the stack pointer on the same stack (a `longjmp` out of them).
+    /// Instances on another stack (a coroutine's, a signal handler's
+    /// alternate stack) are kept.
+    fn drop_dead_returns(&mut self, tid: Tid, pid: Tid, sp: u64) {
+        let thread = self.threads.get_mut(&tid).expect("known");
+        if !thread.returns.iter().any(|r| r.slot < sp) {
+            return;
+        }
+        let maps = crate::symbols::read_maps(pid).unwrap_or_default();
+        let region = |a: u64| maps.iter().position(|m| a >= m.start && a < m.end);
+        let here = region(sp);
+        let mut dead = Vec::new();
+        thread.returns.retain(|r| {
+            let gone = r.slot < sp && here.is_some() && region(r.slot) == here;
+            if gone {
+                dead.push(r.probes.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+            }
+            !gone
+        });
+        for ids in dead {
+            self.release(&ids);
+        }
+    }
+
+    fn release(&mut self, ids: &[super::ProbeId]) {
+        for id in ids {
+            if let Some(p) = self.probes.get_mut(id) {
+                p.active = p.active.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Frees the return instances of a thread that is gone.
+    pub(super) fn forget_returns(&mut self, returns: Vec<RetInstance>) {
+        for r in returns {
+            let ids: Vec<_> = r.probes.iter().map(|(id, _)| *id).collect();
+            self.release(&ids);
+        }
+    }
+
+    /// A thread returned into the trampoline (`rip` = trampoline + 1).
+    pub(super) fn on_trampoline(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        mut regs: Regs,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        // The `ret` popped the return address: its slot is just below.
+        let slot = regs.rsp.wrapping_sub(8);
+        self.drop_dead_returns(tid, pid, slot);
+        let thread = self.threads.get_mut(&tid).expect("known");
+        let Some(first) = thread
+            .returns
+            .iter()
+            .rposition(|r| r.slot == slot && !r.chained)
+        else {
+            return Err(EngineError::Refused(format!(
+                "thread {tid} returned to the trampoline from stack slot {slot:#x}, which no \
+                 return instance holds; its return address is lost"
+            )));
+        };
+        // The instance and those chained to it (pushed after it, same slot).
+        let fired: Vec<RetInstance> = thread.returns.drain(first..).collect();
+        let (mine, others): (Vec<_>, Vec<_>) = fired.into_iter().partition(|r| r.slot == slot);
+        thread.returns.extend(others);
+        let orig_ret = mine[0].orig_ret;
+        regs.rip = orig_ret;
+        let time_ns = monotonic_ns();
+        // Innermost first: the tail-called function returns before its caller.
+        for inst in mine.iter().rev() {
+            for (id, captures) in &inst.probes {
+                let Some(p) = self.probes.get_mut(id) else {
+                    continue;
+                };
+                p.active = p.active.saturating_sub(1);
+                if !p.enabled {
+                    continue;
+                }
+                p.stats.hits += 1;
+                sink.hit(&Hit {
+                    probe: *id,
+                    kind: HitKind::Return,
+                    pid,
+                    tid,
+                    time_ns,
+                    addr: inst.site,
+                    regs: &regs,
+                    captures,
+                    ret: Some(Return {
+                        value: regs.rax,
+                        entry_time_ns: inst.entry_time_ns,
+                        entry_args: inst.entry_args,
+                        return_address: orig_ret,
+                    }),
+                });
+            }
+        }
+        self.target.set_regs(tid, &regs)?;
+        self.resume(tid, Resume::Continue, 0)
+    }
+
+    /// Writes every hijacked return address of `pid`'s threads back (into
+    /// `into`'s memory: the process itself, or a fork child that copied
+    /// the stack), and moves a thread sitting at the trampoline to its
+    /// original return address.
+    pub(super) fn restore_returns(&mut self, pid: Tid, tids: &[Tid], into: Tid) -> Result<()> {
+        let Some(trampoline) = self.processes.get(&pid).and_then(|p| p.trampoline) else {
+            return Ok(());
+        };
+        for &tid in tids {
+            let Some(thread) = self.threads.get(&tid) else {
+                continue;
+            };
+            let returns = thread.returns.clone();
+            for r in returns.iter().filter(|r| !r.chained) {
+                let mut word = [0u8; 8];
+                if self.target.read_memory(into, r.slot, &mut word).is_ok()
+                    && u64::from_le_bytes(word) == trampoline
+                {
+                    self.target
+                        .write_memory(into, r.slot, &r.orig_ret.to_le_bytes())?;
+                }
+            }
+            if into != pid {
+                continue;
+            }
+            // A thread that already returned into the trampoline.
+            if let Ok(mut regs) = self.target.get_regs(tid) {
+                if regs.rip == trampoline || regs.rip == trampoline + 1 {
+                    let slot = regs.rsp.wrapping_sub(8);
+                    if let Some(r) = returns.iter().rev().find(|r| r.slot == slot && !r.chained) {
+                        regs.rip = r.orig_ret;
+                        self.target.set_regs(tid, &regs)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

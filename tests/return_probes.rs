@@ -1,0 +1,323 @@
+//! Return probes (kretprobes) on real processes: return values, latency,
+//! recursion and maxactive, longjmp, tail-call chains, threads, fork, and
+//! what C++ exceptions and backtrace() do through a hijacked frame —
+//! checked against the kernel's own uretprobes where tracefs is there.
+
+use wprobe_tests::*;
+
+/// Runs `returns MODE N` under the given specs (`BIN` stands for the
+/// fixture).
+fn run(bin: &std::path::Path, specs: &[&str], args: &[&str]) -> Trace {
+    let b = bin.to_string_lossy().into_owned();
+    let specs: Vec<String> = specs.iter().map(|s| s.replace("BIN", &b)).collect();
+    let mut a: Vec<&str> = vec!["--no-regs"];
+    for s in &specs {
+        a.push("-e");
+        a.push(s);
+    }
+    a.push("--");
+    a.push(&b);
+    a.extend_from_slice(args);
+    trace(&a)
+}
+
+fn retvals(t: &Trace, probe: u64) -> Vec<i64> {
+    t.events_of(probe, "return")
+        .iter()
+        .map(|e| e["retval"].as_u64().unwrap() as i64)
+        .collect()
+}
+
+fn own_stdout(t: &Trace) -> String {
+    t.stdout
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn return_values_and_counts_equal_the_kernel_uretprobe() {
+    let bin = build("returns", "kernel", &["-O2"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:work", "uprobe:BIN:work"],
+        &["threads", "50"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!((t.hits(1), t.hits(2)), (200, 200));
+    let mut mine = retvals(&t, 1);
+    mine.sort_unstable();
+    let mut expect: Vec<i64> = (0..50).flat_map(|i| [i * 3 + 1; 4]).collect();
+    expect.sort_unstable();
+    assert_eq!(mine, expect);
+    // Every return event knows its entry: same thread, later, latency >= 0.
+    for e in t.events_of(1, "return") {
+        assert!(e["entry_time_ns"].as_u64().unwrap() <= e["time_ns"].as_u64().unwrap());
+        assert_eq!(
+            e["retval"].as_u64().unwrap(),
+            e["entry_args"][0].as_u64().unwrap() * 3 + 1
+        );
+    }
+    if tracefs_available() {
+        let k = KernelProbes::new(&bin, &[('r', "work", 0)]);
+        assert!(run_plain(&bin, &["threads", "50"]).status.success());
+        assert_eq!(k.counts(), vec![200]);
+        let mut theirs = k.return_values(0);
+        theirs.sort_unstable();
+        assert_eq!(theirs, mine);
+    }
+}
+
+#[test]
+fn entry_and_return_fire_in_order_on_every_thread() {
+    let bin = build("returns", "order", &["-O2"]);
+    let t = run(
+        &bin,
+        &["uprobe:BIN:work", "uretprobe:BIN:work"],
+        &["threads", "300"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    let mut open: std::collections::HashMap<u64, u64> = Default::default();
+    for e in &t.events {
+        let tid = e["tid"].as_u64().unwrap();
+        match e["kind"].as_str().unwrap() {
+            "entry" => {
+                assert!(
+                    open.insert(tid, e["args"][0].as_u64().unwrap()).is_none(),
+                    "entry twice on {tid}"
+                );
+            }
+            "return" => {
+                let arg = open.remove(&tid).expect("a return follows its entry");
+                assert_eq!(e["entry_args"][0].as_u64(), Some(arg));
+            }
+            k => panic!("unexpected kind {k}"),
+        }
+    }
+    assert!(open.is_empty());
+    assert_eq!((t.hits(1), t.hits(2)), (1200, 1200));
+}
+
+#[test]
+fn recursion_1000_deep_with_maxactive_and_without() {
+    let bin = build("returns", "rec", &["-O0"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:rec maxactive=1001"],
+        &["rec", "1000"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "rec=500500\n");
+    assert_eq!(t.hits(1), 1001);
+    // Innermost returns first: 0, 1, 3, 6, ... 500500.
+    let vals = retvals(&t, 1);
+    let expect: Vec<i64> = (0..=1000).map(|n| n * (n + 1) / 2).collect();
+    assert_eq!(vals, expect);
+    // With the default maxactive (kretprobes: max(10, 2 × CPUs)) only the
+    // outermost calls are reported; the rest are counted as missed.
+    let t = run(&bin, &["uretprobe:BIN:rec"], &["rec", "1000"]);
+    let summary = t.summary.as_ref().unwrap();
+    let (hits, missed) = (
+        summary["probes"][0]["hits"].as_u64().unwrap(),
+        summary["probes"][0]["nmissed"].as_u64().unwrap(),
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert_eq!(hits, (2 * cpus).max(10));
+    assert_eq!(hits + missed, 1001);
+    assert_eq!(own_stdout(&t), "rec=500500\n");
+}
+
+#[test]
+fn longjmp_out_of_ten_probed_frames() {
+    let bin = build("returns", "longjmp", &["-O0"]);
+    // maxactive=10: if the ten abandoned instances were not dropped, the
+    // later calls would all be missed.
+    let t = run(
+        &bin,
+        &[
+            "uretprobe:BIN:deep maxactive=10",
+            "uretprobe:BIN:leafy maxactive=10",
+        ],
+        &["longjmp"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "after longjmp: 50\n");
+    assert_eq!(t.hits(1), 0, "no frame of deep returned");
+    assert_eq!(retvals(&t, 2), vec![0, 5, 10, 15, 20]);
+    assert_eq!(t.summary.as_ref().unwrap()["probes"][1]["nmissed"], 0);
+}
+
+#[test]
+fn tail_call_chains_fire_innermost_first() {
+    let bin = build("returns", "tail", &["-O2"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:tail", "uretprobe:BIN:leaf"],
+        &["tail", "20"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(
+        own_stdout(&t),
+        String::from_utf8_lossy(&run_plain(&bin, &["tail", "20"]).stdout)
+    );
+    assert_eq!((t.hits(1), t.hits(2)), (20, 20));
+    let rets: Vec<(u64, i64)> = t
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e["probe"].as_u64().unwrap(),
+                e["retval"].as_u64().unwrap() as i64,
+            )
+        })
+        .collect();
+    let expect: Vec<(u64, i64)> = (0..20)
+        .flat_map(|i| [(2, i * 2 + 100), (1, i * 2 + 100)])
+        .collect();
+    assert_eq!(rets, expect, "leaf's return, then tail's, with one value");
+    if tracefs_available() {
+        let k = KernelProbes::new(&bin, &[('r', "tail", 0), ('r', "leaf", 0)]);
+        run_plain(&bin, &["tail", "20"]);
+        assert_eq!(k.counts(), vec![20, 20]);
+        assert_eq!(k.return_values(0), retvals(&t, 1));
+    }
+}
+
+#[test]
+fn fork_inside_a_probed_frame_leaves_the_child_untouched() {
+    let bin = build("returns", "fork", &["-O2"]);
+    let t = run(&bin, &["uretprobe:BIN:ret_fork"], &["fork"]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    // The child returned through the frame with its own return address.
+    assert_eq!(own_stdout(&t), "fork: child ok\n");
+    assert_eq!(retvals(&t, 1), vec![2]);
+}
+
+#[test]
+fn cxx_exceptions_and_backtrace_through_a_hijacked_frame() {
+    // Documented behaviour (README, "Return probes"), the same as the
+    // kernel's uretprobes: the unwinder cannot step past the trampoline, so
+    // an exception thrown through a return-probed frame terminates the
+    // program, and backtrace() stops at the trampoline.
+    let exc = build("exc", "exc", &["-O2"]);
+    let plain = run_plain(&exc, &[]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "caught boom\n");
+    let t = run(&exc, &["uretprobe:BIN:middle"], &[]);
+    assert_eq!(t.status, Some(128 + libc::SIGABRT), "{}", t.stderr);
+    assert!(
+        t.stderr.contains("C++ exception"),
+        "the user is warned: {}",
+        t.stderr
+    );
+    // Not through a hijacked frame (the probe is on the thrower, which
+    // the exception leaves before returning): fine.
+    let t = run(&exc, &["uprobe:BIN:thrower"], &[]);
+    assert_eq!(own_stdout(&t), "caught boom\n");
+
+    let bin = build("returns", "bt", &["-O0"]);
+    let plain = String::from_utf8_lossy(&run_plain(&bin, &["bt"]).stdout).into_owned();
+    let t = run(&bin, &["uretprobe:BIN:with_bt"], &["bt"]);
+    let frames = |s: &str| -> u32 { s.trim().trim_start_matches("frames=").parse().unwrap() };
+    assert!(
+        frames(&own_stdout(&t)) < frames(&plain),
+        "backtrace stops at the trampoline"
+    );
+    if tracefs_available() {
+        let k = KernelProbes::new(&bin, &[('r', "with_bt", 0)]);
+        let kernel = String::from_utf8_lossy(&run_plain(&bin, &["bt"]).stdout).into_owned();
+        drop(k);
+        assert_eq!(
+            frames(&kernel),
+            frames(&own_stdout(&t)),
+            "as with the kernel's uretprobe"
+        );
+    }
+}
+
+#[test]
+fn refused_where_hijacking_is_unsafe() {
+    let bin = build("returns", "refuse", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let t = trace(&["-e", &format!("uretprobe:{b}:work+4"), "--", &b]);
+    assert_eq!(t.status, Some(2));
+    assert!(
+        t.stderr
+            .contains("a return probe goes on a function's entry"),
+        "{}",
+        t.stderr
+    );
+}
+
+#[test]
+fn ctrl_c_with_live_return_instances_on_four_threads() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let bin = build("returns", "detach", &["-O2"]);
+    let mut target = Command::new(&bin)
+        .args(["slow", "3000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start returns slow");
+    let mut ready = [0u8; 6];
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    let pid = target.id() as i32;
+    for round in 0..2 {
+        let events = scratch_dir().join(format!("ret-detach-{round}.jsonl"));
+        let _ = std::fs::remove_file(&events);
+        // Every thread sits in `slow` (hijacked) most of the time, inside
+        // usleep's slot (post) some of it.
+        let wprobe = Command::new(wprobe_bin())
+            .args(["trace", "--no-regs", "-o"])
+            .arg(&events)
+            .args([
+                "-e",
+                &format!("uretprobe:{}:slow", bin.display()),
+                "-e",
+                "uprobe:libc:usleep post",
+                "-p",
+                &pid.to_string(),
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wprobe");
+        assert!(
+            wait_until(10, || std::fs::read_to_string(&events)
+                .map(|s| s.matches("\"return\"").count() > 50)
+                .unwrap_or(false)),
+            "returns flow"
+        );
+        // SAFETY: signalling our child.
+        unsafe { libc::kill(wprobe.id() as i32, libc::SIGINT) };
+        let out = wprobe.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(proc_status(pid, "TracerPid:").as_deref(), Some("0"));
+        let (live, file) = live_and_file_bytes(pid, &bin, "slow", 16);
+        assert_eq!(live, file, "round {round}");
+    }
+    let mut rest = String::new();
+    target
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(
+        target.wait().unwrap().success(),
+        "no thread returned into a stale trampoline"
+    );
+    assert_eq!(
+        rest,
+        format!("slow={}\n", 4 * (0..3000).map(|i| i * 2).sum::<i64>())
+    );
+}
