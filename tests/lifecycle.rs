@@ -277,3 +277,112 @@ fn fault_hit_counts_equal_the_kernel_uprobe() {
         assert_eq!(k, vec![1, 20000]);
     }
 }
+
+#[test]
+fn exec_ends_probes_unless_followed() {
+    let execer = build("execer", "exec", &["-O2"]);
+    let basic = build("basic", "exec-target", &["-O2"]);
+    let (e, b) = (execer.to_string_lossy(), basic.to_string_lossy());
+    let specs = [format!("uprobe:{e}:work"), format!("uprobe:{b}:work")];
+    let plain = run_plain(&execer, &[&b, "4"]);
+    assert_eq!(plain.status.code(), Some(7));
+    // By default the old probes end at exec and the new image runs untraced.
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &specs[0],
+        "-e",
+        &specs[1],
+        "--",
+        &e,
+        &b,
+        "4",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    assert_eq!((t.hits(1), t.hits(2)), (3, 0));
+    assert!(t.stderr.contains("ended its probes"), "{}", t.stderr);
+    let own: String = t
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(own, String::from_utf8_lossy(&plain.stdout));
+    // Followed, the probe on the new image's `work` is armed after exec.
+    let t = trace(&[
+        "--no-regs",
+        "--follow-exec",
+        "-e",
+        &specs[0],
+        "-e",
+        &specs[1],
+        "--",
+        &e,
+        &b,
+        "4",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    assert_eq!((t.hits(1), t.hits(2)), (3, 4));
+}
+
+#[test]
+fn fork_children_can_be_followed() {
+    let bin = build("forker", "follow", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let t = trace(&[
+        "--no-regs",
+        "--follow-fork",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        "100",
+        "50",
+    ]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert!(t.stdout.contains("fork child: exit 0"), "{}", t.stdout);
+    assert_eq!(t.hits(1), 150, "the parent's 100 calls and the child's 50");
+    let pids: std::collections::HashSet<u64> =
+        t.events.iter().filter_map(|e| e["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 2);
+}
+
+#[test]
+fn a_target_killed_mid_hit_ends_the_trace_cleanly() {
+    let bin = build("spin", "killed", &["-O2"]);
+    let events = scratch_dir().join("killed.jsonl");
+    let _ = std::fs::remove_file(&events);
+    let wprobe = Command::new(wprobe_bin())
+        .args(["trace", "--no-regs", "-o"])
+        .arg(&events)
+        .args([
+            "-e",
+            &format!("uprobe:{}:work", bin.display()),
+            "-e",
+            "uprobe:libc:usleep post",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["100000", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wprobe");
+    assert!(wait_until(10, || std::fs::metadata(&events)
+        .map(|m| m.len() > 5000)
+        .unwrap_or(false)));
+    let pid = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["pid"].as_i64())
+        .expect("a pid in the events") as i32;
+    // SAFETY: killing the traced fixture.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let out = wprobe.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGKILL), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+    let (_, summary) = parse_jsonl(&std::fs::read_to_string(&events).unwrap());
+    assert_eq!(summary.expect("summary")["exit"]["signal"], libc::SIGKILL);
+}

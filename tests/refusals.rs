@@ -86,7 +86,11 @@ fn refusals_name_the_value() {
         &["unknown capture type `u12`"],
     );
     check(&bin, "kprobe:BIN:work", &["unknown probe kind `kprobe`"]);
-    check(&bin, "uretprobe:BIN:work+4", &["a return probe goes on a function's entry"]);
+    check(
+        &bin,
+        "uretprobe:BIN:work+4",
+        &["a return probe goes on a function's entry"],
+    );
 }
 
 #[test]

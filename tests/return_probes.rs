@@ -321,3 +321,50 @@ fn ctrl_c_with_live_return_instances_on_four_threads() {
         format!("slow={}\n", 4 * (0..3000).map(|i| i * 2).sum::<i64>())
     );
 }
+
+#[test]
+fn threads_that_exit_inside_a_probed_frame_leak_nothing() {
+    let bin = build("returns", "texit", &["-O2"]);
+    // maxactive=2: the two instances of the threads that died inside
+    // `exits` must be freed, or the five later calls would all be missed.
+    let t = run(&bin, &["uretprobe:BIN:exits maxactive=2"], &["texit"]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "texit=35\n");
+    assert_eq!(retvals(&t, 1), vec![7; 5]);
+    assert_eq!(t.summary.as_ref().unwrap()["probes"][0]["nmissed"], 0);
+}
+
+#[test]
+fn go_programs_are_refused() {
+    let bin = build("gomark", "go", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let t = trace(&["-e", &format!("uretprobe:{b}:work"), "--", &b]);
+    assert_eq!(t.status, Some(2), "{}", t.stderr);
+    assert!(t.stderr.contains("is a Go program"), "{}", t.stderr);
+    assert!(!t.stdout.contains('7'), "the program did not run");
+    // Entry probes are fine.
+    let t = trace(&["--no-regs", "-e", &format!("uprobe:{b}:work"), "--", &b]);
+    assert_eq!((t.status, t.hits(1)), (Some(0), 1));
+}
+
+#[test]
+fn return_probes_on_a_dlopened_library() {
+    let lib = scratch_dir().join("libdlt-ret.so");
+    let st = std::process::Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures_dir().join("libdlt.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let bin = build("dlmain", "ret", &["-O2"]);
+    let l = lib.to_string_lossy().into_owned();
+    let t = run(&bin, &[&format!("uretprobe:{l}:dl_func")], &[&l]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(retvals(&t, 1), vec![0, 7, 14, 21, 28]);
+    assert!(
+        t.stderr.contains("gone"),
+        "dlclose retires it: {}",
+        t.stderr
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args;
 use serde_json::{json, Map, Value as Json};
 use wprobe_core::engine::{
-    monotonic_ns, Engine, ExitStatus, Hit, HitKind, Notice, RunEnd, Sink, Value,
+    monotonic_ns, Engine, ExitStatus, Hit, HitKind, Notice, Options, RunEnd, Sink, Value,
 };
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
@@ -39,6 +39,14 @@ pub struct TraceArgs {
     /// Leave out the register snapshot of each event.
     #[arg(long)]
     no_regs: bool,
+    /// Trace fork children with the same probes (by default a child has
+    /// every probe taken out and runs untraced).
+    #[arg(long)]
+    follow_fork: bool,
+    /// After the traced program calls execve, resolve the probes again
+    /// against the new image (by default they end and it runs untraced).
+    #[arg(long)]
+    follow_exec: bool,
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -111,6 +119,10 @@ pub fn main(args: TraceArgs) -> i32 {
         last_flush: monotonic_ns(),
     };
     let mut engine = Engine::new(Ptrace::new());
+    engine.set_options(Options {
+        follow_fork: args.follow_fork,
+        follow_exec: args.follow_exec,
+    });
     // Whatever can be checked from the files alone is checked before the
     // command runs.
     for spec in &specs {

@@ -191,6 +191,7 @@ enum Internal {
 }
 
 /// One probed address in one process.
+#[derive(Clone)]
 struct Site {
     prepared: Prepared,
     probes: Vec<ProbeId>,
@@ -226,6 +227,7 @@ struct Thread {
     returns: Vec<RetInstance>,
 }
 
+#[derive(Clone)]
 struct Process {
     sites: BTreeMap<u64, Site>,
     areas: Vec<Area>,
@@ -279,6 +281,19 @@ pub struct Engine<T: Target> {
     /// Refusals found while running (a library mapped later): the user
     /// asked for a probe that cannot be placed.
     refusals: Vec<String>,
+    options: Options,
+}
+
+/// How the engine treats a traced process's children and new images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Trace fork children with the same probes. Without it a child gets
+    /// every breakpoint and hijacked return address taken out and runs
+    /// untraced (as with uprobes).
+    pub follow_fork: bool,
+    /// After execve, resolve the probes again against the new image.
+    /// Without it the old probes end, visibly, and the process is let go.
+    pub follow_exec: bool,
 }
 
 /// Why `run` returned.
@@ -306,7 +321,12 @@ impl<T: Target> Engine<T> {
             elf: ElfCache::new(),
             exits: Vec::new(),
             refusals: Vec::new(),
+            options: Options::default(),
         }
+    }
+
+    pub fn set_options(&mut self, options: Options) {
+        self.options = options;
     }
 
     pub fn target_mut(&mut self) -> &mut T {

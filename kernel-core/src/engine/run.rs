@@ -182,7 +182,11 @@ impl<T: Target> Engine<T> {
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::Fork(child) => {
-                self.untouch_fork_child(pid, tid, child)?;
+                if self.options.follow_fork {
+                    self.follow_fork_child(pid, tid, child, sink)?;
+                } else {
+                    self.untouch_fork_child(pid, tid, child)?;
+                }
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::Vfork(child) => {
@@ -241,18 +245,94 @@ impl<T: Target> Engine<T> {
                     .filter(|(_, p)| p.placed.contains_key(&pid))
                     .map(|(&id, _)| id)
                     .collect();
+                let reason = if self.options.follow_exec {
+                    "the process called execve; resolving again against the new image"
+                } else {
+                    "the process called execve, which ended its probes \
+                     (follow exec to resolve them against the new image)"
+                };
                 for id in placed {
                     sink.notice(&Notice::Gone {
                         probe: id,
                         pid,
-                        reason: "the process called execve; re-resolving against the new image"
-                            .into(),
+                        reason: reason.into(),
                     });
+                }
+                if !self.options.follow_exec {
+                    // Nothing of ours is in the new image: let it go.
+                    self.threads.remove(&pid);
+                    self.processes.remove(&pid);
+                    for probe in self.probes.values_mut() {
+                        probe.placed.remove(&pid);
+                    }
+                    let _ = self.target.detach(pid, 0);
+                    return Ok(());
                 }
                 self.setup_image(pid, false, sink)?;
                 self.resume(pid, Resume::Continue, 0)
             }
         }
+    }
+
+    /// Follows a fork child with the same probes. Its memory is a copy of
+    /// the parent's, breakpoints, slots and hijacked return addresses
+    /// included, so it is traced as a copy of the parent's state.
+    fn follow_fork_child(
+        &mut self,
+        pid: Tid,
+        parent: Tid,
+        child: Tid,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        if self.orphans.remove(&child).is_none() {
+            loop {
+                match self.target.wait_for(child)? {
+                    Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
+                    Stop::Interrupted { .. } | Stop::GroupStop { .. } => break,
+                    _ => continue,
+                }
+            }
+        }
+        let mut copy = self.processes[&pid].clone();
+        copy.vfork_children.clear();
+        self.processes.insert(child, copy);
+        let (in_slot, returns) = {
+            let t = &self.threads[&parent];
+            (t.in_slot, t.returns.clone())
+        };
+        for r in &returns {
+            for (id, _) in &r.probes {
+                if let Some(p) = self.probes.get_mut(id) {
+                    p.active += 1;
+                }
+            }
+        }
+        let t = self.thread(child, child);
+        t.in_slot = in_slot;
+        t.returns = returns;
+        let placed: Vec<(super::ProbeId, u64, String)> = self
+            .probes
+            .iter()
+            .filter_map(|(&id, p)| {
+                let addr = *p.placed.get(&pid)?;
+                let location = self.processes[&pid].sites.get(&addr)?.location.clone();
+                Some((id, addr, location))
+            })
+            .collect();
+        for (id, addr, location) in placed {
+            self.probes
+                .get_mut(&id)
+                .expect("listed")
+                .placed
+                .insert(child, addr);
+            sink.notice(&Notice::Armed {
+                probe: id,
+                pid: child,
+                addr,
+                location,
+            });
+        }
+        self.resume(child, Resume::Continue, 0)
     }
 
     /// A fork child has a copy of our breakpoints; write the original bytes

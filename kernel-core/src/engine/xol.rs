@@ -23,7 +23,7 @@ pub const TRAMPOLINE_OFFSET: u64 = 8;
 const USER_LOW: u64 = 0x10000;
 const USER_HIGH: u64 = 0x7fff_ffff_f000;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Area {
     pub start: u64,
     next: u64,
