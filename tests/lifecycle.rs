@@ -386,3 +386,108 @@ fn a_target_killed_mid_hit_ends_the_trace_cleanly() {
     let (_, summary) = parse_jsonl(&std::fs::read_to_string(&events).unwrap());
     assert_eq!(summary.expect("summary")["exit"]["signal"], libc::SIGKILL);
 }
+
+#[test]
+fn a_thread_blocked_in_a_stepped_syscall_survives_detach() {
+    let bin = build("sysprobe", "read", &["-O2"]);
+    let off = syscall_offset(&libc_path(), "read");
+    // `post` on a `syscall` makes the engine single-step it in its slot:
+    // the thread sits there, blocked in read, when Ctrl-C comes.
+    let mut wprobe = Command::new(wprobe_bin())
+        .args(["trace", "--no-regs", "-o", "/dev/null", "-e"])
+        .arg(format!("uprobe:libc:read+{off:#x} post"))
+        .arg("--")
+        .arg(&bin)
+        .arg("read")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wprobe");
+    let mut ready = [0u8; 6];
+    wprobe
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigint(&wprobe);
+    std::thread::sleep(Duration::from_millis(300));
+    use std::io::Write;
+    wprobe
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello\n")
+        .unwrap();
+    drop(wprobe.stdin.take());
+    let out = wprobe.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got 6: hello\n");
+}
+
+#[test]
+fn threads_and_vfork_children_born_in_a_stepped_slot() {
+    let bin = build("sysprobe", "clone", &["-O2"]);
+    let off = syscall_offset(&libc_path(), "clone");
+    for extra in ["", " post"] {
+        let t = trace(&[
+            "--no-regs",
+            "-e",
+            &format!("uprobe:libc:clone+{off:#x}{extra}"),
+            "--",
+            &bin.to_string_lossy(),
+            "clone",
+        ]);
+        assert_eq!(t.status, Some(0), "`{extra}`: {}", t.stderr);
+        assert!(
+            t.stdout.contains("thread ran\nvfork child status 0\n"),
+            "{}",
+            t.stdout
+        );
+        assert_eq!(t.hits(1), 2);
+    }
+}
+
+#[test]
+fn ctrl_c_while_the_target_forks() {
+    let bin = build("sysprobe", "forkloop", &["-O2"]);
+    let fork_off = syscall_offset(&libc_path(), "_Fork");
+    for round in 0..3 {
+        let mut wprobe = Command::new(wprobe_bin())
+            .args(["trace", "--no-regs", "-o", "/dev/null", "-e"])
+            .arg(format!("uprobe:libc:_Fork+{fork_off:#x}"))
+            .arg("--")
+            .arg(&bin)
+            .args(["forkloop", "3000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wprobe");
+        let mut ready = [0u8; 6];
+        wprobe
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50 + 70 * round));
+        sigint(&wprobe);
+        let out = wprobe.wait_with_output().unwrap();
+        // No child left stopped and traced (the loop would hang), none
+        // killed by a stray breakpoint, no fork() that failed.
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forks=3000 bad=0\n");
+    }
+}

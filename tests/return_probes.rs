@@ -368,3 +368,23 @@ fn return_probes_on_a_dlopened_library() {
         t.stderr
     );
 }
+
+#[test]
+fn return_probes_across_exec_with_follow() {
+    let bin = build("execer", "ret-exec", &["-O2"]);
+    let b = bin.to_string_lossy();
+    // The program execs itself: the trampoline of the old image is gone
+    // with it; the new image gets its own.
+    let t = trace(&[
+        "--no-regs",
+        "--follow-exec",
+        "-e",
+        &format!("uretprobe:{b}:work"),
+        "--",
+        &b,
+        &b,
+    ]);
+    assert_eq!(t.status, Some(1), "{}", t.stderr);
+    assert_eq!(t.stdout.matches("execer: 21").count(), 2);
+    assert_eq!(retvals(&t, 1), vec![4, 7, 10, 4, 7, 10]);
+}

@@ -334,3 +334,20 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// The offset of the first `syscall` instruction of a function of a
+/// library, for probes on the instruction itself.
+pub fn syscall_offset(lib: &Path, function: &str) -> u64 {
+    let elf = ElfFile::open(lib).expect("parse library");
+    let sym = elf.lookup(function).expect("function");
+    let code = elf.file_bytes(sym.addr, sym.size as usize).expect("code");
+    wprobe_core::arch::native::insn_boundaries(&code)
+        .into_iter()
+        .find(|&b| code[b..].starts_with(&[0x0f, 0x05]))
+        .unwrap_or_else(|| panic!("no syscall instruction in {function}")) as u64
+}
+
+/// The C library the fixtures link.
+pub fn libc_path() -> PathBuf {
+    std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").expect("libc.so.6")
+}

@@ -158,10 +158,15 @@ struct Probe {
     active: u32,
 }
 
-/// kretprobes' default `maxactive`: max(10, 2 × CPUs).
+/// kretprobes' default `maxactive`: max(10, 2 × CPUs). Worked out once:
+/// asking for the CPUs reads the affinity mask and cgroup files, which on
+/// the hit path cost more than the hit itself.
 pub fn default_maxactive() -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    (2 * cpus).max(10)
+    static MAXACTIVE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAXACTIVE.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        (2 * cpus).max(10)
+    })
 }
 
 /// One hijacked return (kretprobes' `kretprobe_instance`, uprobes'
@@ -223,6 +228,10 @@ struct Thread {
     /// The current stop is a signal-delivery-stop: only there does the
     /// kernel honour a signal given to PTRACE_CONT.
     at_signal_stop: bool,
+    /// The current stop is a ptrace event (fork, clone, exec, ...): the
+    /// thread is inside a system call whose return value the kernel has
+    /// yet to write, so no system call may be injected there.
+    at_event_stop: bool,
     /// Hijacked returns, oldest first.
     returns: Vec<RetInstance>,
 }
@@ -395,8 +404,18 @@ impl<T: Target> Engine<T> {
             in_slot: None,
             pending: Vec::new(),
             at_signal_stop: false,
+            at_event_stop: false,
             returns: Vec::new(),
         })
+    }
+
+    /// Records what kind of stop `tid` is in.
+    fn note_stop(&mut self, tid: Tid, stop: &Stop) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.stopped = true;
+            t.at_signal_stop = matches!(stop, Stop::Signal { .. });
+            t.at_event_stop = matches!(stop, Stop::Event { .. });
+        }
     }
 
     fn new_process(&mut self, pid: Tid) {

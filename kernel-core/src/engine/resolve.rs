@@ -277,6 +277,9 @@ impl<T: Target> Engine<T> {
             },
         };
         let tid = self.stopped_thread(pid)?;
+        if self.threads.get(&tid).is_some_and(|t| t.at_event_stop) {
+            self.leave_syscall_stop(tid)?;
+        }
         let mut signals = Vec::new();
         let area = xol::map_area(&mut self.target, tid, pid, gadget, at, &mut signals)
             .map_err(EngineError::Refused);
@@ -318,6 +321,7 @@ impl<T: Target> Engine<T> {
         use crate::target::Stop;
         let stop = self.target.wait_for(tid)?;
         let stop = self.settle_interrupt(tid, stop)?;
+        self.note_stop(tid, &stop);
         match stop {
             Stop::Interrupted { .. } => {}
             Stop::Exited { .. } | Stop::Killed { .. } => {
@@ -325,9 +329,6 @@ impl<T: Target> Engine<T> {
                 return Err(EngineError::Refused(format!("thread {tid} exited")));
             }
             _ => self.deferred.push_back(stop),
-        }
-        if let Some(t) = self.threads.get_mut(&tid) {
-            t.stopped = true;
         }
         Ok(())
     }
@@ -587,7 +588,7 @@ impl<T: Target> Engine<T> {
         sink: &mut dyn Sink,
     ) -> Result<()> {
         if !attached {
-            self.leave_exec_stop(pid)?;
+            self.leave_syscall_stop(pid)?;
         }
         {
             let p = self.processes.get_mut(&pid).expect("caller created it");
@@ -599,6 +600,8 @@ impl<T: Target> Engine<T> {
             p.maps_seen.clear();
             p.refused.clear();
             p.pending_noted.clear();
+            p.trampoline = None;
+            p.vfork_children.clear();
             p.startup_done = attached;
         }
         for probe in self.probes.values_mut() {
@@ -622,28 +625,35 @@ impl<T: Target> Engine<T> {
         self.place_all(pid, sink)
     }
 
-    /// At the exec stop the thread is still inside execve, whose return
-    /// value the kernel writes into rax on the way out; a system call the
-    /// engine injects there would see its number overwritten. One single
-    /// step finishes execve: the kernel reports it before the first
-    /// instruction of the new image runs.
-    fn leave_exec_stop(&mut self, pid: Tid) -> Result<()> {
+    /// At an event stop (exec, fork, clone, ...) the thread is still inside
+    /// the system call, whose return value the kernel writes into rax on
+    /// the way out; a system call the engine injected there would see its
+    /// number overwritten, and the interrupted call its result. One single
+    /// step finishes the call: the kernel reports it before the next
+    /// instruction runs.
+    pub(super) fn leave_syscall_stop(&mut self, tid: Tid) -> Result<()> {
         use crate::target::{Resume, Stop};
-        self.target.resume(pid, Resume::Step, 0)?;
+        self.target.resume(tid, Resume::Step, 0)?;
         loop {
-            match self.target.wait_for(pid)? {
-                Stop::Signal { info, .. } if info.signo() == libc::SIGTRAP => return Ok(()),
+            let stop = self.target.wait_for(tid)?;
+            match stop {
+                Stop::Signal { info, .. } if info.signo() == libc::SIGTRAP && info.code() > 0 => {
+                    self.note_stop(tid, &stop);
+                    return Ok(());
+                }
                 s @ (Stop::Exited { .. } | Stop::Killed { .. }) => {
                     self.deferred.push_back(s);
-                    return Err(EngineError::Refused(format!("process {pid} died at exec")));
+                    return Err(EngineError::Refused(format!(
+                        "thread {tid} died in a system call"
+                    )));
                 }
                 Stop::Signal { info, .. } => {
-                    if let Some(t) = self.threads.get_mut(&pid) {
+                    if let Some(t) = self.threads.get_mut(&tid) {
                         t.pending.push(info);
                     }
-                    self.target.resume(pid, Resume::Step, 0)?;
+                    self.target.resume(tid, Resume::Step, 0)?;
                 }
-                _ => self.target.resume(pid, Resume::Step, 0)?,
+                _ => self.target.resume(tid, Resume::Step, 0)?,
             }
         }
     }

@@ -13,8 +13,8 @@
 //! instance is chained to the one below it and both fire on the one return.
 
 use super::{
-    capture, default_maxactive, monotonic_ns, Engine, EngineError, Hit, HitKind, Result,
-    RetInstance, Return, Sink,
+    capture, default_maxactive, monotonic_ns, Engine, Hit, HitKind, Result, RetInstance, Return,
+    Sink,
 };
 use crate::arch::native::Regs;
 use crate::spec::Kind;
@@ -194,7 +194,16 @@ impl<T: Target> Engine<T> {
         }
     }
 
-    /// Frees the return instances of a thread that is gone.
+    /// Forgets a thread, freeing its return instances (they count against
+    /// their probes' maxactive). Every path that loses a thread goes here.
+    pub(super) fn drop_thread(&mut self, tid: Tid) -> Option<super::Thread> {
+        let mut t = self.threads.remove(&tid)?;
+        let returns = std::mem::take(&mut t.returns);
+        self.forget_returns(returns);
+        Some(t)
+    }
+
+    /// Frees return instances that will never return.
     pub(super) fn forget_returns(&mut self, returns: Vec<RetInstance>) {
         for r in returns {
             let ids: Vec<_> = r.probes.iter().map(|(id, _)| *id).collect();
@@ -214,16 +223,29 @@ impl<T: Target> Engine<T> {
         let slot = regs.rsp.wrapping_sub(8);
         self.drop_dead_returns(tid, pid, slot);
         let thread = self.threads.get_mut(&tid).expect("known");
-        let Some(first) = thread
+        // The instance whose slot the `ret` popped; failing an exact match
+        // (`ret imm16` pops more), the innermost one below the stack
+        // pointer, as uprobes does.
+        let first = thread
             .returns
             .iter()
             .rposition(|r| r.slot == slot && !r.chained)
-        else {
-            return Err(EngineError::Refused(format!(
-                "thread {tid} returned to the trampoline from stack slot {slot:#x}, which no \
-                 return instance holds; its return address is lost"
+            .or_else(|| {
+                thread
+                    .returns
+                    .iter()
+                    .rposition(|r| r.slot < regs.rsp && !r.chained)
+            });
+        let Some(first) = first else {
+            // Nothing can say where this return should go: fail this
+            // thread alone, with SIGILL at the trampoline as uprobes does.
+            sink.notice(&super::Notice::Warning(format!(
+                "thread {tid} of process {pid} returned to the trampoline from stack slot \
+                 {slot:#x}, which no return instance holds; it gets SIGILL"
             )));
+            return self.resume(tid, Resume::Continue, libc::SIGILL);
         };
+        let slot = thread.returns[first].slot;
         // The instance and those chained to it (pushed after it, same slot).
         let fired: Vec<RetInstance> = thread.returns.drain(first..).collect();
         let (mine, others): (Vec<_>, Vec<_>) = fired.into_iter().partition(|r| r.slot == slot);

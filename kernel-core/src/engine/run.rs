@@ -16,8 +16,6 @@ use crate::target::{Event, Resume, SigInfo, Stop, Target, TargetError, Tid};
 
 /// `si_code` of a SIGTRAP raised by `int3`.
 const SI_KERNEL: i32 = 0x80;
-/// `si_code` of a SIGTRAP ending a single step.
-const TRAP_TRACE: i32 = 2;
 
 /// Target memory of one process, as the arch code wants it.
 struct Mem<'a, T: Target> {
@@ -82,6 +80,13 @@ impl<T: Target> Engine<T> {
 
     pub(super) fn resume(&mut self, tid: Tid, how: Resume, sig: i32) -> Result<()> {
         let mut sig = sig;
+        let mut how = how;
+        // A thread stepping a copy that stopped for something else (an
+        // event of the `clone` it is stepping, say) keeps stepping: let go
+        // with a plain continue it would run past the end of the copy.
+        if how == Resume::Continue && self.is_stepping(tid) {
+            how = Resume::Step;
+        }
         if let Some(t) = self.threads.get_mut(&tid) {
             if sig == 0 && !t.pending.is_empty() && how != Resume::Listen {
                 let info = t.pending.remove(0);
@@ -95,9 +100,28 @@ impl<T: Target> Engine<T> {
                 }
             }
             t.stopped = false;
+            t.at_signal_stop = false;
+            t.at_event_stop = false;
         }
         self.target.resume(tid, how, sig)?;
         Ok(())
+    }
+
+    /// Whether `tid` is single-stepping a copy in a slot.
+    fn is_stepping(&self, tid: Tid) -> bool {
+        let Some(t) = self.threads.get(&tid) else {
+            return false;
+        };
+        let Some(x) = t.in_slot else {
+            return false;
+        };
+        x.stepping_for_signal
+            || self
+                .processes
+                .get(&t.pid)
+                .and_then(|p| p.sites.get(&x.site))
+                .and_then(|s| s.slot.as_ref())
+                .is_some_and(|(_, slot)| slot.mode == SlotMode::Step)
     }
 
     fn handle(&mut self, stop: Stop, sink: &mut dyn Sink) -> Result<()> {
@@ -119,15 +143,19 @@ impl<T: Target> Engine<T> {
                 }
             }
         }
-        if let Some(t) = self.threads.get_mut(&tid) {
-            t.stopped = true;
-            t.at_signal_stop = matches!(stop, Stop::Signal { .. });
-        }
+        self.note_stop(tid, &stop);
         match stop {
             Stop::Signal { tid, info } => self.on_signal(tid, info, sink),
             Stop::Event { tid, event } => self.on_event(tid, event, sink),
             Stop::GroupStop { tid, .. } => self.resume(tid, Resume::Listen, 0),
-            Stop::Interrupted { tid } => self.resume(tid, Resume::Continue, 0),
+            Stop::Interrupted { tid } => {
+                // The first stop of a new thread: it may start in a slot.
+                if self.threads.get(&tid).is_some_and(|t| t.in_slot.is_none()) {
+                    let pid = self.threads[&tid].pid;
+                    self.move_out_of_slot(tid, pid)?;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
             Stop::Exited { tid, code } => {
                 self.thread_gone(tid, ExitStatus::Code(code), sink);
                 Ok(())
@@ -140,11 +168,10 @@ impl<T: Target> Engine<T> {
     }
 
     fn thread_gone(&mut self, tid: Tid, status: ExitStatus, sink: &mut dyn Sink) {
-        let Some(t) = self.threads.remove(&tid) else {
+        let Some(t) = self.drop_thread(tid) else {
             return;
         };
         let pid = t.pid;
-        self.forget_returns(t.returns);
         if let Some(p) = self.processes.get_mut(&pid) {
             p.vfork_children.remove(&tid);
         }
@@ -157,9 +184,7 @@ impl<T: Target> Engine<T> {
                 .map(|(&t, _)| t)
                 .collect();
             for t in gone {
-                if let Some(th) = self.threads.remove(&t) {
-                    self.forget_returns(th.returns);
-                }
+                self.drop_thread(t);
             }
             self.processes.remove(&pid);
             for probe in self.probes.values_mut() {
@@ -173,11 +198,26 @@ impl<T: Target> Engine<T> {
     fn on_event(&mut self, tid: Tid, event: Event, sink: &mut dyn Sink) -> Result<()> {
         let pid = self.threads[&tid].pid;
         match event {
+            Event::Clone(child) if !self.target.same_memory(pid, child) => {
+                // A clone without CLONE_VM is a fork in all but name.
+                self.untouch_fork_child(pid, tid, child)?;
+                self.resume(tid, Resume::Continue, 0)
+            }
             Event::Clone(new) => {
                 self.thread(new, pid).stopped = false;
                 if let Some(s) = self.orphans.remove(&new) {
                     self.deferred.push_back(s);
                     self.threads.get_mut(&new).expect("just added").stopped = true;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Event::Fork(child) if self.target.same_memory(pid, child) => {
+                // clone(CLONE_VM) without CLONE_VFORK reports as a fork, but
+                // the child runs in our memory: it is one of ours.
+                self.thread(child, pid).stopped = false;
+                if let Some(s) = self.orphans.remove(&child) {
+                    self.deferred.push_back(s);
+                    self.threads.get_mut(&child).expect("just added").stopped = true;
                 }
                 self.resume(tid, Resume::Continue, 0)
             }
@@ -203,7 +243,7 @@ impl<T: Target> Engine<T> {
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::VforkDone | Event::Exit(_) => self.resume(tid, Resume::Continue, 0),
-            Event::Exec(former) => {
+            Event::Exec(_) => {
                 if self.processes[&pid].vfork_children.contains(&tid) {
                     // A vfork child left our address space: it runs a new
                     // image with no breakpoint of ours. Let it go.
@@ -212,32 +252,30 @@ impl<T: Target> Engine<T> {
                         .expect("exists")
                         .vfork_children
                         .remove(&tid);
-                    self.threads.remove(&tid);
+                    self.drop_thread(tid);
                     self.target.memory_changed(tid);
                     let _ = self.target.detach(tid, 0);
                     return Ok(());
                 }
-                // The whole group now is one thread, the leader, running the
-                // new image: every old probe ended with the old image.
-                if former != tid {
-                    self.threads.remove(&former);
-                }
+                // The whole group now is one thread with the leader's tid,
+                // running the new image: every old thread, call and probe
+                // ended with the old image. Signals pending for the thread
+                // that called execve stay its own.
+                let pending = self
+                    .threads
+                    .get(&tid)
+                    .map(|t| t.pending.clone())
+                    .unwrap_or_default();
                 let gone: Vec<Tid> = self
                     .threads
                     .iter()
-                    .filter(|(&t, th)| th.pid == pid && t != pid)
+                    .filter(|(_, th)| th.pid == pid)
                     .map(|(&t, _)| t)
                     .collect();
                 for t in gone {
-                    if let Some(th) = self.threads.remove(&t) {
-                        self.forget_returns(th.returns);
-                    }
+                    self.drop_thread(t);
                 }
-                // The new image has none of the old calls.
-                if let Some(th) = self.threads.get_mut(&pid) {
-                    let old = std::mem::take(&mut th.returns);
-                    self.forget_returns(old);
-                }
+                self.thread(pid, pid).pending = pending;
                 self.target.memory_changed(pid);
                 let placed: Vec<_> = self
                     .probes
@@ -259,13 +297,18 @@ impl<T: Target> Engine<T> {
                     });
                 }
                 if !self.options.follow_exec {
-                    // Nothing of ours is in the new image: let it go.
-                    self.threads.remove(&pid);
+                    // Nothing of ours is in the new image: let it go, with
+                    // what signals it had waiting.
+                    let pending = self.drop_thread(pid).map(|t| t.pending).unwrap_or_default();
                     self.processes.remove(&pid);
                     for probe in self.probes.values_mut() {
                         probe.placed.remove(&pid);
                     }
                     let _ = self.target.detach(pid, 0);
+                    for info in pending {
+                        // SAFETY: sending a signal the thread had waiting.
+                        unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, info.signo()) };
+                    }
                     return Ok(());
                 }
                 self.setup_image(pid, false, sink)?;
@@ -296,10 +339,7 @@ impl<T: Target> Engine<T> {
         let mut copy = self.processes[&pid].clone();
         copy.vfork_children.clear();
         self.processes.insert(child, copy);
-        let (in_slot, returns) = {
-            let t = &self.threads[&parent];
-            (t.in_slot, t.returns.clone())
-        };
+        let returns = self.threads[&parent].returns.clone();
         for r in &returns {
             for (id, _) in &r.probes {
                 if let Some(p) = self.probes.get_mut(id) {
@@ -307,9 +347,9 @@ impl<T: Target> Engine<T> {
                 }
             }
         }
-        let t = self.thread(child, child);
-        t.in_slot = in_slot;
-        t.returns = returns;
+        self.thread(child, child).returns = returns;
+        // The child is not stepping the copy its parent was in.
+        self.move_out_of_slot(child, child)?;
         let placed: Vec<(super::ProbeId, u64, String)> = self
             .probes
             .iter()
@@ -361,20 +401,13 @@ impl<T: Target> Engine<T> {
         // addresses included.
         self.restore_returns(pid, &[parent], child)?;
         // A fork from an instruction running out of line (a probed
-        // `syscall`) leaves the child inside the slot: send it to where
-        // the original instruction would have left it.
-        if let Ok(mut regs) = self.target.get_regs(child) {
-            if let Some((slot_addr, site_addr)) = self.processes[&pid].slot_at(regs.rip) {
-                let site = &self.processes[&pid].sites[&site_addr];
-                let (_, slot) = site.slot.clone().expect("out-of-line site");
-                let saved = self.threads.values().find_map(|t| {
-                    t.in_slot
-                        .filter(|x| x.slot_addr == slot_addr)
-                        .and_then(|x| x.saved_scratch)
-                });
-                arch_abort_xol(&site.prepared.clone(), &slot, slot_addr, saved, &mut regs);
-                self.target.set_regs(child, &regs)?;
-            }
+        // `syscall`) leaves the child inside the slot.
+        self.move_out_of_slot(child, pid)?;
+        // The engine's pages go too: the child runs as if never probed.
+        let areas = self.processes[&pid].areas.clone();
+        for area in &areas {
+            let mut sigs = Vec::new();
+            let _ = super::xol::unmap_area(&mut self.target, child, area, &mut sigs);
         }
         self.target.memory_changed(child);
         let _ = self.target.detach(child, 0);
@@ -518,6 +551,18 @@ impl<T: Target> Engine<T> {
                 // the copy is then single-stepped even where it is boosted.
                 let thread = self.threads.get_mut(&tid).expect("known");
                 let for_signal = !thread.pending.is_empty();
+                let may_leave = matches!(&prepared.action, Action::OutOfLine(x) if x.may_leave);
+                if for_signal && may_leave {
+                    // The copy may block (a `syscall`) or never come back:
+                    // deliver the signal now, before the instruction, and
+                    // let it hit again after the handler, as uprobes does.
+                    regs.rip = addr;
+                    if let Some(r) = saved_scratch.zip(slot.scratch) {
+                        regs.set(r.1 .0, r.0);
+                    }
+                    self.target.set_regs(tid, &regs)?;
+                    return self.resume(tid, Resume::Continue, 0);
+                }
                 if slot.mode != SlotMode::Boost || for_signal {
                     thread.in_slot = Some(InSlot {
                         site: addr,
@@ -559,8 +604,11 @@ impl<T: Target> Engine<T> {
         let end = x.slot_addr + slot.copy_len as u64;
         let trap_after =
             slot.mode == SlotMode::TrapAfter && info.code() == SI_KERNEL && regs.rip == end + 1;
-        let stepped =
-            (slot.mode == SlotMode::Step || x.stepping_for_signal) && info.code() != SI_KERNEL;
+        // A finished step is TRAP_TRACE, or TRAP_BRKPT after a `syscall`;
+        // codes <= 0 are SIGTRAPs someone sent, not the step's end.
+        let stepped = (slot.mode == SlotMode::Step || x.stepping_for_signal)
+            && info.code() > 0
+            && info.code() != SI_KERNEL;
         if !trap_after && !stepped {
             return Ok(false);
         }
@@ -620,7 +668,10 @@ impl<T: Target> Engine<T> {
             );
         }
         match pos {
-            XolPosition::BeforeCopy if !info.is_fault() => {
+            XolPosition::BeforeCopy
+                if !info.is_fault()
+                    && !matches!(&prepared.action, Action::OutOfLine(x) if x.may_leave) =>
+            {
                 // Step the copy first, then deliver. A standard signal
                 // already waiting is not queued twice, as the kernel would
                 // not queue it either.
@@ -714,6 +765,62 @@ impl<T: Target> Engine<T> {
         }
     }
 
+    /// Whether a kernel-sent SIGTRAP of `tid` is the engine's: a
+    /// breakpoint, the trampoline, or the end of a copy it stepped.
+    fn trap_is_ours(&mut self, tid: Tid, pid: Tid) -> bool {
+        if self.threads.get(&tid).is_some_and(|t| t.in_slot.is_some()) {
+            return true;
+        }
+        let Ok(regs) = self.target.get_regs(tid) else {
+            return false;
+        };
+        let p = &self.processes[&pid];
+        let at = regs.rip.wrapping_sub(1);
+        p.slot_at(regs.rip).is_some()
+            || p.sites.contains_key(&at)
+            || p.lifted.contains(&at)
+            || p.trampoline == Some(at)
+    }
+
+    /// Takes a thread (or a vfork child) born in `pid` into the table,
+    /// stopped: its first stop is collected if it was not yet.
+    fn adopt_new_thread(&mut self, pid: Tid, tid: Tid) {
+        if self.threads.get(&tid).is_some_and(|t| t.stopped) {
+            return;
+        }
+        if self.orphans.remove(&tid).is_none() {
+            let _ = self.target.wait_for(tid);
+        }
+        self.thread(tid, pid).stopped = true;
+        let _ = self.move_out_of_slot(tid, pid);
+    }
+
+    /// A thread that is not stepping a copy must never run inside a slot:
+    /// one created by a `clone`/`fork` running out of line starts at the
+    /// end of the copy. Send it where the original instruction would have
+    /// left it. `pid` is the process whose slots the thread may be in.
+    pub(super) fn move_out_of_slot(&mut self, tid: Tid, pid: Tid) -> Result<()> {
+        let Ok(mut regs) = self.target.get_regs(tid) else {
+            return Ok(());
+        };
+        let Some((slot_addr, site_addr)) = self.processes[&pid].slot_at(regs.rip) else {
+            return Ok(());
+        };
+        let site = &self.processes[&pid].sites[&site_addr];
+        let (_, slot) = site.slot.clone().expect("out-of-line site");
+        let prepared = site.prepared.clone();
+        // A scratch register the copy used holds the engine's value; the
+        // stepping thread that spawned this one saved the program's.
+        let saved = self.threads.values().find_map(|t| {
+            t.in_slot
+                .filter(|x| x.slot_addr == slot_addr)
+                .and_then(|x| x.saved_scratch)
+        });
+        arch_abort_xol(&prepared, &slot, slot_addr, saved, &mut regs);
+        self.target.set_regs(tid, &regs)?;
+        Ok(())
+    }
+
     fn stop_all(&mut self, pid: Tid) {
         let running: Vec<Tid> = self
             .threads
@@ -725,37 +832,25 @@ impl<T: Target> Engine<T> {
             let _ = self.target.interrupt(tid);
         }
         for tid in running {
-            let mut at_signal_stop = false;
+            if self.threads.get(&tid).is_none_or(|t| t.stopped) {
+                continue;
+            }
             let stop = self
                 .target
                 .wait_for(tid)
                 .map_err(super::EngineError::from)
                 .and_then(|s| self.settle_interrupt(tid, s));
             match stop {
-                Ok(Stop::Interrupted { .. }) | Ok(Stop::GroupStop { .. }) => {}
-                Ok(s @ Stop::Signal { .. }) => {
-                    at_signal_stop = true;
-                    self.deferred.push_back(s);
+                Ok(s @ (Stop::Interrupted { .. } | Stop::GroupStop { .. })) => {
+                    self.note_stop(tid, &s)
                 }
-                Ok(s @ Stop::Event { event, .. }) => {
-                    // A thread born meanwhile is ours too: wait for its
-                    // first stop so that it can be let go with the others.
-                    if let Event::Clone(new) | Event::Vfork(new) = event {
-                        self.thread(new, pid).stopped = false;
-                        let _ = self.target.wait_for(new);
-                        if let Some(t) = self.threads.get_mut(&new) {
-                            t.stopped = true;
-                        }
-                    }
+                Ok(s @ (Stop::Signal { .. } | Stop::Event { .. })) => {
+                    self.note_stop(tid, &s);
                     self.deferred.push_back(s);
                 }
                 Ok(Stop::Exited { .. } | Stop::Killed { .. }) | Err(_) => {
-                    self.threads.remove(&tid);
+                    self.drop_thread(tid);
                 }
-            }
-            if let Some(t) = self.threads.get_mut(&tid) {
-                t.stopped = true;
-                t.at_signal_stop = at_signal_stop;
             }
         }
     }
@@ -765,6 +860,7 @@ impl<T: Target> Engine<T> {
         // Stops not handled yet: breakpoint traps are rewound below, real
         // signals delivered at detach.
         let mut trapped: Vec<Tid> = Vec::new();
+        let mut exec_seen = false;
         // Threads whose current stop is a signal-delivery-stop.
         let mut deferred_signal_stop: Vec<Tid> = self
             .threads
@@ -782,16 +878,61 @@ impl<T: Target> Engine<T> {
                 self.deferred.push_back(s);
                 continue;
             }
-            if let Stop::Signal { tid, info } = s {
-                deferred_signal_stop.push(tid);
-                if info.signo() == libc::SIGTRAP
-                    && (info.code() == SI_KERNEL || info.code() == TRAP_TRACE)
-                {
-                    trapped.push(tid);
-                } else if let Some(t) = self.threads.get_mut(&tid) {
-                    t.pending.push(info);
+            match s {
+                Stop::Signal { tid, info } => {
+                    deferred_signal_stop.push(tid);
+                    if info.signo() == libc::SIGTRAP
+                        && info.code() > 0
+                        && self.trap_is_ours(tid, pid)
+                    {
+                        trapped.push(tid);
+                    } else if let Some(t) = self.threads.get_mut(&tid) {
+                        t.pending.push(info);
+                    }
                 }
+                // A child born just before detach: a fork child is cleaned
+                // and let go; a vfork child shares our memory and is let go
+                // with our threads.
+                Stop::Event {
+                    tid,
+                    event: Event::Fork(child),
+                } => {
+                    if self.target.same_memory(pid, child) {
+                        self.adopt_new_thread(pid, child);
+                    } else {
+                        let _ = self.untouch_fork_child(pid, tid, child);
+                    }
+                }
+                Stop::Event {
+                    event: Event::Vfork(child) | Event::Clone(child),
+                    ..
+                } => self.adopt_new_thread(pid, child),
+                Stop::Event {
+                    event: Event::Exec(_),
+                    ..
+                } => exec_seen = true,
+                _ => {}
             }
+        }
+        if exec_seen {
+            // The process replaced its image meanwhile: nothing of ours is
+            // in its memory any more. Let its threads go.
+            self.target.memory_changed(pid);
+            let tids: Vec<Tid> = self
+                .threads
+                .iter()
+                .filter(|(_, t)| t.pid == pid)
+                .map(|(&t, _)| t)
+                .collect();
+            for tid in tids {
+                self.drop_thread(tid);
+                let _ = self.target.detach(tid, 0);
+            }
+            self.processes.remove(&pid);
+            for probe in self.probes.values_mut() {
+                probe.placed.remove(&pid);
+            }
+            return Ok(());
         }
         // 1. Original bytes back.
         let sites: Vec<(u64, u8, bool)> = self.processes[&pid]
@@ -856,7 +997,20 @@ impl<T: Target> Engine<T> {
         self.restore_returns(pid, &tids, pid)?;
         // 4. The engine's pages go.
         let areas = std::mem::take(&mut self.processes.get_mut(&pid).expect("exists").areas);
-        if let Some(&tid) = tids.first() {
+        // A thread at an event stop is inside a system call; step one out
+        // of it if no other thread can run the munmap.
+        let injector = match tids
+            .iter()
+            .copied()
+            .find(|t| self.threads.get(t).is_some_and(|t| !t.at_event_stop))
+        {
+            Some(t) => Some(t),
+            None => match tids.first() {
+                Some(&t) => self.leave_syscall_stop(t).ok().map(|_| t),
+                None => None,
+            },
+        };
+        if let Some(tid) = injector {
             for area in &areas {
                 let mut sigs = Vec::new();
                 let _ = super::xol::unmap_area(&mut self.target, tid, area, &mut sigs);
@@ -867,7 +1021,7 @@ impl<T: Target> Engine<T> {
         }
         // 5. Let go, delivering what was pending.
         for tid in tids {
-            let t = self.threads.remove(&tid).expect("listed");
+            let t = self.drop_thread(tid).expect("listed");
             let mut sig = 0;
             let mut resend = t.pending.as_slice();
             if let Some((first, rest)) = t.pending.split_first() {
@@ -904,7 +1058,15 @@ impl<T: Target> Engine<T> {
                     Err(_) => break,
                 }
             }
-            self.threads.retain(|_, t| t.pid != pid);
+            let tids: Vec<Tid> = self
+                .threads
+                .iter()
+                .filter(|(_, t)| t.pid == pid)
+                .map(|(&t, _)| t)
+                .collect();
+            for t in tids {
+                self.drop_thread(t);
+            }
             self.processes.remove(&pid);
         }
     }

@@ -151,10 +151,18 @@ pub fn inject_syscall<T: Target>(
         match target.wait_for(tid)? {
             Stop::Signal { info, .. } => {
                 let now = target.get_regs(tid)?;
-                if now.rip == gadget + 2 && info.signo() == libc::SIGTRAP {
+                let step_trap = info.signo() == libc::SIGTRAP && info.code() > 0;
+                if now.rip == gadget + 2 && step_trap {
                     break now.rax;
                 }
-                if info.signo() != libc::SIGTRAP {
+                if info.is_fault() && now.rip == gadget {
+                    target.set_regs(tid, &saved)?;
+                    return Err(TargetError::Attach(format!(
+                        "thread {tid} cannot run the system call at {gadget:#x} (signal {})",
+                        info.signo()
+                    )));
+                }
+                if !step_trap {
                     deferred.push(info);
                 }
                 if now.rip != gadget {
