@@ -25,10 +25,11 @@ fn trace_basic(tag: &str, flags: &[&str], n: u64, specs: &[&str]) -> (std::path:
 }
 
 #[test]
-fn hits_are_exact_pie_and_non_pie() {
+fn hits_are_exact_pie_non_pie_and_static() {
     for (tag, flags) in [
         ("pie", &["-O2", "-fPIE", "-pie"][..]),
         ("nopie", &["-O0", "-fno-pie", "-no-pie"][..]),
+        ("static", &["-O2", "-static"][..]),
     ] {
         let (bin, t) = trace_basic(tag, flags, 1000, &["uprobe:BIN:work", "uprobe:BIN:greet"]);
         let plain = run_plain(&bin, &["1000"]);

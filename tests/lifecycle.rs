@@ -16,93 +16,43 @@ fn spin_sum(iters: i64, threads: i64) -> String {
     )
 }
 
-/// Starts `spin ITERS THREADS` and waits for its "ready".
-fn start_spin(bin: &std::path::Path, iters: i64, threads: i64) -> Child {
-    let mut child = Command::new(bin)
-        .args([iters.to_string(), threads.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start spin");
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    child
-}
-
 fn sigint(child: &Child) {
     // SAFETY: signalling a child of this test.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
 }
 
-/// No anonymous executable mapping of the engine's size is left.
-fn engine_pages_gone(pid: i32) -> bool {
-    !wprobe_core::symbols::read_maps(pid)
-        .unwrap()
-        .iter()
-        .any(|m| m.exec && m.path.is_none() && m.end - m.start == 0x10000)
-}
-
 #[test]
 fn ctrl_c_detaches_and_the_target_runs_on() {
     let bin = build("spin", "ctrlc", &["-O2"]);
-    let mut target = start_spin(&bin, 60000, 4);
+    let target = start_ready(&bin, &["60000", "4"]);
     let pid = target.id() as i32;
     // Three rounds of attach and Ctrl-C on the same process: each must
-    // leave it exactly as it was, whatever its threads were doing.
+    // leave it exactly as it was, whatever its threads were doing. A
+    // boosted probe, and a post probe (its threads sit in slots between
+    // two stops), on every thread.
     for round in 0..3 {
-        let events = scratch_dir().join(format!("ctrlc-{round}.jsonl"));
-        let _ = std::fs::remove_file(&events);
-        // A boosted probe, and a post probe (its threads sit in slots
-        // between two stops), on every thread.
-        let wprobe = Command::new(wprobe_bin())
-            .args(["trace", "--no-regs", "-o"])
-            .arg(&events)
-            .args([
-                "-e",
-                &format!("uprobe:{}:work", bin.display()),
-                "-e",
-                "uprobe:libc:usleep post",
-                "-p",
-                &pid.to_string(),
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wprobe");
-        assert!(
-            wait_until(10, || std::fs::metadata(&events)
-                .map(|m| m.len() > 10_000)
-                .unwrap_or(false)),
-            "events flow"
+        let live = LiveTrace::start(
+            &format!("ctrlc-{round}"),
+            &[
+                "-e".into(),
+                format!("uprobe:{}:work", bin.display()),
+                "-e".into(),
+                "uprobe:libc:usleep post".into(),
+                "-p".into(),
+                pid.to_string(),
+            ],
         );
-        sigint(&wprobe);
-        let out = wprobe.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "round {round}: {stderr}");
-        assert!(stderr.contains("detached"), "{stderr}");
-        // The target: untraced, its code as in the file, the engine's
-        // pages gone.
-        assert_eq!(proc_status(pid, "TracerPid:").as_deref(), Some("0"));
-        let (live, file) = live_and_file_bytes(pid, &bin, "work", 16);
-        assert_eq!(live, file, "round {round}");
-        assert!(engine_pages_gone(pid), "round {round}");
-        let (_, summary) = parse_jsonl(&std::fs::read_to_string(&events).unwrap());
+        live.wait_for_events("events", |t| t.len() > 10_000);
+        let (_, summary) = live.interrupt();
+        assert_untouched(pid, &bin, "work");
         let summary = summary.expect("summary after Ctrl-C");
-        assert!(summary["probes"][0]["hits"].as_u64().unwrap() > 0);
+        assert!(
+            summary["probes"][0]["hits"].as_u64().unwrap() > 0,
+            "round {round}"
+        );
     }
     // And it finishes with the right output.
-    let mut rest = String::new();
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut rest)
-        .unwrap();
-    assert!(target.wait().unwrap().success());
-    assert_eq!(rest, spin_sum(60000, 4));
+    assert_eq!(finish(target), spin_sum(60000, 4));
 }
 
 #[test]
@@ -138,24 +88,23 @@ fn ctrl_c_of_a_spawned_command_detaches_and_waits_for_it() {
 #[test]
 fn job_control_works_as_without_the_tracer() {
     let bin = build("spin", "jobctl", &["-O2"]);
-    let mut target = start_spin(&bin, 30000, 1);
+    let target = start_ready(&bin, &["30000", "1"]);
     let pid = target.id() as i32;
-    let events = scratch_dir().join("jobctl.jsonl");
-    let _ = std::fs::remove_file(&events);
-    let wprobe = Command::new(wprobe_bin())
-        .args(["trace", "--no-regs", "-o"])
-        .arg(&events)
-        .args([
-            "-e",
-            &format!("uprobe:{}:work", bin.display()),
-            "-p",
-            &pid.to_string(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wprobe");
-    let size = || std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0);
-    assert!(wait_until(10, || size() > 0), "events flow");
+    let live = LiveTrace::start(
+        "jobctl",
+        &[
+            "-e".into(),
+            format!("uprobe:{}:work", bin.display()),
+            "-p".into(),
+            pid.to_string(),
+        ],
+    );
+    live.wait_for_events("events", |t| !t.is_empty());
+    let size = || {
+        std::fs::metadata(&live.events)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
     // SAFETY: signalling our child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let stopped =
@@ -172,23 +121,8 @@ fn job_control_works_as_without_the_tracer() {
         wait_until(5, || size() > before),
         "runs again after SIGCONT"
     );
-    sigint(&wprobe);
-    let out = wprobe.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut rest = String::new();
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut rest)
-        .unwrap();
-    assert!(target.wait().unwrap().success());
-    assert_eq!(rest, spin_sum(30000, 1));
+    live.interrupt();
+    assert_eq!(finish(target), spin_sum(30000, 1));
 }
 
 #[test]

@@ -251,73 +251,30 @@ fn refused_where_hijacking_is_unsafe() {
 
 #[test]
 fn ctrl_c_with_live_return_instances_on_four_threads() {
-    use std::io::Read;
-    use std::process::{Command, Stdio};
     let bin = build("returns", "detach", &["-O2"]);
-    let mut target = Command::new(&bin)
-        .args(["slow", "3000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start returns slow");
-    let mut ready = [0u8; 6];
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    let target = start_ready(&bin, &["slow", "3000"]);
     let pid = target.id() as i32;
     for round in 0..2 {
-        let events = scratch_dir().join(format!("ret-detach-{round}.jsonl"));
-        let _ = std::fs::remove_file(&events);
         // Every thread sits in `slow` (hijacked) most of the time, inside
         // usleep's slot (post) some of it.
-        let wprobe = Command::new(wprobe_bin())
-            .args(["trace", "--no-regs", "-o"])
-            .arg(&events)
-            .args([
-                "-e",
-                &format!("uretprobe:{}:slow", bin.display()),
-                "-e",
-                "uprobe:libc:usleep post",
-                "-p",
-                &pid.to_string(),
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wprobe");
-        assert!(
-            wait_until(10, || std::fs::read_to_string(&events)
-                .map(|s| s.matches("\"return\"").count() > 50)
-                .unwrap_or(false)),
-            "returns flow"
+        let live = LiveTrace::start(
+            &format!("ret-detach-{round}"),
+            &[
+                "-e".into(),
+                format!("uretprobe:{}:slow", bin.display()),
+                "-e".into(),
+                "uprobe:libc:usleep post".into(),
+                "-p".into(),
+                pid.to_string(),
+            ],
         );
-        // SAFETY: signalling our child.
-        unsafe { libc::kill(wprobe.id() as i32, libc::SIGINT) };
-        let out = wprobe.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(proc_status(pid, "TracerPid:").as_deref(), Some("0"));
-        let (live, file) = live_and_file_bytes(pid, &bin, "slow", 16);
-        assert_eq!(live, file, "round {round}");
+        live.wait_for_events("returns", |t| t.matches("\"return\"").count() > 50);
+        live.interrupt();
+        assert_untouched(pid, &bin, "slow");
     }
-    let mut rest = String::new();
-    target
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_to_string(&mut rest)
-        .unwrap();
-    assert!(
-        target.wait().unwrap().success(),
-        "no thread returned into a stale trampoline"
-    );
+    // No thread returned into a stale trampoline.
     assert_eq!(
-        rest,
+        finish(target),
         format!("slow={}\n", 4 * (0..3000).map(|i| i * 2).sum::<i64>())
     );
 }

@@ -351,3 +351,104 @@ pub fn syscall_offset(lib: &Path, function: &str) -> u64 {
 pub fn libc_path() -> PathBuf {
     std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").expect("libc.so.6")
 }
+
+/// Starts a fixture that prints "ready" once it runs, and waits for that.
+pub fn start_ready(bin: &Path, args: &[&str]) -> std::process::Child {
+    use std::io::Read;
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start fixture");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .expect("piped")
+        .read_exact(&mut ready)
+        .expect("fixture says ready");
+    assert_eq!(&ready, b"ready\n");
+    child
+}
+
+/// Waits for a fixture started with [`start_ready`] to end successfully
+/// and returns the rest of what it printed.
+pub fn finish(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    let mut rest = String::new();
+    child
+        .stdout
+        .as_mut()
+        .expect("piped")
+        .read_to_string(&mut rest)
+        .expect("read fixture output");
+    let status = child.wait().expect("wait for fixture");
+    assert!(status.success(), "fixture ended with {status}");
+    rest
+}
+
+/// A `wprobe trace` running in the background, its events going to a
+/// file of its own.
+pub struct LiveTrace {
+    pub child: std::process::Child,
+    pub events: PathBuf,
+}
+
+impl LiveTrace {
+    /// `wprobe trace --no-regs -o EVENTS ARGS...`; `name` names the events
+    /// file (fresh for each start).
+    pub fn start(name: &str, args: &[String]) -> LiveTrace {
+        let events = scratch_dir().join(format!("{name}.jsonl"));
+        let _ = std::fs::remove_file(&events);
+        let child = Command::new(wprobe_bin())
+            .args(["trace", "--no-regs", "-o"])
+            .arg(&events)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wprobe");
+        LiveTrace { child, events }
+    }
+
+    pub fn events_text(&self) -> String {
+        std::fs::read_to_string(&self.events).unwrap_or_default()
+    }
+
+    /// Waits (10 s at most) until the events written so far satisfy `cond`.
+    pub fn wait_for_events(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        assert!(
+            wait_until(10, || cond(&self.events_text())),
+            "waiting for {what}"
+        );
+    }
+
+    /// Ctrl-C, then wprobe's exit; asserts it detached cleanly (status 0).
+    pub fn interrupt(self) -> (Output, Option<Value>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let out = self.child.wait_with_output().expect("wait for wprobe");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("detached"), "{stderr}");
+        let (_, summary) = parse_jsonl(&std::fs::read_to_string(&self.events).unwrap_or_default());
+        (out, summary)
+    }
+}
+
+/// Checks that `pid` is as wprobe found it after a detach: untraced, the
+/// code of `symbol` equal to the file's, no engine pages left.
+pub fn assert_untouched(pid: i32, bin: &Path, symbol: &str) {
+    assert_eq!(
+        proc_status(pid, "TracerPid:").as_deref(),
+        Some("0"),
+        "untraced"
+    );
+    let (live, file) = live_and_file_bytes(pid, bin, symbol, 16);
+    assert_eq!(live, file, "the code of `{symbol}` equals the file's");
+    let left = wprobe_core::symbols::read_maps(pid)
+        .expect("maps")
+        .into_iter()
+        .any(|m| m.exec && m.path.is_none() && m.end - m.start == 0x10000);
+    assert!(!left, "the engine's pages are unmapped");
+}

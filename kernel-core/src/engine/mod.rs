@@ -409,6 +409,30 @@ impl<T: Target> Engine<T> {
         })
     }
 
+    /// The threads of `pid` the engine knows.
+    fn threads_of(&self, pid: Tid) -> Vec<Tid> {
+        let mut v: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid)
+            .map(|(&t, _)| t)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Forgets a process that is gone or let go: its threads (and their
+    /// return instances), its sites, and where its probes were placed.
+    fn forget_process(&mut self, pid: Tid) {
+        for t in self.threads_of(pid) {
+            self.drop_thread(t);
+        }
+        self.processes.remove(&pid);
+        for probe in self.probes.values_mut() {
+            probe.placed.remove(&pid);
+        }
+    }
+
     /// Records what kind of stop `tid` is in.
     fn note_stop(&mut self, tid: Tid, stop: &Stop) {
         if let Some(t) = self.threads.get_mut(&tid) {

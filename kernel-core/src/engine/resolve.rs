@@ -590,20 +590,12 @@ impl<T: Target> Engine<T> {
         if !attached {
             self.leave_syscall_stop(pid)?;
         }
-        {
-            let p = self.processes.get_mut(&pid).expect("caller created it");
-            p.sites.clear();
-            p.areas.clear();
-            p.slots.clear();
-            p.lifted.clear();
-            p.syscall_bytes = None;
-            p.maps_seen.clear();
-            p.refused.clear();
-            p.pending_noted.clear();
-            p.trampoline = None;
-            p.vfork_children.clear();
-            p.startup_done = attached;
-        }
+        // A new image: nothing of the old one's sites, pages or state.
+        self.new_process(pid);
+        self.processes
+            .get_mut(&pid)
+            .expect("just made")
+            .startup_done = attached;
         for probe in self.probes.values_mut() {
             probe.placed.remove(&pid);
         }

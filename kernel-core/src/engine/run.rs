@@ -177,19 +177,7 @@ impl<T: Target> Engine<T> {
         }
         if tid == pid {
             // With __WALL the leader is reported last: the process is gone.
-            let gone: Vec<Tid> = self
-                .threads
-                .iter()
-                .filter(|(_, t)| t.pid == pid)
-                .map(|(&t, _)| t)
-                .collect();
-            for t in gone {
-                self.drop_thread(t);
-            }
-            self.processes.remove(&pid);
-            for probe in self.probes.values_mut() {
-                probe.placed.remove(&pid);
-            }
+            self.forget_process(pid);
             self.exits.push((pid, status));
             sink.notice(&Notice::Exited { pid, status });
         }
@@ -266,13 +254,7 @@ impl<T: Target> Engine<T> {
                     .get(&tid)
                     .map(|t| t.pending.clone())
                     .unwrap_or_default();
-                let gone: Vec<Tid> = self
-                    .threads
-                    .iter()
-                    .filter(|(_, th)| th.pid == pid)
-                    .map(|(&t, _)| t)
-                    .collect();
-                for t in gone {
+                for t in self.threads_of(pid) {
                     self.drop_thread(t);
                 }
                 self.thread(pid, pid).pending = pending;
@@ -300,10 +282,7 @@ impl<T: Target> Engine<T> {
                     // Nothing of ours is in the new image: let it go, with
                     // what signals it had waiting.
                     let pending = self.drop_thread(pid).map(|t| t.pending).unwrap_or_default();
-                    self.processes.remove(&pid);
-                    for probe in self.probes.values_mut() {
-                        probe.placed.remove(&pid);
-                    }
+                    self.forget_process(pid);
                     let _ = self.target.detach(pid, 0);
                     for info in pending {
                         // SAFETY: sending a signal the thread had waiting.
@@ -918,20 +897,10 @@ impl<T: Target> Engine<T> {
             // The process replaced its image meanwhile: nothing of ours is
             // in its memory any more. Let its threads go.
             self.target.memory_changed(pid);
-            let tids: Vec<Tid> = self
-                .threads
-                .iter()
-                .filter(|(_, t)| t.pid == pid)
-                .map(|(&t, _)| t)
-                .collect();
-            for tid in tids {
-                self.drop_thread(tid);
+            for tid in self.threads_of(pid) {
                 let _ = self.target.detach(tid, 0);
             }
-            self.processes.remove(&pid);
-            for probe in self.probes.values_mut() {
-                probe.placed.remove(&pid);
-            }
+            self.forget_process(pid);
             return Ok(());
         }
         // 1. Original bytes back.
@@ -946,12 +915,7 @@ impl<T: Target> Engine<T> {
             }
         }
         // 2. Threads out of the slots, and off the breakpoints.
-        let tids: Vec<Tid> = self
-            .threads
-            .iter()
-            .filter(|(_, t)| t.pid == pid)
-            .map(|(&t, _)| t)
-            .collect();
+        let tids = self.threads_of(pid);
         for &tid in &tids {
             let Ok(mut regs) = self.target.get_regs(tid) else {
                 continue;
@@ -1038,10 +1002,7 @@ impl<T: Target> Engine<T> {
                 unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
             }
         }
-        self.processes.remove(&pid);
-        for probe in self.probes.values_mut() {
-            probe.placed.remove(&pid);
-        }
+        self.forget_process(pid);
         Ok(())
     }
 
@@ -1058,16 +1019,7 @@ impl<T: Target> Engine<T> {
                     Err(_) => break,
                 }
             }
-            let tids: Vec<Tid> = self
-                .threads
-                .iter()
-                .filter(|(_, t)| t.pid == pid)
-                .map(|(&t, _)| t)
-                .collect();
-            for t in tids {
-                self.drop_thread(t);
-            }
-            self.processes.remove(&pid);
+            self.forget_process(pid);
         }
     }
 }
