@@ -389,3 +389,35 @@ fn attach_to_a_running_process_with_threads() {
         t.events.iter().filter_map(|e| e["tid"].as_u64()).collect();
     assert_eq!(tids.len(), 3, "all threads were taken");
 }
+
+#[test]
+fn paths_as_the_process_sees_them_in_a_chroot() {
+    // A program in a chroot maps /app, which is JAIL/app here: a spec names
+    // the file as the process sees it, through /proc/PID/root.
+    let bin = build("basic", "chroot", &["-O2", "-static"]);
+    let jail = scratch_dir().join("jail");
+    std::fs::create_dir_all(&jail).unwrap();
+    std::fs::copy(&bin, jail.join("app")).unwrap();
+    let j = jail.to_string_lossy();
+    let t = trace(&[
+        "--no-regs",
+        "--follow-exec",
+        "-e",
+        "uprobe:/app:work",
+        "-e",
+        "uprobe:/app:greet s=+0(%rdi):string",
+        "--",
+        "chroot",
+        &j,
+        "/app",
+        "3",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    assert_eq!((t.hits(1), t.hits(2)), (3, 2));
+    let names: Vec<&str> = t
+        .events_of(2, "entry")
+        .iter()
+        .map(|e| e["captures"]["s"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+}

@@ -161,9 +161,7 @@ pub fn main(args: TraceArgs) -> i32 {
             eprintln!("wprobe: detached from process {pid}; it runs on untraced");
         }
         Ok(RunEnd::Refused) => {
-            for r in engine.refusals() {
-                eprintln!("wprobe: {r}");
-            }
+            // The refusal itself was said as it happened (a notice).
             give_up(&mut engine, spawned);
             code = 2;
         }

@@ -100,8 +100,14 @@ impl<T: Target> Engine<T> {
 
     /// Checks a spec against a file without any process: the symbol, the
     /// offset and the instruction. Only for specs naming a file by path.
+    /// A path that does not exist here may exist in the target's root (a
+    /// container, a chroot): that is left to the check in the process.
     pub fn check_offline(&mut self, spec: &ProbeSpec) -> Result<Option<String>> {
-        let Some(path) = spec.module.as_deref().filter(|m| m.contains('/')) else {
+        let Some(path) = spec
+            .module
+            .as_deref()
+            .filter(|m| m.contains('/') && std::path::Path::new(m).exists())
+        else {
             return Ok(None);
         };
         let elf = self.elf.get(std::path::Path::new(path))?;
@@ -484,13 +490,19 @@ impl<T: Target> Engine<T> {
                     Ok(m) => m,
                     Err(SymbolError::NoModule { .. }) if spec.module.is_some() => {
                         let m = spec.module.as_deref().unwrap_or_default();
-                        // Validate what can be validated now.
+                        // Validate what can be validated now, in the file
+                        // the process would map: under its root.
                         if m.contains('/') {
-                            let elf = self
-                                .elf
-                                .get(std::path::Path::new(m))
-                                .map_err(|e| e.to_string())?;
-                            file_vaddr(&elf, m, spec).map_err(|e| e.to_string())?;
+                            let in_root = std::path::PathBuf::from(format!("/proc/{pid}/root{m}"));
+                            if in_root.exists() {
+                                let elf = self.elf.get(&in_root).map_err(|e| e.to_string())?;
+                                file_vaddr(&elf, m, spec).map_err(|e| e.to_string())?;
+                            } else if self.processes[&pid].startup_done && !self.options.follow_exec
+                            {
+                                return Err(format!(
+                                    "there is no file {m} in process {pid}'s root (/proc/{pid}/root)"
+                                ));
+                            }
                         }
                         return Ok(Resolved::Pending(format!(
                             "`{m}` is not mapped in process {pid} yet; the probe is armed when it is loaded"

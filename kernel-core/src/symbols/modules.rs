@@ -17,10 +17,15 @@ use super::SymbolError;
 pub struct Module {
     /// The path as `/proc/PID/maps` shows it.
     pub path: String,
-    /// Where this process opens it: `/proc/PID/root/<path>`, or
-    /// `/proc/PID/map_files/<start>-<end>` for a file deleted since it was
-    /// mapped.
+    /// Where the engine opens it. /proc/PID/maps shows paths from the
+    /// *reader's* root, so for a process in a chroot or container the path
+    /// is the host's; otherwise `/proc/PID/root/<path>` is the file. The
+    /// one whose inode is the mapping's is taken, and
+    /// `/proc/PID/map_files/<start>-<end>` when neither is (a deleted file).
     pub file: PathBuf,
+    /// The process's root (`/proc/PID/root`): where a path a user gives,
+    /// as the process sees it, is looked up.
+    pub root: PathBuf,
     pub inode: u64,
     /// Device (major, minor) as `/proc/PID/maps` shows it.
     pub dev: (u32, u32),
@@ -51,13 +56,9 @@ impl Module {
         self.mappings.iter().any(|m| m.contains(addr))
     }
 
-    /// The root of the traced process's file system that `file` lies under.
+    /// The root of the traced process's file system.
     fn root(&self) -> PathBuf {
-        let file = self.file.to_string_lossy();
-        match file.strip_suffix(&self.path) {
-            Some(root) if !root.is_empty() => PathBuf::from(root),
-            _ => PathBuf::from("/"),
-        }
+        self.root.clone()
     }
 }
 
@@ -97,14 +98,8 @@ pub fn modules(
             Some(module) => module.mappings.push(entry.clone()),
             None => groups.push(Module {
                 path: path.to_string(),
-                file: if entry.deleted {
-                    PathBuf::from(format!(
-                        "/proc/{pid}/map_files/{:x}-{:x}",
-                        entry.start, entry.end
-                    ))
-                } else {
-                    root.join(path.trim_start_matches('/'))
-                },
+                file: mapped_file(pid, &root, entry, path),
+                root: root.clone(),
                 inode: entry.inode,
                 dev,
                 mappings: vec![entry.clone()],
@@ -248,6 +243,29 @@ fn basename(path: &str) -> &str {
 }
 
 /// True when both paths name the same file (device and inode).
+/// Where the engine can open the file of a mapping; see [`Module::file`].
+fn mapped_file(pid: i32, root: &Path, entry: &MapEntry, path: &str) -> PathBuf {
+    let map_files = || {
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            entry.start, entry.end
+        ))
+    };
+    if entry.deleted {
+        return map_files();
+    }
+    let is_it = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.ino() == entry.inode);
+    let in_root = root.join(path.trim_start_matches('/'));
+    if is_it(&in_root) {
+        return in_root;
+    }
+    let as_shown = PathBuf::from(path);
+    if is_it(&as_shown) {
+        return as_shown;
+    }
+    map_files()
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
