@@ -345,3 +345,73 @@ fn return_probes_across_exec_with_follow() {
     assert_eq!(t.stdout.matches("execer: 21").count(), 2);
     assert_eq!(retvals(&t, 1), vec![4, 7, 10, 4, 7, 10]);
 }
+
+#[test]
+fn longjmp_then_a_call_at_the_same_depth() {
+    // A frame left by longjmp has its stack slot reused by the next call
+    // from the same depth: the new call's instance is the live one, at
+    // every return and in the fork child that copies it.
+    let bin = build("returns", "reuse", &["-O0"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:jumper", "uretprobe:BIN:forking"],
+        &["reuse", "30"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(
+        own_stdout(&t),
+        String::from_utf8_lossy(&run_plain(&bin, &["reuse", "30"]).stdout)
+    );
+    assert!(own_stdout(&t).contains("child ok"), "{}", t.stdout);
+    assert_eq!(retvals(&t, 1), vec![9; 5]);
+    assert_eq!(t.summary.as_ref().unwrap()["probes"][0]["nmissed"], 0);
+    if tracefs_available() {
+        // uprobe_profile counts a uretprobe's entries; its returns are in
+        // the trace.
+        let k = KernelProbes::new(&bin, &[('r', "jumper", 0)]);
+        run_plain(&bin, &["reuse", "30"]);
+        assert_eq!(k.return_values(0), vec![9; 5]);
+    }
+}
+
+#[test]
+fn a_callee_that_pops_its_arguments() {
+    let bin = build("returns", "retn", &["-O2"]);
+    let t = run(&bin, &["uretprobe:BIN:pops8 force"], &["retn"]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "retn=126\n");
+    assert_eq!(retvals(&t, 1), vec![42; 3]);
+}
+
+#[test]
+fn a_return_probe_off_a_function_entry_is_refused() {
+    let bin = build("returns", "midaddr", &["-O2"]);
+    let elf = wprobe_core::symbols::ElfFile::open(&bin).unwrap();
+    let work = elf.lookup("work").unwrap().addr;
+    let b = bin.to_string_lossy();
+    // work: lea rax, [rdi+rdi*2+1] (5 bytes); ret
+    let t = trace(&[
+        "-e",
+        &format!("uretprobe:{b}:{:#x}", work + 5),
+        "--",
+        &b,
+        "threads",
+        "1",
+    ]);
+    assert_eq!(t.status, Some(2), "{}", t.stderr);
+    assert!(
+        t.stderr.contains("goes on a function's entry") && t.stderr.contains("`work`+0x5"),
+        "{}",
+        t.stderr
+    );
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &format!("uretprobe:{b}:{work:#x}"),
+        "--",
+        &b,
+        "threads",
+        "1",
+    ]);
+    assert_eq!((t.status, t.hits(1)), (Some(0), 4));
+}

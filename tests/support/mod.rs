@@ -224,7 +224,9 @@ impl KernelProbes {
         Path::new(TRACING).join("instances").join(&self.group)
     }
 
-    /// Hits of each point so far, from uprobe_profile.
+    /// Hits of each point so far, from uprobe_profile. For an `r` point
+    /// that counts the function's entries; its returns are in
+    /// [`KernelProbes::return_values`].
     pub fn counts(&self) -> Vec<u64> {
         let profile = std::fs::read_to_string(Path::new(TRACING).join("uprobe_profile"))
             .expect("uprobe_profile");

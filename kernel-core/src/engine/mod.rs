@@ -234,6 +234,9 @@ struct Thread {
     at_event_stop: bool,
     /// Hijacked returns, oldest first.
     returns: Vec<RetInstance>,
+    /// A vfork parent waiting for its child to exec or exit: the kernel
+    /// holds it in the system call, where an interrupt does not reach it.
+    in_vfork: bool,
 }
 
 #[derive(Clone)]
@@ -252,7 +255,8 @@ struct Process {
     /// Whether the dynamic linker has finished loading the initial
     /// libraries (until then a soname that is not mapped is not an error).
     startup_done: bool,
-    /// A `vfork` child sharing this address space, until it execs.
+    /// Children sharing this address space (vfork, or clone with CLONE_VM
+    /// but not CLONE_THREAD), traced like threads until they exec or exit.
     vfork_children: HashSet<Tid>,
     /// Probes found impossible in this process (not tried again).
     refused: HashSet<ProbeId>,
@@ -406,6 +410,7 @@ impl<T: Target> Engine<T> {
             at_signal_stop: false,
             at_event_stop: false,
             returns: Vec::new(),
+            in_vfork: false,
         })
     }
 

@@ -312,7 +312,7 @@ impl<T: Target> Engine<T> {
         let tid = self
             .threads
             .iter()
-            .find(|(_, t)| t.pid == pid)
+            .find(|(_, t)| t.pid == pid && !t.in_vfork)
             .map(|(&t, _)| t)
             .ok_or_else(|| EngineError::Refused(format!("process {pid} has no threads left")))?;
         self.target.interrupt(tid)?;
@@ -531,6 +531,23 @@ impl<T: Target> Engine<T> {
         let prepared = arch_prepare_kprobe(&code, addr).map_err(|r| r.to_string())?;
         let mut warning = None;
         if spec.kind == Kind::Return {
+            // The return address is at the stack pointer only at entry.
+            match elf.symbol_at(vaddr) {
+                Some((_, 0)) => {}
+                Some((sym, off)) => {
+                    return Err(format!(
+                        "a return probe goes on a function's entry; {addr:#x} is `{}`+{off:#x}",
+                        sym.demangled.as_deref().unwrap_or(&sym.name)
+                    ))
+                }
+                None if !spec.force => {
+                    return Err(format!(
+                        "no known function starts at {addr:#x}, and a return probe must be at a \
+                         function's entry; add `force` if it is one"
+                    ))
+                }
+                None => {}
+            }
             self.check_return_probe(pid, &module.file)?;
             if elf.symbols.iter().any(|s| s.name.starts_with("_Z")) {
                 warning = Some(format!(

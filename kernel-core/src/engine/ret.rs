@@ -96,7 +96,19 @@ impl<T: Target> Engine<T> {
             return Ok(());
         }
         let sp = regs.rsp;
-        self.drop_dead_returns(tid, pid, sp);
+        let mut word = [0u8; 8];
+        self.target.read_memory(pid, sp, &mut word)?;
+        let current = u64::from_le_bytes(word);
+        // A frame at this very slot whose return address is not the
+        // trampoline any more was left (longjmp) and its slot reused.
+        self.drop_dead_returns(tid, pid, sp, current != trampoline);
+        let full = |e: &Self, id: &super::ProbeId| {
+            let p = &e.probes[id];
+            p.active >= p.spec.maxactive.unwrap_or_else(default_maxactive)
+        };
+        if ids.iter().any(|id| full(self, id)) {
+            self.free_returns_of_exited_threads(pid);
+        }
         let mut probes = Vec::new();
         for id in ids {
             let p = self.probes.get_mut(&id).expect("listed");
@@ -123,9 +135,6 @@ impl<T: Target> Engine<T> {
         if probes.is_empty() {
             return Ok(());
         }
-        let mut word = [0u8; 8];
-        self.target.read_memory(pid, sp, &mut word)?;
-        let current = u64::from_le_bytes(word);
         let thread = self.threads.get_mut(&tid).expect("known");
         let (orig_ret, chained) = if current == trampoline {
             // A tail call: the function below us already hijacked this
@@ -162,12 +171,13 @@ impl<T: Target> Engine<T> {
     }
 
     /// Drops the thread's instances whose frames are gone: their slot lies
-    /// below the stack pointer on the same stack (a `longjmp` out of them).
-    /// Instances on another stack (a coroutine's, a signal handler's
-    /// alternate stack) are kept.
-    fn drop_dead_returns(&mut self, tid: Tid, pid: Tid, sp: u64) {
+    /// below the stack pointer (or at it, with `inclusive`) on the same
+    /// stack — a `longjmp` out of them. Instances on another stack (a
+    /// coroutine's, a signal handler's alternate stack) are kept.
+    fn drop_dead_returns(&mut self, tid: Tid, pid: Tid, sp: u64, inclusive: bool) {
+        let below = |slot: u64| slot < sp || (inclusive && slot == sp);
         let thread = self.threads.get_mut(&tid).expect("known");
-        if !thread.returns.iter().any(|r| r.slot < sp) {
+        if !thread.returns.iter().any(|r| below(r.slot)) {
             return;
         }
         let maps = crate::symbols::read_maps(pid).unwrap_or_default();
@@ -175,7 +185,7 @@ impl<T: Target> Engine<T> {
         let here = region(sp);
         let mut dead = Vec::new();
         thread.returns.retain(|r| {
-            let gone = r.slot < sp && here.is_some() && region(r.slot) == here;
+            let gone = below(r.slot) && here.is_some() && region(r.slot) == here;
             if gone {
                 dead.push(r.probes.iter().map(|(id, _)| *id).collect::<Vec<_>>());
             }
@@ -191,6 +201,43 @@ impl<T: Target> Engine<T> {
             if let Some(p) = self.probes.get_mut(id) {
                 p.active = p.active.saturating_sub(1);
             }
+        }
+    }
+
+    /// A thread that exited inside a probed call is reported to the engine
+    /// only after the program may already have joined it and called again:
+    /// when maxactive is reached, free the instances of threads that are
+    /// already dead (zombies not yet reaped by the engine).
+    fn free_returns_of_exited_threads(&mut self, pid: Tid) {
+        let dead: Vec<Tid> = self
+            .threads_of(pid)
+            .into_iter()
+            .filter(|t| !self.threads[t].returns.is_empty())
+            .filter(|t| {
+                // After the command name: state, ppid, pgrp, session,
+                // tty, tpgid, flags. PF_EXITING (0x4) is set before the
+                // kernel wakes a joiner, so it closes the window in which
+                // the program already went on.
+                const PF_EXITING: u64 = 0x4;
+                std::fs::read_to_string(format!("/proc/{pid}/task/{t}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s
+                            .rsplit_once(')')?
+                            .1
+                            .split_whitespace()
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>();
+                        let dead = rest.first()?.starts_with(['Z', 'X']);
+                        let flags: u64 = rest.get(6)?.parse().ok()?;
+                        Some(dead || flags & PF_EXITING != 0)
+                    })
+                    .unwrap_or(true)
+            })
+            .collect();
+        for t in dead {
+            let returns = std::mem::take(&mut self.threads.get_mut(&t).expect("listed").returns);
+            self.forget_returns(returns);
         }
     }
 
@@ -219,37 +266,51 @@ impl<T: Target> Engine<T> {
         mut regs: Regs,
         sink: &mut dyn Sink,
     ) -> Result<()> {
-        // The `ret` popped the return address: its slot is just below.
-        let slot = regs.rsp.wrapping_sub(8);
-        self.drop_dead_returns(tid, pid, slot);
+        // The `ret` popped the return address: its slot is just below. A
+        // `ret imm16` pops more: then the innermost instance below the
+        // stack pointer on the same stack, as uprobes does.
+        let popped = regs.rsp.wrapping_sub(8);
+        let maps = std::cell::OnceCell::new();
+        let same_stack = |a: u64, b: u64| {
+            let maps = maps.get_or_init(|| crate::symbols::read_maps(pid).unwrap_or_default());
+            let region = |x: u64| maps.iter().position(|m| x >= m.start && x < m.end);
+            region(a).is_some() && region(a) == region(b)
+        };
         let thread = self.threads.get_mut(&tid).expect("known");
-        // The instance whose slot the `ret` popped; failing an exact match
-        // (`ret imm16` pops more), the innermost one below the stack
-        // pointer, as uprobes does.
         let first = thread
             .returns
             .iter()
-            .rposition(|r| r.slot == slot && !r.chained)
+            .rposition(|r| r.slot == popped && !r.chained)
             .or_else(|| {
                 thread
                     .returns
                     .iter()
-                    .rposition(|r| r.slot < regs.rsp && !r.chained)
+                    .rposition(|r| r.slot < regs.rsp && !r.chained && same_stack(r.slot, regs.rsp))
             });
         let Some(first) = first else {
             // Nothing can say where this return should go: fail this
             // thread alone, with SIGILL at the trampoline as uprobes does.
             sink.notice(&super::Notice::Warning(format!(
                 "thread {tid} of process {pid} returned to the trampoline from stack slot \
-                 {slot:#x}, which no return instance holds; it gets SIGILL"
+                 {popped:#x}, which no return instance holds; it gets SIGILL"
             )));
             return self.resume(tid, Resume::Continue, libc::SIGILL);
         };
         let slot = thread.returns[first].slot;
-        // The instance and those chained to it (pushed after it, same slot).
+        // The instance and those chained to it (pushed after it, same
+        // slot); instances pushed after it deeper on the same stack were
+        // left by longjmp; those on other stacks live on.
         let fired: Vec<RetInstance> = thread.returns.drain(first..).collect();
-        let (mine, others): (Vec<_>, Vec<_>) = fired.into_iter().partition(|r| r.slot == slot);
-        thread.returns.extend(others);
+        let (mine, later): (Vec<_>, Vec<_>) = fired.into_iter().partition(|r| r.slot == slot);
+        let (dead, others): (Vec<_>, Vec<_>) = later
+            .into_iter()
+            .partition(|r| r.slot < slot && same_stack(r.slot, slot));
+        self.threads
+            .get_mut(&tid)
+            .expect("known")
+            .returns
+            .extend(others);
+        self.forget_returns(dead);
         let orig_ret = mine[0].orig_ret;
         regs.rip = orig_ret;
         let time_ns = monotonic_ns();
@@ -299,7 +360,9 @@ impl<T: Target> Engine<T> {
                 continue;
             };
             let returns = thread.returns.clone();
-            for r in returns.iter().filter(|r| !r.chained) {
+            // Newest first: where a slot was reused, the live instance's
+            // return address is the one to write.
+            for r in returns.iter().rev().filter(|r| !r.chained) {
                 let mut word = [0u8; 8];
                 if self.target.read_memory(into, r.slot, &mut word).is_ok()
                     && u64::from_le_bytes(word) == trampoline

@@ -177,6 +177,7 @@ impl<T: Target> Engine<T> {
         }
         if tid == pid {
             // With __WALL the leader is reported last: the process is gone.
+            self.release_shared_children(pid);
             self.forget_process(pid);
             self.exits.push((pid, status));
             sink.notice(&Notice::Exited { pid, status });
@@ -191,6 +192,14 @@ impl<T: Target> Engine<T> {
                 self.untouch_fork_child(pid, tid, child)?;
                 self.resume(tid, Resume::Continue, 0)
             }
+            Event::Clone(new)
+                if crate::target::ptrace::thread_group_of(new).is_some_and(|g| g != pid) =>
+            {
+                // CLONE_VM without CLONE_THREAD: a process of its own in our
+                // memory.
+                self.adopt_shared_child(pid, new);
+                self.resume(tid, Resume::Continue, 0)
+            }
             Event::Clone(new) => {
                 self.thread(new, pid).stopped = false;
                 if let Some(s) = self.orphans.remove(&new) {
@@ -202,11 +211,7 @@ impl<T: Target> Engine<T> {
             Event::Fork(child) if self.target.same_memory(pid, child) => {
                 // clone(CLONE_VM) without CLONE_VFORK reports as a fork, but
                 // the child runs in our memory: it is one of ours.
-                self.thread(child, pid).stopped = false;
-                if let Some(s) = self.orphans.remove(&child) {
-                    self.deferred.push_back(s);
-                    self.threads.get_mut(&child).expect("just added").stopped = true;
-                }
+                self.adopt_shared_child(pid, child);
                 self.resume(tid, Resume::Continue, 0)
             }
             Event::Fork(child) => {
@@ -220,17 +225,19 @@ impl<T: Target> Engine<T> {
             Event::Vfork(child) => {
                 // The child shares our memory: it keeps every breakpoint and
                 // is traced like one of our threads until it execs.
-                self.thread(child, pid).stopped = false;
-                if let Some(p) = self.processes.get_mut(&pid) {
-                    p.vfork_children.insert(child);
-                }
-                if let Some(s) = self.orphans.remove(&child) {
-                    self.deferred.push_back(s);
-                    self.threads.get_mut(&child).expect("just added").stopped = true;
+                self.adopt_shared_child(pid, child);
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.in_vfork = true;
                 }
                 self.resume(tid, Resume::Continue, 0)
             }
-            Event::VforkDone | Event::Exit(_) => self.resume(tid, Resume::Continue, 0),
+            Event::VforkDone => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.in_vfork = false;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
+            Event::Exit(_) => self.resume(tid, Resume::Continue, 0),
             Event::Exec(_) => {
                 if self.processes[&pid].vfork_children.contains(&tid) {
                     // A vfork child left our address space: it runs a new
@@ -352,6 +359,66 @@ impl<T: Target> Engine<T> {
             });
         }
         self.resume(child, Resume::Continue, 0)
+    }
+
+    /// A child running in our memory (vfork, clone with CLONE_VM): it keeps
+    /// every breakpoint and is traced like one of our threads until it
+    /// execs or exits.
+    fn adopt_shared_child(&mut self, pid: Tid, child: Tid) {
+        self.thread(child, pid).stopped = false;
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.vfork_children.insert(child);
+        }
+        if let Some(s) = self.orphans.remove(&child) {
+            self.deferred.push_back(s);
+            self.threads.get_mut(&child).expect("just added").stopped = true;
+        }
+    }
+
+    /// The process ended while children sharing its memory run on: they
+    /// get the original bytes and return addresses back and are let go.
+    fn release_shared_children(&mut self, pid: Tid) {
+        let children: Vec<Tid> = self
+            .processes
+            .get(&pid)
+            .map(|p| p.vfork_children.iter().copied().collect())
+            .unwrap_or_default();
+        for child in children {
+            if self.threads.get(&child).is_some_and(|t| !t.stopped) {
+                let _ = self.target.interrupt(child);
+                match self.target.wait_for(child) {
+                    Ok(s @ (Stop::Exited { .. } | Stop::Killed { .. }))
+                    | Ok(
+                        s @ Stop::Event {
+                            event: Event::Exec(_),
+                            ..
+                        },
+                    ) => {
+                        if matches!(s, Stop::Event { .. }) {
+                            let _ = self.target.detach(child, 0);
+                        }
+                        self.drop_thread(child);
+                        continue;
+                    }
+                    Ok(s) => self.note_stop(child, &s),
+                    Err(_) => continue,
+                }
+            }
+            let sites: Vec<(u64, u8)> = self.processes[&pid]
+                .sites
+                .iter()
+                .filter(|(_, s)| s.armed)
+                .map(|(&a, s)| (a, s.prepared.bytes[0]))
+                .collect();
+            for (addr, orig) in sites {
+                let _ = self.target.write_memory(child, addr, &[orig]);
+            }
+            let _ = self.restore_returns(pid, &[child], child);
+            let _ = self.move_out_of_slot(child, pid);
+            self.target.memory_changed(child);
+            self.drop_thread(child);
+            let _ = self.target.detach(child, 0);
+        }
     }
 
     /// A fork child has a copy of our breakpoints; write the original bytes
@@ -804,7 +871,7 @@ impl<T: Target> Engine<T> {
         let running: Vec<Tid> = self
             .threads
             .iter()
-            .filter(|(_, t)| t.pid == pid && !t.stopped)
+            .filter(|(_, t)| t.pid == pid && !t.stopped && !t.in_vfork)
             .map(|(&t, _)| t)
             .collect();
         for &tid in &running {
@@ -887,6 +954,18 @@ impl<T: Target> Engine<T> {
                     ..
                 } => self.adopt_new_thread(pid, child),
                 Stop::Event {
+                    tid,
+                    event: Event::Exec(_),
+                } if tid != pid => {
+                    // A child sharing our memory exec'd: it left it.
+                    self.target.memory_changed(tid);
+                    self.drop_thread(tid);
+                    let _ = self.target.detach(tid, 0);
+                    if let Some(p) = self.processes.get_mut(&pid) {
+                        p.vfork_children.remove(&tid);
+                    }
+                }
+                Stop::Event {
                     event: Event::Exec(_),
                     ..
                 } => exec_seen = true,
@@ -959,6 +1038,11 @@ impl<T: Target> Engine<T> {
         }
         // 3. Hijacked return addresses back on every thread's stack.
         self.restore_returns(pid, &tids, pid)?;
+        self.release_vfork_parents(pid, &tids, &deferred_signal_stop);
+        let tids: Vec<Tid> = tids
+            .into_iter()
+            .filter(|t| self.threads.contains_key(t))
+            .collect();
         // 4. The engine's pages go.
         let areas = std::mem::take(&mut self.processes.get_mut(&pid).expect("exists").areas);
         // A thread at an event stop is inside a system call; step one out
@@ -985,25 +1069,96 @@ impl<T: Target> Engine<T> {
         }
         // 5. Let go, delivering what was pending.
         for tid in tids {
-            let t = self.drop_thread(tid).expect("listed");
-            let mut sig = 0;
-            let mut resend = t.pending.as_slice();
-            if let Some((first, rest)) = t.pending.split_first() {
-                if deferred_signal_stop.contains(&tid)
-                    && self.target.set_siginfo(tid, first).is_ok()
-                {
-                    sig = first.signo();
-                    resend = rest;
-                }
-            }
-            let _ = self.target.detach(tid, sig);
-            for s in resend {
-                // SAFETY: sending again a signal the thread had pending.
-                unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
+            if self.threads.contains_key(&tid) {
+                self.let_go(pid, tid, deferred_signal_stop.contains(&tid));
             }
         }
         self.forget_process(pid);
         Ok(())
+    }
+
+    /// Detaches one stopped thread, delivering the signals it had waiting
+    /// (the first with its siginfo where its stop allows).
+    fn let_go(&mut self, pid: Tid, tid: Tid, at_signal_stop: bool) {
+        let Some(t) = self.drop_thread(tid) else {
+            return;
+        };
+        let mut sig = 0;
+        let mut resend = t.pending.as_slice();
+        if let Some((first, rest)) = t.pending.split_first() {
+            if at_signal_stop && self.target.set_siginfo(tid, first).is_ok() {
+                sig = first.signo();
+                resend = rest;
+            }
+        }
+        let _ = self.target.detach(tid, sig);
+        for s in resend {
+            // SAFETY: sending again a signal the thread had pending.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, s.signo()) };
+        }
+    }
+
+    /// A vfork parent is held in the kernel until its child execs or
+    /// exits, out of reach of an interrupt: let the children sharing our
+    /// memory go first (every byte is already restored), then collect the
+    /// parents' vfork-done stops.
+    fn release_vfork_parents(&mut self, pid: Tid, tids: &[Tid], signal_stops: &[Tid]) {
+        let parents: Vec<Tid> = tids
+            .iter()
+            .copied()
+            .filter(|t| self.threads.get(t).is_some_and(|t| t.in_vfork))
+            .collect();
+        if parents.is_empty() {
+            return;
+        }
+        let children: Vec<Tid> = self.processes[&pid]
+            .vfork_children
+            .iter()
+            .copied()
+            .collect();
+        for child in children {
+            if self.threads.get(&child).is_some_and(|t| t.stopped) {
+                self.let_go(pid, child, signal_stops.contains(&child));
+                self.processes
+                    .get_mut(&pid)
+                    .expect("exists")
+                    .vfork_children
+                    .remove(&child);
+            }
+        }
+        for parent in parents {
+            loop {
+                match self.target.wait_for(parent) {
+                    Ok(
+                        s @ Stop::Event {
+                            event: Event::VforkDone,
+                            ..
+                        },
+                    ) => {
+                        self.note_stop(parent, &s);
+                        break;
+                    }
+                    Ok(Stop::Exited { .. } | Stop::Killed { .. }) | Err(_) => {
+                        self.drop_thread(parent);
+                        break;
+                    }
+                    Ok(s) => {
+                        // Anything else on the way (a signal): keep it for
+                        // delivery at detach, and go on to vfork-done.
+                        if let Stop::Signal { info, .. } = s {
+                            if let Some(t) = self.threads.get_mut(&parent) {
+                                t.pending.push(info);
+                            }
+                        }
+                        let _ = self.target.resume(parent, Resume::Continue, 0);
+                    }
+                }
+            }
+            if let Some(t) = self.threads.get_mut(&parent) {
+                t.in_vfork = false;
+            }
+            let _ = self.move_out_of_slot(parent, pid);
+        }
     }
 
     /// Kills every traced process (a spawned program whose probes were

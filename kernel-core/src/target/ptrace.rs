@@ -216,7 +216,7 @@ impl Ptrace {
         }
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
-        let msg = || -> Result<u64> {
+        let msg_of = || -> Result<u64> {
             let mut m: libc::c_ulong = 0;
             if ptrace(
                 libc::PTRACE_GETEVENTMSG,
@@ -229,10 +229,33 @@ impl Ptrace {
             }
             Ok(m)
         };
+        let needs_msg = matches!(
+            event,
+            libc::PTRACE_EVENT_CLONE
+                | libc::PTRACE_EVENT_FORK
+                | libc::PTRACE_EVENT_VFORK
+                | libc::PTRACE_EVENT_EXEC
+                | libc::PTRACE_EVENT_EXIT
+        );
+        let m = if needs_msg {
+            match msg_of() {
+                Ok(m) => m,
+                Err(e) if e.is_gone() => return Ok(Stop::Interrupted { tid }),
+                Err(e) => return Err(e),
+            }
+        } else {
+            0
+        };
+        let msg = || -> Result<u64> { Ok(m) };
+        // A thread killed right after its stop was reported (another thread
+        // called exit_group) cannot be asked anything more: report a bare
+        // stop; its exit follows.
+        let gone = |e: &TargetError| e.is_gone();
         Ok(match event {
-            0 => Stop::Signal {
-                tid,
-                info: self.get_siginfo(tid)?,
+            0 => match self.get_siginfo(tid) {
+                Ok(info) => Stop::Signal { tid, info },
+                Err(e) if gone(&e) => Stop::Interrupted { tid },
+                Err(e) => return Err(e),
             },
             libc::PTRACE_EVENT_STOP => match sig {
                 libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
