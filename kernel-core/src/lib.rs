@@ -20,9 +20,11 @@
 //!   demangling.
 //! - [`spec`] — probe specifications (`uprobe:libc:malloc size=%rdi:u64`).
 //! - [`engine`] — the probe table, the hit state machine and detach.
+//! - [`proto`] — the `wprobe-core` wire protocol: frames, codec, reader.
 
 pub mod arch;
 pub mod engine;
+pub mod proto;
 pub mod spec;
 pub mod symbols;
 pub mod target;
