@@ -20,9 +20,12 @@
 //!   demangling.
 //! - [`spec`] — probe specifications (`uprobe:libc:malloc size=%rdi:u64`).
 //! - [`engine`] — the probe table, the hit state machine and detach.
+//! - [`daemon`] — `wprobe-core`: the engine serving a client over a Unix
+//!   socket.
 //! - [`proto`] — the `wprobe-core` wire protocol: frames, codec, reader.
 
 pub mod arch;
+pub mod daemon;
 pub mod engine;
 pub mod proto;
 pub mod spec;

@@ -237,6 +237,9 @@ struct Thread {
     /// A vfork parent waiting for its child to exec or exit: the kernel
     /// holds it in the system call, where an interrupt does not reach it.
     in_vfork: bool,
+    /// The thread was sent back to this probed address to take a signal
+    /// first: its next hit there is the same hit again, not a new one.
+    rehit: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -264,6 +267,8 @@ struct Process {
     pending_noted: HashSet<ProbeId>,
     /// The return trampoline: an `int3` in the first area.
     trampoline: Option<u64>,
+    /// Kept stopped by `run` (a spawned program waiting for its probes).
+    held: bool,
 }
 
 impl Process {
@@ -371,6 +376,21 @@ impl<T: Target> Engine<T> {
         self.probes.get(&id).map(|p| p.text.as_str())
     }
 
+    /// Keeps a traced process stopped (or lets it go on) across `run`: a
+    /// program spawned for a client waits until its probes are in place.
+    pub fn hold(&mut self, pid: Tid, held: bool) -> Result<()> {
+        let p = self
+            .processes
+            .get_mut(&pid)
+            .ok_or_else(|| EngineError::Refused(format!("process {pid} is not traced")))?;
+        p.held = held;
+        Ok(())
+    }
+
+    pub fn is_enabled(&self, id: ProbeId) -> bool {
+        self.probes.get(&id).is_some_and(|p| p.enabled)
+    }
+
     pub fn stats(&self, id: ProbeId) -> Option<ProbeStats> {
         self.probes.get(&id).map(|p| p.stats.clone())
     }
@@ -411,6 +431,7 @@ impl<T: Target> Engine<T> {
             at_event_stop: false,
             returns: Vec::new(),
             in_vfork: false,
+            rehit: None,
         })
     }
 
@@ -462,6 +483,7 @@ impl<T: Target> Engine<T> {
                 refused: HashSet::new(),
                 pending_noted: HashSet::new(),
                 trampoline: None,
+                held: false,
             },
         );
     }

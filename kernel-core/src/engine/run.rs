@@ -40,11 +40,12 @@ impl<T: Target> Engine<T> {
     /// Runs until every traced process has ended or `stop` is raised.
     /// Raising `stop` from a signal handler interrupts the wait.
     pub fn run(&mut self, sink: &mut dyn Sink, stop: &StopFlag) -> Result<RunEnd> {
-        // Threads stopped at start (spawned, attached) are let go first.
+        // Threads stopped at start (spawned, attached) are let go first,
+        // but for those of a held process.
         let stopped: Vec<Tid> = self
             .threads
             .iter()
-            .filter(|(_, t)| t.stopped)
+            .filter(|(_, t)| t.stopped && !self.processes.get(&t.pid).is_some_and(|p| p.held))
             .map(|(&t, _)| t)
             .filter(|t| !self.deferred.iter().any(|s| s.tid() == *t))
             .collect();
@@ -553,8 +554,13 @@ impl<T: Target> Engine<T> {
         sink: &mut dyn Sink,
     ) -> Result<()> {
         regs.rip = addr;
-        self.emit(tid, pid, addr, &regs, HitKind::Entry, sink);
-        self.hijack_return(tid, pid, addr, &regs)?;
+        // Back at a probe after a signal was delivered ahead of its
+        // instruction: the handlers already saw this hit.
+        let again = self.threads.get_mut(&tid).and_then(|t| t.rehit.take()) == Some(addr);
+        if !again {
+            self.emit(tid, pid, addr, &regs, HitKind::Entry, sink);
+            self.hijack_return(tid, pid, addr, &regs)?;
+        }
         if let Some(Internal::LinkerHook { r_debug }) = self.processes[&pid].sites[&addr].internal {
             self.linker_event(pid, r_debug, sink)?;
         }
@@ -601,7 +607,8 @@ impl<T: Target> Engine<T> {
                 if for_signal && may_leave {
                     // The copy may block (a `syscall`) or never come back:
                     // deliver the signal now, before the instruction, and
-                    // let it hit again after the handler, as uprobes does.
+                    // let it hit again after the handler, as the same hit.
+                    thread.rehit = Some(addr);
                     regs.rip = addr;
                     if let Some(r) = saved_scratch.zip(slot.scratch) {
                         regs.set(r.1 .0, r.0);
@@ -705,19 +712,27 @@ impl<T: Target> Engine<T> {
         let saved = x.and_then(|x| x.saved_scratch);
         let mut moved = regs;
         let pos = arch_abort_xol(&prepared, &slot, slot_addr, saved, &mut moved);
-        if std::env::var_os("WPROBE_DEBUG").is_some() {
-            eprintln!(
-                "DEBUG signal {} in slot {slot_addr:#x} rip {:#x} pos {pos:?} fault {}",
-                info.signo(),
-                regs.rip,
-                info.is_fault()
-            );
-        }
+        let may_leave = matches!(&prepared.action, Action::OutOfLine(x) if x.may_leave);
+        let stepping = x.is_some_and(|x| x.stepping_for_signal);
         match pos {
-            XolPosition::BeforeCopy
-                if !info.is_fault()
-                    && !matches!(&prepared.action, Action::OutOfLine(x) if x.may_leave) =>
-            {
+            XolPosition::BeforeCopy if !info.is_fault() && (may_leave || stepping) => {
+                // The copy may block or leave, or a signal storm keeps the
+                // step from getting through: deliver now, before the
+                // instruction (the handler must run for the program to go
+                // on), and take the breakpoint again after it, as the same
+                // hit.
+                let t = self.threads.get_mut(&tid).expect("known");
+                t.in_slot = None;
+                t.rehit = Some(site_addr);
+                if info.signo() >= libc::SIGRTMIN()
+                    || !t.pending.iter().any(|p| p.signo() == info.signo())
+                {
+                    t.pending.push(info);
+                }
+                self.target.set_regs(tid, &moved)?;
+                self.resume(tid, Resume::Continue, 0)
+            }
+            XolPosition::BeforeCopy if !info.is_fault() => {
                 // Step the copy first, then deliver. A standard signal
                 // already waiting is not queued twice, as the kernel would
                 // not queue it either.
@@ -792,6 +807,14 @@ impl<T: Target> Engine<T> {
         info.set_addr(bad);
         self.target.set_siginfo(tid, &info)?;
         self.resume(tid, Resume::Continue, libc::SIGSEGV)
+    }
+
+    /// Lets one traced process go, as [`Engine::detach_all`] does for all.
+    pub fn detach_process(&mut self, pid: Tid) -> Result<()> {
+        if !self.processes.contains_key(&pid) {
+            return Ok(());
+        }
+        self.detach(pid)
     }
 
     /// Takes every breakpoint out, moves every thread out of the engine's

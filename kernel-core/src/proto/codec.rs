@@ -261,6 +261,10 @@ fn put_op(op: &Op, out: &mut Vec<u8>) {
         Op::ListProbes => out.put_u8(8),
         Op::Stats => out.put_u8(9),
         Op::Ping => out.put_u8(10),
+        Op::Resume { pid } => {
+            out.put_u8(11);
+            out.put_i32(*pid);
+        }
     }
 }
 
@@ -296,6 +300,9 @@ fn get_op(c: &mut Cursor<'_>) -> Result<Op, ProtoError> {
         8 => Op::ListProbes,
         9 => Op::Stats,
         10 => Op::Ping,
+        11 => Op::Resume {
+            pid: c.i32("Resume pid")?,
+        },
         tag => return Err(unknown("request op", tag)),
     })
 }

@@ -223,6 +223,10 @@ pub enum Op {
     Stats,
     /// (10) Liveness; [`Body::Empty`].
     Ping,
+    /// (11) Let a process started by `Spawn` run: it waits, stopped before
+    /// its first instruction, so that probes can be added first;
+    /// [`Body::Empty`].
+    Resume { pid: i32 },
 }
 
 /// How a probe's events are handled.

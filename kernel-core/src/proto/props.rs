@@ -41,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::ListProbes),
         Just(Op::Stats),
         Just(Op::Ping),
+        any::<i32>().prop_map(|pid| Op::Resume { pid }),
     ]
 }
 

@@ -126,6 +126,7 @@ fn every_frame() -> Vec<Frame> {
         Op::ListProbes,
         Op::Stats,
         Op::Ping,
+        Op::Resume { pid: 4242 },
     ];
     frames.extend(ops.into_iter().enumerate().map(|(i, op)| {
         Frame::Request(Request {

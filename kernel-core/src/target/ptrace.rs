@@ -535,6 +535,13 @@ fn explain_attach_error(pid: Tid, err: &io::Error) -> String {
                      detach that debugger or tracer first"
                 );
             }
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                return format!(
+                    "cannot attach to process {pid}: the kernel refused PTRACE_SEIZE even to root \
+                     (the process may be exiting, or be a kernel thread or protected by an LSM)"
+                );
+            }
             let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
                 .map(|s| s.trim().to_string())
                 .ok();
