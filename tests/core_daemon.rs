@@ -283,3 +283,42 @@ fn a_slow_client_gets_loss_records_and_control_first() {
     );
     assert!(core.wait().success());
 }
+
+#[test]
+fn sigkill_of_the_client_process_leaves_targets_clean() {
+    // The client is a process of its own, killed outright while probes are
+    // armed in the executable (a return probe: live instances on four
+    // threads) and in libc (post: threads inside slots).
+    let bin = build("returns", "core-kill", &["-O2"]);
+    let target = start_ready(&bin, &["slow", "3000"]);
+    let pid = target.id() as i32;
+    let sock = scratch_dir().join("kill.sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut core = Command::new(core_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .spawn()
+        .expect("core");
+    assert!(wait_until(10, || sock.exists()));
+    let client_bin = wprobe_bin().with_file_name("core-client");
+    let mut client = start_ready(
+        &client_bin,
+        &[
+            &sock.to_string_lossy(),
+            &pid.to_string(),
+            &format!("uretprobe:{}:slow", bin.display()),
+            "uprobe:libc:usleep post",
+        ],
+    );
+    client.kill().expect("SIGKILL the client");
+    let _ = client.wait();
+    assert!(
+        core.wait().unwrap().success(),
+        "the core leaves when its client dies"
+    );
+    assert_untouched(pid, &bin, "slow");
+    assert_eq!(
+        finish(target),
+        format!("slow={}\n", 4 * (0..3000).map(|i| i * 2).sum::<i64>())
+    );
+}

@@ -224,7 +224,10 @@ pub fn serve(listener: UnixListener, queue: usize) -> std::io::Result<()> {
         seq: 0,
     };
     let mut specs: HashMap<ProbeId, (String, proto::ProbeOptions)> = HashMap::new();
-    loop {
+    // A panic in the engine loop (a bug) must not leave breakpoints behind:
+    // it is caught, and everything is disarmed and let go as on a normal
+    // end, as far as the engine's state still allows.
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
         WAKE.store(false, Ordering::SeqCst);
         let mut gone = false;
         while let Ok(c) = ctl_rx.try_recv() {
@@ -263,6 +266,9 @@ pub fn serve(listener: UnixListener, queue: usize) -> std::io::Result<()> {
                 ))));
             }
         }
+    }));
+    if served.is_err() {
+        eprintln!("wprobe-core: internal error; disarming and detaching every target");
     }
     // The client is gone or we were told to stop: leave every target as it
     // was found.
