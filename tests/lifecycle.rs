@@ -178,6 +178,13 @@ fn signals_and_faults_in_slots_are_delivered_as_without_probes() {
         let plain = run_plain(&bin, &["30000"]);
         assert_eq!(t.status, Some(0), "{tag}: {}", t.stderr);
         let expect = String::from_utf8_lossy(&plain.stdout);
+        let alarms: u64 = t
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("alarms="))
+            .and_then(|n| n.parse().ok())
+            .expect("the fixture reports its alarms");
+        assert!(alarms > 0, "{tag}: alarms came while probes were hit");
         assert!(
             expect.contains("fault at deref: yes, si_addr=0") && expect.contains("outside=0"),
             "{expect}"

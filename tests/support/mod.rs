@@ -131,14 +131,37 @@ pub fn parse_jsonl(text: &str) -> (Vec<Value>, Option<Value>) {
     (events, summary)
 }
 
-/// Runs `wprobe trace` with these arguments and collects everything.
+/// Runs `wprobe trace` with these arguments and collects everything. A
+/// run that has not ended after two minutes is killed (the test then
+/// fails on its status) rather than left to hang the suite.
 pub fn trace(args: &[&str]) -> Trace {
-    let out = Command::new(wprobe_bin())
+    let child = Command::new(wprobe_bin())
         .arg("trace")
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run wprobe");
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = done.clone();
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while std::time::Instant::now() < end {
+            if d.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !d.load(Ordering::SeqCst) {
+            // SAFETY: killing the wprobe this test started (SIGINT first:
+            // it detaches cleanly).
+            unsafe { libc::kill(pid, libc::SIGINT) };
+        }
+    });
+    let out = child.wait_with_output().expect("run wprobe");
+    done.store(true, Ordering::SeqCst);
     Trace::from_output(out)
 }
 

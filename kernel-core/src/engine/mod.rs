@@ -240,6 +240,10 @@ struct Thread {
     /// The thread was sent back to this probed address to take a signal
     /// first: its next hit there is the same hit again, not a new one.
     rehit: Option<u64>,
+    /// Its own signal mask, while the engine blocks every signal for the
+    /// step of a copy (as uprobes defers signals during its single step):
+    /// a signal flood could otherwise keep the copy from ever running.
+    saved_mask: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -432,6 +436,7 @@ impl<T: Target> Engine<T> {
             returns: Vec::new(),
             in_vfork: false,
             rehit: None,
+            saved_mask: None,
         })
     }
 

@@ -88,6 +88,10 @@ impl<T: Target> Engine<T> {
         if how == Resume::Continue && self.is_stepping(tid) {
             how = Resume::Step;
         }
+        // Not stepping a copy any more: its own signal mask back.
+        if how != Resume::Step {
+            self.unblock_signals(tid);
+        }
         if let Some(t) = self.threads.get_mut(&tid) {
             if sig == 0 && !t.pending.is_empty() && how != Resume::Listen {
                 let info = t.pending.remove(0);
@@ -106,6 +110,28 @@ impl<T: Target> Engine<T> {
         }
         self.target.resume(tid, how, sig)?;
         Ok(())
+    }
+
+    /// Blocks every signal of `tid` until [`Self::unblock_signals`]: for
+    /// the single step of a copy taken to deliver a signal after it.
+    fn block_signals(&mut self, tid: Tid) {
+        if self
+            .threads
+            .get(&tid)
+            .is_some_and(|t| t.saved_mask.is_none())
+        {
+            if let Ok(mask) = self.target.get_sigmask(tid) {
+                if self.target.set_sigmask(tid, u64::MAX).is_ok() {
+                    self.threads.get_mut(&tid).expect("checked").saved_mask = Some(mask);
+                }
+            }
+        }
+    }
+
+    fn unblock_signals(&mut self, tid: Tid) {
+        if let Some(mask) = self.threads.get_mut(&tid).and_then(|t| t.saved_mask.take()) {
+            let _ = self.target.set_sigmask(tid, mask);
+        }
     }
 
     /// Whether `tid` is single-stepping a copy in a slot.
@@ -335,6 +361,7 @@ impl<T: Target> Engine<T> {
             }
         }
         self.thread(child, child).returns = returns;
+        self.child_mask_as_parent_had_it(parent, child);
         // The child is not stepping the copy its parent was in.
         self.move_out_of_slot(child, child)?;
         let placed: Vec<(super::ProbeId, u64, String)> = self
@@ -405,21 +432,37 @@ impl<T: Target> Engine<T> {
                     Err(_) => continue,
                 }
             }
-            let sites: Vec<(u64, u8)> = self.processes[&pid]
-                .sites
-                .iter()
-                .filter(|(_, s)| s.armed)
-                .map(|(&a, s)| (a, s.prepared.bytes[0]))
-                .collect();
-            for (addr, orig) in sites {
-                let _ = self.target.write_memory(child, addr, &[orig]);
-            }
+            let _ = self.restore_bytes(pid, child);
             let _ = self.restore_returns(pid, &[child], child);
             let _ = self.move_out_of_slot(child, pid);
             self.target.memory_changed(child);
             self.drop_thread(child);
             let _ = self.target.detach(child, 0);
         }
+    }
+
+    /// A child forked while its parent had every signal blocked for a step
+    /// inherits that mask: give it the parent's own.
+    fn child_mask_as_parent_had_it(&mut self, parent: Tid, child: Tid) {
+        if let Some(mask) = self.threads.get(&parent).and_then(|t| t.saved_mask) {
+            let _ = self.target.set_sigmask(child, mask);
+        }
+    }
+
+    /// Writes the original byte back at every armed breakpoint of `pid`,
+    /// in the memory of `into`: the process itself, or a child that copied
+    /// or shares its memory.
+    fn restore_bytes(&mut self, pid: Tid, into: Tid) -> Result<()> {
+        let sites: Vec<(u64, u8)> = self.processes[&pid]
+            .sites
+            .iter()
+            .filter(|(_, s)| s.armed)
+            .map(|(&a, s)| (a, s.prepared.bytes[0]))
+            .collect();
+        for (addr, orig) in sites {
+            self.target.write_memory(into, addr, &[orig])?;
+        }
+        Ok(())
     }
 
     /// A fork child has a copy of our breakpoints; write the original bytes
@@ -435,15 +478,8 @@ impl<T: Target> Engine<T> {
                 }
             }
         }
-        let sites: Vec<(u64, u8)> = self.processes[&pid]
-            .sites
-            .iter()
-            .filter(|(_, s)| s.armed)
-            .map(|(&a, s)| (a, s.prepared.bytes[0]))
-            .collect();
-        for (addr, orig) in sites {
-            self.target.write_memory(child, addr, &[orig])?;
-        }
+        self.restore_bytes(pid, child)?;
+        self.child_mask_as_parent_had_it(parent, child);
         // The child copied the forking thread's stack, hijacked return
         // addresses included.
         self.restore_returns(pid, &[parent], child)?;
@@ -627,6 +663,9 @@ impl<T: Target> Engine<T> {
                 if slot.mode == SlotMode::Step || for_signal {
                     thread.stopped = false;
                     self.target.set_regs(tid, &regs)?;
+                    if for_signal {
+                        self.block_signals(tid);
+                    }
                     self.target.resume(tid, Resume::Step, 0)?;
                     Ok(())
                 } else {
@@ -748,6 +787,7 @@ impl<T: Target> Engine<T> {
                     saved_scratch: saved,
                     stepping_for_signal: true,
                 });
+                self.block_signals(tid);
                 self.target.resume(tid, Resume::Step, 0)?;
                 self.threads.get_mut(&tid).expect("known").stopped = false;
                 Ok(())
@@ -1006,16 +1046,7 @@ impl<T: Target> Engine<T> {
             return Ok(());
         }
         // 1. Original bytes back.
-        let sites: Vec<(u64, u8, bool)> = self.processes[&pid]
-            .sites
-            .iter()
-            .map(|(&a, s)| (a, s.prepared.bytes[0], s.armed))
-            .collect();
-        for &(addr, orig, armed) in &sites {
-            if armed {
-                self.target.write_memory(pid, addr, &[orig])?;
-            }
-        }
+        self.restore_bytes(pid, pid)?;
         // 2. Threads out of the slots, and off the breakpoints.
         let tids = self.threads_of(pid);
         for &tid in &tids {
@@ -1051,7 +1082,9 @@ impl<T: Target> Engine<T> {
                     arch_abort_xol(&p, &slot, slot_addr, saved, &mut regs);
                 }
             } else if trapped.contains(&tid)
-                && sites.iter().any(|&(a, _, _)| a == regs.rip.wrapping_sub(1))
+                && self.processes[&pid]
+                    .sites
+                    .contains_key(&regs.rip.wrapping_sub(1))
             {
                 regs.rip -= 1;
             }
@@ -1103,6 +1136,7 @@ impl<T: Target> Engine<T> {
     /// Detaches one stopped thread, delivering the signals it had waiting
     /// (the first with its siginfo where its stop allows).
     fn let_go(&mut self, pid: Tid, tid: Tid, at_signal_stop: bool) {
+        self.unblock_signals(tid);
         let Some(t) = self.drop_thread(tid) else {
             return;
         };

@@ -206,6 +206,9 @@ pub trait Target {
     /// breakpoint the thread just hit; that trap must still be collected
     /// (or it would kill the thread once it runs untraced).
     fn trap_pending(&mut self, tid: Tid) -> bool;
+    /// The thread's blocked-signal mask (bit n-1 for signal n).
+    fn get_sigmask(&mut self, tid: Tid) -> Result<u64>;
+    fn set_sigmask(&mut self, tid: Tid, mask: u64) -> Result<()>;
     /// Whether two threads run in one address space (a thread, or a
     /// `CLONE_VM` child), as opposed to a copy of it (a fork child).
     fn same_memory(&mut self, a: Tid, b: Tid) -> bool;

@@ -446,6 +446,22 @@ impl Target for Ptrace {
         Ok(())
     }
 
+    fn get_sigmask(&mut self, tid: Tid) -> Result<u64> {
+        let mut mask: u64 = 0;
+        // PTRACE_GETSIGMASK takes the size of the set in addr.
+        if ptrace(0x420a, tid, 8, &mut mask as *mut u64 as usize) < 0 {
+            return Err(os("PTRACE_GETSIGMASK", tid));
+        }
+        Ok(mask)
+    }
+
+    fn set_sigmask(&mut self, tid: Tid, mask: u64) -> Result<()> {
+        if ptrace(0x420b, tid, 8, &mask as *const u64 as usize) < 0 {
+            return Err(os("PTRACE_SETSIGMASK", tid));
+        }
+        Ok(())
+    }
+
     fn same_memory(&mut self, a: Tid, b: Tid) -> bool {
         const KCMP_VM: libc::c_long = 1;
         // SAFETY: kcmp takes two pids and a type; no pointers.
