@@ -3,7 +3,6 @@
 //! runs out of line. In every case the program must behave (and print)
 //! exactly as without the probes.
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -59,23 +58,17 @@ fn ctrl_c_detaches_and_the_target_runs_on() {
 fn ctrl_c_of_a_spawned_command_detaches_and_waits_for_it() {
     let bin = build("spin", "ctrlc-spawn", &["-O2"]);
     let events = scratch_dir().join("ctrlc-spawn.jsonl");
-    let mut wprobe = Command::new(wprobe_bin())
-        .args(["trace", "--no-regs", "-o"])
-        .arg(&events)
-        .args(["-e", &format!("uprobe:{}:work", bin.display()), "--"])
-        .arg(&bin)
-        .args(["5000", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wprobe");
-    let mut ready = [0u8; 6];
-    wprobe
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    let wprobe = start_trace_ready(&[
+        "--no-regs".into(),
+        "-o".into(),
+        events.to_string_lossy().into_owned(),
+        "-e".into(),
+        format!("uprobe:{}:work", bin.display()),
+        "--".into(),
+        bin.to_string_lossy().into_owned(),
+        "5000".into(),
+        "2".into(),
+    ]);
     std::thread::sleep(Duration::from_millis(100));
     sigint(&wprobe);
     let out = wprobe.wait_with_output().unwrap();
@@ -334,24 +327,16 @@ fn a_thread_blocked_in_a_stepped_syscall_survives_detach() {
     let off = syscall_offset(&libc_path(), "read");
     // `post` on a `syscall` makes the engine single-step it in its slot:
     // the thread sits there, blocked in read, when Ctrl-C comes.
-    let mut wprobe = Command::new(wprobe_bin())
-        .args(["trace", "--no-regs", "-o", "/dev/null", "-e"])
-        .arg(format!("uprobe:libc:read+{off:#x} post"))
-        .arg("--")
-        .arg(&bin)
-        .arg("read")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("wprobe");
-    let mut ready = [0u8; 6];
-    wprobe
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    let mut wprobe = start_trace_ready(&[
+        "--no-regs".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-e".into(),
+        format!("uprobe:libc:read+{off:#x} post"),
+        "--".into(),
+        bin.to_string_lossy().into_owned(),
+        "read".into(),
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     sigint(&wprobe);
     std::thread::sleep(Duration::from_millis(300));
@@ -401,23 +386,17 @@ fn ctrl_c_while_the_target_forks() {
     let bin = build("sysprobe", "forkloop", &["-O2"]);
     let fork_off = syscall_offset(&libc_path(), "_Fork");
     for round in 0..3 {
-        let mut wprobe = Command::new(wprobe_bin())
-            .args(["trace", "--no-regs", "-o", "/dev/null", "-e"])
-            .arg(format!("uprobe:libc:_Fork+{fork_off:#x}"))
-            .arg("--")
-            .arg(&bin)
-            .args(["forkloop", "3000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("wprobe");
-        let mut ready = [0u8; 6];
-        wprobe
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut ready)
-            .unwrap();
+        let wprobe = start_trace_ready(&[
+            "--no-regs".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-e".into(),
+            format!("uprobe:libc:_Fork+{fork_off:#x}"),
+            "--".into(),
+            bin.to_string_lossy().into_owned(),
+            "forkloop".into(),
+            "3000".into(),
+        ]);
         std::thread::sleep(Duration::from_millis(50 + 70 * round));
         sigint(&wprobe);
         let out = wprobe.wait_with_output().unwrap();

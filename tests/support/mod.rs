@@ -396,6 +396,29 @@ pub fn start_ready(bin: &Path, args: &[&str]) -> std::process::Child {
     child
 }
 
+/// Starts `wprobe trace ARGS` running a fixture that prints "ready" (its
+/// stdout is the fixture's), and waits for that.
+pub fn start_trace_ready(args: &[String]) -> std::process::Child {
+    use std::io::Read;
+    let mut child = Command::new(wprobe_bin())
+        .arg("trace")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wprobe");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .expect("piped")
+        .read_exact(&mut ready)
+        .expect("the traced fixture says ready");
+    assert_eq!(&ready, b"ready\n");
+    child
+}
+
 /// Waits for a fixture started with [`start_ready`] to end successfully
 /// and returns the rest of what it printed.
 pub fn finish(mut child: std::process::Child) -> String {

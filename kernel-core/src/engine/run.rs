@@ -340,14 +340,8 @@ impl<T: Target> Engine<T> {
         child: Tid,
         sink: &mut dyn Sink,
     ) -> Result<()> {
-        if self.orphans.remove(&child).is_none() {
-            loop {
-                match self.target.wait_for(child)? {
-                    Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
-                    Stop::Interrupted { .. } | Stop::GroupStop { .. } => break,
-                    _ => continue,
-                }
-            }
+        if !self.first_stop_of_child(child)? {
+            return Ok(());
         }
         let mut copy = self.processes[&pid].clone();
         copy.vfork_children.clear();
@@ -465,18 +459,27 @@ impl<T: Target> Engine<T> {
         Ok(())
     }
 
+    /// Waits for a new child's first stop, unless it was already seen (an
+    /// orphan stop, reported before its parent's event). False when the
+    /// child is already gone.
+    fn first_stop_of_child(&mut self, child: Tid) -> Result<bool> {
+        if self.orphans.remove(&child).is_some() {
+            return Ok(true);
+        }
+        loop {
+            match self.target.wait_for(child)? {
+                Stop::Exited { .. } | Stop::Killed { .. } => return Ok(false),
+                Stop::Interrupted { .. } | Stop::GroupStop { .. } => return Ok(true),
+                _ => continue,
+            }
+        }
+    }
+
     /// A fork child has a copy of our breakpoints; write the original bytes
     /// into it and let it go, so that it runs untouched (as uprobes does).
     fn untouch_fork_child(&mut self, pid: Tid, parent: Tid, child: Tid) -> Result<()> {
-        if self.orphans.remove(&child).is_none() {
-            // Its first stop has not been seen yet.
-            loop {
-                match self.target.wait_for(child)? {
-                    Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
-                    Stop::Interrupted { .. } | Stop::GroupStop { .. } => break,
-                    _ => continue,
-                }
-            }
+        if !self.first_stop_of_child(child)? {
+            return Ok(());
         }
         self.restore_bytes(pid, child)?;
         self.child_mask_as_parent_had_it(parent, child);
