@@ -46,7 +46,7 @@ fn enable_disable_remove_at_one_address() {
     let bin = build("basic", "table", &["-O2"]);
     let mut engine = Engine::new(Ptrace::new());
     let pid = engine
-        .spawn(&[bin.to_string_lossy().into_owned(), "100".into()])
+        .spawn(&[bin.to_string_lossy().into_owned(), "100000000".into()])
         .expect("spawn");
     let mut c = Counter {
         hits: Default::default(),
@@ -56,6 +56,12 @@ fn enable_disable_remove_at_one_address() {
     let spec = || ProbeSpec::parse(&format!("uprobe:{}:work", bin.display())).unwrap();
     let a = engine.add_probe(spec(), &mut c).expect("a");
     let b = engine.add_probe(spec(), &mut c).expect("b, same address");
+    // While `work` is bare the program runs freely (a thread resumed after
+    // a hit may not have reached the breakpoint again before the test
+    // changes it): the long loop leaves hits to come, and a probe on
+    // `greet`, called after the loop, keeps the process for the byte check.
+    let keep = ProbeSpec::parse(&format!("uprobe:{}:greet", bin.display())).unwrap();
+    let keep = engine.add_probe(keep, &mut c).expect("greet");
     assert_eq!(engine.placements(a), engine.placements(b));
     let code = |pid| live_and_file_bytes(pid, &bin, "work", 16);
 
@@ -86,10 +92,11 @@ fn enable_disable_remove_at_one_address() {
 
     // Removing the last probe restores every byte.
     engine.remove_probe(a).unwrap();
+    assert_eq!(c.run_until(&mut engine, keep, 1), RunEnd::Stopped);
     let (live, file) = code(pid);
     assert_eq!(live, file, "removal restores the original bytes exactly");
     assert_eq!(c.run_until(&mut engine, a, u64::MAX), RunEnd::AllExited);
-    assert_eq!((c.get(a), c.get(b)), (20, 30));
+    assert_eq!((c.get(a), c.get(b), c.get(keep)), (20, 30, 2));
     assert_eq!(
         engine.exits(),
         &[(pid, wprobe_core::engine::ExitStatus::Code(7))]
