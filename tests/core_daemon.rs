@@ -16,14 +16,21 @@ fn core_bin() -> std::path::PathBuf {
     wprobe_bin().with_file_name("wprobe-core")
 }
 
-/// A running `wprobe-core` and a connection to it.
+/// A running `wprobe-core` serving clients on a socket.
 struct Core {
     child: Child,
+    sock: std::path::PathBuf,
+}
+
+/// One connection to a core, spoken frame by frame.
+struct Conn {
     conn: UnixStream,
     next_id: u32,
     /// Events and other frames read while waiting for a reply.
     events: Vec<proto::Event>,
     losses: u64,
+    notices: Vec<proto::Notice>,
+    errors: Vec<(ErrorKind, String)>,
 }
 
 impl Core {
@@ -33,25 +40,71 @@ impl Core {
 
     fn start_with(name: &str, args: &[&str]) -> Core {
         let sock = scratch_dir().join(format!("{name}.sock"));
+        Core::start_at(sock, args)
+    }
+
+    fn start_at(sock: std::path::PathBuf, args: &[&str]) -> Core {
+        Core::start_to(sock, args, Stdio::null())
+    }
+
+    /// A core whose stdout (which the programs it spawns inherit) goes to
+    /// `stdout`.
+    fn start_to(sock: std::path::PathBuf, args: &[&str], stdout: Stdio) -> Core {
         let _ = std::fs::remove_file(&sock);
         let child = Command::new(core_bin())
             .arg("--socket")
             .arg(&sock)
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("start wprobe-core");
         assert!(wait_until(10, || sock.exists()), "the core listens");
-        let conn = UnixStream::connect(&sock).expect("connect");
-        Core {
-            child,
-            conn,
+        Core { child, sock }
+    }
+
+    fn connect(&self) -> Conn {
+        Conn {
+            conn: UnixStream::connect(&self.sock).expect("connect"),
             next_id: 1,
             events: Vec::new(),
             losses: 0,
+            notices: Vec::new(),
+            errors: Vec::new(),
         }
     }
 
+    /// A connection past its handshake.
+    fn client(&self) -> Conn {
+        let mut c = self.connect();
+        assert!(matches!(c.hello(PROTOCOL_VERSION), Frame::Welcome(_)));
+        c
+    }
+
+    /// SIGTERM: every client's targets are let go, and the core exits.
+    fn stop(mut self) {
+        // SAFETY: signalling the core we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "the core ends cleanly on SIGTERM: {status}"
+        );
+        assert!(!self.sock.exists(), "and removes its socket");
+    }
+}
+
+impl Drop for Core {
+    /// A test that failed half way does not leave its core behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling the core we started.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Conn {
     fn hello(&mut self, version: u16) -> Frame {
         let hello = Frame::Hello(Hello {
             version,
@@ -76,10 +129,37 @@ impl Core {
         }
     }
 
+    /// The body of a successful reply.
+    fn ok(&mut self, op: Op) -> Body {
+        let what = format!("{op:?}");
+        match self.call(op) {
+            Frame::Ok { body, .. } => body,
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+
+    /// The kind and message of a refused request.
+    fn refused(&mut self, op: Op) -> (ErrorKind, String) {
+        let what = format!("{op:?}");
+        match self.call(op) {
+            Frame::Error { kind, message, .. } => (kind, message),
+            other => panic!("{what} should fail: {other:?}"),
+        }
+    }
+
+    fn probe(&mut self, spec: String) -> u32 {
+        match self.ok(async_probe(spec)) {
+            Body::Probe { id } => id,
+            other => panic!("AddProbe: {other:?}"),
+        }
+    }
+
     fn keep(&mut self, f: Frame) {
         match f {
             Frame::Events(batch) => self.events.extend(batch),
             Frame::Loss { count, .. } => self.losses += count,
+            Frame::Notice(n) => self.notices.push(n),
+            Frame::Error { kind, message, .. } => self.errors.push((kind, message)),
             _ => {}
         }
     }
@@ -92,9 +172,61 @@ impl Core {
         }
     }
 
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
+    /// Reads frames until `cond` holds.
+    fn until(&mut self, mut cond: impl FnMut(&Conn) -> bool) {
+        while !cond(self) {
+            let f = proto::read_frame(&mut self.conn).unwrap().expect("a frame");
+            self.keep(f);
+        }
     }
+}
+
+fn core_client_bin() -> std::path::PathBuf {
+    wprobe_bin().with_file_name("core-client")
+}
+
+/// `core-client` (tests/bin/core_client.rs): a client in a process of its
+/// own, driven line by line, possibly as another user.
+struct CoreClient {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CoreClient {
+    fn start(bin: &std::path::Path, sock: &std::path::Path, uid: Option<u32>) -> CoreClient {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin);
+        cmd.arg(sock).stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some(uid) = uid {
+            // std drops root's supplementary groups along with the uid.
+            cmd.uid(uid).gid(uid).current_dir("/");
+        }
+        let mut child = cmd.spawn().expect("start core-client");
+        CoreClient {
+            input: child.stdin.take().unwrap(),
+            output: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    /// One command, its JSON answer.
+    fn ask(&mut self, line: &str) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{line}").expect("to core-client");
+        let mut answer = String::new();
+        self.output
+            .read_line(&mut answer)
+            .expect("from core-client");
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("`{line}` → {answer:?}: {e}"))
+    }
+}
+
+/// Waits until the kernel says `pid` has no tracer.
+fn untraced(pid: i32) -> bool {
+    wait_until(10, || {
+        proc_status(pid, "TracerPid:").as_deref() == Some("0")
+    })
 }
 
 fn async_probe(spec: String) -> Op {
@@ -113,62 +245,49 @@ fn a_client_that_goes_away_leaves_its_targets_clean() {
     let bin = build("spin", "core-gone", &["-O2"]);
     let target = start_ready(&bin, &["30000", "3"]);
     let pid = target.id() as i32;
-    let mut core = Core::start("gone");
-    assert!(matches!(core.hello(PROTOCOL_VERSION), Frame::Welcome(_)));
+    let core = Core::start("gone");
+    let mut c = core.client();
     assert_eq!(
-        core.call(Op::Ping),
+        c.call(Op::Ping),
         Frame::Ok {
             id: 1,
             body: Body::Empty
         }
     );
     assert_eq!(
-        core.call(Op::Attach { pid }),
+        c.call(Op::Attach { pid }),
         Frame::Ok {
             id: 2,
             body: Body::Target { pid }
         }
     );
-    let probe = match core.call(async_probe(format!("uprobe:{}:work", bin.display()))) {
-        Frame::Ok {
-            body: Body::Probe { id },
-            ..
-        } => id,
-        other => panic!("AddProbe: {other:?}"),
-    };
+    let probe = c.probe(format!("uprobe:{}:work", bin.display()));
     // A refused probe is an error naming the value; nothing changes.
-    match core.call(async_probe(format!("uprobe:{}:wrok", bin.display()))) {
-        Frame::Error { kind, message, .. } => {
-            assert_eq!(kind, ErrorKind::Refused);
-            assert!(
-                message.contains("did you mean") && message.contains("`work`"),
-                "{message}"
-            );
-        }
-        other => panic!("expected an error: {other:?}"),
-    }
-    core.events_until(200);
-    assert!(core.events.iter().all(|e| e.probe == probe && e.pid == pid));
-    match core.call(Op::ListProbes) {
-        Frame::Ok {
-            body: Body::Probes(list),
-            ..
-        } => {
+    let (kind, message) = c.refused(async_probe(format!("uprobe:{}:wrok", bin.display())));
+    assert_eq!(kind, ErrorKind::Refused);
+    assert!(
+        message.contains("did you mean") && message.contains("`work`"),
+        "{message}"
+    );
+    c.events_until(200);
+    assert!(c.events.iter().all(|e| e.probe == probe && e.pid == pid));
+    match c.ok(Op::ListProbes) {
+        Body::Probes(list) => {
             assert_eq!(list.len(), 1);
             assert!(list[0].hits >= 200 && list[0].enabled);
             assert_eq!(list[0].placements.len(), 1);
+            assert_eq!(list[0].owner_pid, std::process::id() as i32);
         }
         other => panic!("ListProbes: {other:?}"),
     }
     // The client vanishes (as when it is killed: the kernel closes its
-    // socket). The core disarms, detaches and exits.
-    let Core {
-        conn, mut child, ..
-    } = core;
-    drop(conn);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    // socket). The core disarms and detaches, and serves on.
+    drop(c);
+    assert!(untraced(pid), "detached when its client went");
     assert_untouched(pid, &bin, "work");
+    let mut again = core.client();
+    assert!(matches!(again.call(Op::Ping), Frame::Ok { .. }));
+    core.stop();
     assert_eq!(
         finish(target),
         format!("sum={}\n", 3 * (0..30000).map(|i| i * 3 + 1).sum::<i64>())
@@ -180,20 +299,18 @@ fn sigterm_of_the_core_leaves_targets_clean() {
     let bin = build("returns", "core-term", &["-O2"]);
     let target = start_ready(&bin, &["slow", "2000"]);
     let pid = target.id() as i32;
-    let mut core = Core::start("term");
-    assert!(matches!(core.hello(PROTOCOL_VERSION), Frame::Welcome(_)));
-    assert!(matches!(core.call(Op::Attach { pid }), Frame::Ok { .. }));
+    let core = Core::start("term");
+    let mut c = core.client();
+    assert!(matches!(c.call(Op::Attach { pid }), Frame::Ok { .. }));
     // Live return instances on four threads, and threads in usleep's slot.
     for spec in [
         format!("uretprobe:{}:slow", bin.display()),
         "uprobe:libc:usleep post".into(),
     ] {
-        assert!(matches!(core.call(async_probe(spec)), Frame::Ok { .. }));
+        c.probe(spec);
     }
-    core.events_until(100);
-    // SAFETY: signalling the core we started.
-    unsafe { libc::kill(core.child.id() as i32, libc::SIGTERM) };
-    assert!(core.wait().success());
+    c.events_until(100);
+    core.stop();
     assert_untouched(pid, &bin, "slow");
     assert_eq!(
         finish(target),
@@ -203,8 +320,9 @@ fn sigterm_of_the_core_leaves_targets_clean() {
 
 #[test]
 fn a_version_mismatch_is_a_clear_error_not_a_hang() {
-    let mut core = Core::start("version");
-    match core.hello(PROTOCOL_VERSION + 41) {
+    let core = Core::start("version");
+    let mut c = core.connect();
+    match c.hello(PROTOCOL_VERSION + 41) {
         Frame::Incompatible(i) => {
             assert_eq!(i.supported, (1, PROTOCOL_VERSION));
             assert!(
@@ -216,72 +334,89 @@ fn a_version_mismatch_is_a_clear_error_not_a_hang() {
         other => panic!("expected Incompatible: {other:?}"),
     }
     assert!(
-        proto::read_frame(&mut core.conn).unwrap().is_none(),
+        proto::read_frame(&mut c.conn).unwrap().is_none(),
         "then the core closes"
     );
-    assert!(core.wait().success());
+    // A malformed frame after the handshake: an error naming the value,
+    // then the connection closes; the core serves others on.
+    let mut bad = core.client();
+    use std::io::Write;
+    bad.conn
+        .write_all(&[6, 0, 0, 0, 0x10, 1, 0, 0, 0, 99])
+        .unwrap();
+    match proto::read_frame(&mut bad.conn).unwrap() {
+        Some(Frame::Error {
+            id: 0,
+            kind,
+            message,
+        }) => {
+            assert_eq!(kind, ErrorKind::BadRequest);
+            assert!(message.contains("99"), "{message}");
+        }
+        other => panic!("expected BadRequest: {other:?}"),
+    }
+    assert!(proto::read_frame(&mut bad.conn).unwrap().is_none());
+    assert!(matches!(core.client().call(Op::Ping), Frame::Ok { .. }));
+    core.stop();
 }
 
 #[test]
 fn a_slow_client_gets_loss_records_and_control_first() {
     let bin = build("bench_loop", "core-slow", &["-O2"]);
-    let mut core = Core::start_with("slow", &["--queue", "2000"]);
-    assert!(matches!(core.hello(PROTOCOL_VERSION), Frame::Welcome(_)));
-    let pid = match core.call(Op::Spawn {
+    let core = Core::start_with("slow", &["--queue", "2000"]);
+    let mut c = core.client();
+    let pid = match c.ok(Op::Spawn {
         argv: vec![bin.to_string_lossy().into_owned(), "150000".into()],
     }) {
-        Frame::Ok {
-            body: Body::Target { pid },
-            ..
-        } => pid,
+        Body::Target { pid } => pid,
         other => panic!("Spawn: {other:?}"),
     };
-    let probe = match core.call(async_probe(format!(
-        "uprobe:{}:bench_target",
-        bin.display()
-    ))) {
-        Frame::Ok {
-            body: Body::Probe { id },
-            ..
-        } => id,
-        other => panic!("AddProbe: {other:?}"),
-    };
+    let probe = c.probe(format!("uprobe:{}:bench_target", bin.display()));
     // The program waited for its probe; now it runs.
-    assert!(matches!(core.call(Op::Resume { pid }), Frame::Ok { .. }));
+    assert!(matches!(c.call(Op::Resume { pid }), Frame::Ok { .. }));
     // Read nothing for a while: the core's queue fills and it drops.
     std::thread::sleep(Duration::from_millis(2500));
     let asked = Instant::now();
-    let reply = core.call(Op::DisableProbe { id: probe });
+    let reply = c.call(Op::DisableProbe { id: probe });
     let took = asked.elapsed();
     assert!(matches!(reply, Frame::Ok { .. }), "{reply:?}");
     eprintln!(
         "DisableProbe answered in {took:?} behind {} queued events",
-        core.events.len()
+        c.events.len()
     );
     // Everything recorded is either delivered or counted as lost.
-    let stats = match core.call(Op::Stats) {
-        Frame::Ok {
-            body: Body::Stats(s),
-            ..
-        } => s,
+    let stats = match c.ok(Op::Stats) {
+        Body::Stats(s) => s,
         other => panic!("Stats: {other:?}"),
     };
     let hits = stats.probes[0].hits;
     assert!(stats.events_dropped > 0, "the queue overflowed: {stats:?}");
-    // Disabled, the program runs to its end; drain what is still on its
-    // way and say goodbye.
-    let _ = pid;
-    drop(core.conn.shutdown(std::net::Shutdown::Write));
-    while let Ok(Some(f)) = proto::read_frame(&mut core.conn) {
-        core.keep(f);
+    assert_eq!(stats.queue_capacity, 2000);
+    // Disabled, the program runs to its end: its Exited, then Idle.
+    c.until(|c| c.notices.contains(&proto::Notice::Idle));
+    let exited = c
+        .notices
+        .iter()
+        .position(|n| matches!(n, proto::Notice::Exited { pid: p, .. } if *p == pid))
+        .expect("Exited");
+    assert!(exited < c.notices.len() - 1, "Exited comes before Idle");
+    drop(c.conn.shutdown(std::net::Shutdown::Write));
+    while let Ok(Some(f)) = proto::read_frame(&mut c.conn) {
+        c.keep(f);
     }
-    assert!(core.losses > 0, "loss records in the stream");
+    assert!(c.losses > 0, "loss records in the stream");
     assert_eq!(
-        core.events.len() as u64 + core.losses,
+        c.events.len() as u64 + c.losses,
         hits,
         "delivered + dropped = hits"
     );
-    assert!(core.wait().success());
+    let seqs: Vec<u64> = c.events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert!(
+        *seqs.last().unwrap() <= hits,
+        "seq counts every event, dropped ones included"
+    );
+    core.stop();
 }
 
 #[test]
@@ -292,33 +427,363 @@ fn sigkill_of_the_client_process_leaves_targets_clean() {
     let bin = build("returns", "core-kill", &["-O2"]);
     let target = start_ready(&bin, &["slow", "3000"]);
     let pid = target.id() as i32;
-    let sock = scratch_dir().join("kill.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut core = Command::new(core_bin())
-        .arg("--socket")
-        .arg(&sock)
-        .spawn()
-        .expect("core");
-    assert!(wait_until(10, || sock.exists()));
-    let client_bin = wprobe_bin().with_file_name("core-client");
-    let mut client = start_ready(
-        &client_bin,
-        &[
-            &sock.to_string_lossy(),
-            &pid.to_string(),
-            &format!("uretprobe:{}:slow", bin.display()),
-            "uprobe:libc:usleep post",
-        ],
-    );
-    client.kill().expect("SIGKILL the client");
-    let _ = client.wait();
-    assert!(
-        core.wait().unwrap().success(),
-        "the core leaves when its client dies"
-    );
+    let core = Core::start("kill");
+    let mut client = CoreClient::start(&core_client_bin(), &core.sock, None);
+    assert!(client.ask(&format!("attach {pid}"))["ok"].is_i64());
+    for spec in [
+        format!("uretprobe:{}:slow", bin.display()),
+        "uprobe:libc:usleep post".into(),
+    ] {
+        assert!(client.ask(&format!("probe {spec}"))["ok"].is_u64());
+    }
+    assert!(client.ask("events 100")["ok"].is_u64());
+    client.child.kill().expect("SIGKILL the client");
+    let _ = client.child.wait();
+    assert!(untraced(pid), "the core lets go when its client dies");
     assert_untouched(pid, &bin, "slow");
+    core.stop();
     assert_eq!(
         finish(target),
         format!("slow={}\n", 4 * (0..3000).map(|i| i * 2).sum::<i64>())
     );
+}
+
+#[test]
+fn several_clients_each_have_their_own_targets_and_probes() {
+    let bin = build("spin", "core-many", &["-O2"]);
+    // Long enough to outlive every check below on a loaded machine.
+    let t1 = start_ready(&bin, &["50000", "2"]);
+    let t2 = start_ready(&bin, &["50000", "1"]);
+    let (p1, p2) = (t1.id() as i32, t2.id() as i32);
+    let core = Core::start("many");
+    let mut a = core.client();
+    let mut b = core.client();
+    assert!(matches!(a.call(Op::Attach { pid: p1 }), Frame::Ok { .. }));
+    assert!(matches!(b.call(Op::Attach { pid: p2 }), Frame::Ok { .. }));
+    // One tracer per process: the second client is told who has it.
+    let (kind, message) = b.refused(Op::Attach { pid: p1 });
+    assert_eq!(kind, ErrorKind::Permission, "{message}");
+    assert!(
+        message.contains("another client of this wprobe-core"),
+        "{message}"
+    );
+    // The same spec in both: two probes, each armed in its client's process.
+    let spec = format!("uprobe:{}:work", bin.display());
+    let pa = a.probe(spec.clone());
+    let pb = b.probe(spec);
+    assert_ne!(pa, pb, "probe ids are unique in the core");
+    a.events_until(100);
+    b.events_until(100);
+    assert!(a.events.iter().all(|e| e.probe == pa && e.pid == p1));
+    assert!(b.events.iter().all(|e| e.probe == pb && e.pid == p2));
+    // A client cannot touch another's probe.
+    let (kind, _) = b.refused(Op::DisableProbe { id: pa });
+    assert_eq!(kind, ErrorKind::NoProbe);
+    let (kind, _) = b.refused(Op::Detach { pid: p1 });
+    assert_eq!(kind, ErrorKind::NoTarget);
+    // Root's clients see every client's probes, marked with their owner.
+    match b.ok(Op::ListProbes) {
+        Body::Probes(list) => {
+            let ids: Vec<u32> = list.iter().map(|p| p.id).collect();
+            assert_eq!(ids, vec![pb, pa], "its own first, then the others'");
+            assert!(list.iter().all(|p| p.owner_uid == 0));
+            assert_eq!(list[1].placements[0].pid, p1);
+        }
+        other => panic!("ListProbes: {other:?}"),
+    }
+    // One client leaves: its target is let go, the other's stays probed.
+    drop(a);
+    assert!(untraced(p1));
+    assert_untouched(p1, &bin, "work");
+    let before = b.events.len();
+    b.events_until(before + 100);
+    let tracer: i32 = proc_status(p2, "TracerPid:").unwrap().parse().unwrap();
+    assert_eq!(
+        wprobe_core::target::ptrace::thread_group_of(tracer),
+        Some(core.child.id() as i32),
+        "still traced by the core"
+    );
+    core.stop();
+    assert_untouched(p2, &bin, "work");
+    let sum = |n: i64, t: i64| format!("sum={}\n", t * (0..n).map(|i| i * 3 + 1).sum::<i64>());
+    assert_eq!(finish(t1), sum(50000, 2));
+    assert_eq!(finish(t2), sum(50000, 1));
+}
+
+fn sync_probe(spec: String, allow_mutation: bool, sync_deadline_us: u32) -> Op {
+    Op::AddProbe {
+        spec,
+        options: ProbeOptions {
+            mode: Mode::Sync,
+            allow_mutation,
+            sync_deadline_us,
+        },
+    }
+}
+
+impl Conn {
+    /// Spawns `argv` with `probe` added, lets it run, and answers each of
+    /// its sync events with `answer` (None: no verdict) until it exits.
+    fn run_sync(
+        &mut self,
+        argv: &[String],
+        probe: Op,
+        mut answer: impl FnMut(&proto::Event) -> Option<proto::Action>,
+    ) -> u32 {
+        let pid = match self.ok(Op::Spawn {
+            argv: argv.to_vec(),
+        }) {
+            Body::Target { pid } => pid,
+            other => panic!("Spawn: {other:?}"),
+        };
+        let id = match self.ok(probe) {
+            Body::Probe { id } => id,
+            other => panic!("AddProbe: {other:?}"),
+        };
+        assert!(matches!(self.call(Op::Resume { pid }), Frame::Ok { .. }));
+        let mut answered = 0;
+        loop {
+            while answered < self.events.len() {
+                let e = self.events[answered].clone();
+                answered += 1;
+                assert!(e.sync, "events of a sync probe say so");
+                if let Some(a) = answer(&e) {
+                    let v = Frame::Verdict {
+                        seq: e.seq,
+                        action: a,
+                    };
+                    proto::write_frame(&mut self.conn, &v).unwrap();
+                }
+            }
+            if self
+                .notices
+                .iter()
+                .any(|n| matches!(n, proto::Notice::Exited { pid: p, .. } if *p == pid))
+            {
+                break;
+            }
+            let f = proto::read_frame(&mut self.conn).unwrap().expect("frames");
+            self.keep(f);
+        }
+        id
+    }
+}
+
+#[test]
+fn sync_probes_wait_for_verdicts_and_mutate_only_when_allowed() {
+    let bin = build("basic", "core-sync", &["-O2"]);
+    let out = scratch_dir().join("core-sync.out");
+    let core = Core::start_to(
+        scratch_dir().join("sync.sock"),
+        &[],
+        Stdio::from(std::fs::File::create(&out).unwrap()),
+    );
+    let mut c = core.client();
+    let argv = vec![bin.to_string_lossy().into_owned(), "10".into()];
+    let work = format!("uretprobe:{}:work", bin.display());
+    let hidden: i64 = (0..10).map(|i: i64| i ^ 0x5a).sum();
+    let plain = (0..10).map(|i: i64| i * 3 + 1).sum::<i64>() + hidden + 8;
+
+    // Allowed to mutate: each call of work returns what the verdict says.
+    let p = c.run_sync(&argv, sync_probe(work.clone(), true, 1_000_000), |e| {
+        let arg = e.ret.as_ref().expect("return event").entry_args[0];
+        Some(proto::Action::SetReturn(1000 + arg))
+    });
+    assert_eq!(c.events.len(), 10);
+    assert!(c.errors.is_empty(), "{:?}", c.errors);
+    c.ok(Op::RemoveProbe { id: p });
+
+    // Not allowed: the verdict is refused, the thread goes on unchanged,
+    // and the connection stays.
+    c.events.clear();
+    let p = c.run_sync(&argv, sync_probe(work.clone(), false, 1_000_000), |_| {
+        Some(proto::Action::SetReturn(5))
+    });
+    c.ok(Op::RemoveProbe { id: p });
+    assert_eq!(c.errors.len(), 10, "{:?}", c.errors);
+    assert!(c
+        .errors
+        .iter()
+        .all(|(k, m)| *k == ErrorKind::BadVerdict && m.contains("allow_mutation")));
+
+    // No verdict at all: each hit waits out its deadline and counts as
+    // missed; a late or unknown verdict is refused.
+    c.events.clear();
+    c.errors.clear();
+    let p = c.run_sync(&argv, sync_probe(work, true, 2_000), |_| None);
+    match c.ok(Op::ListProbes) {
+        Body::Probes(list) => {
+            let me = list.iter().find(|i| i.id == p).expect("the probe");
+            assert_eq!((me.hits, me.nmissed), (10, 10));
+            assert_eq!(me.options.sync_deadline_us, 2_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    proto::write_frame(
+        &mut c.conn,
+        &Frame::Verdict {
+            seq: 999_999,
+            action: proto::Action::Continue,
+        },
+    )
+    .unwrap();
+    c.until(|c| !c.errors.is_empty());
+    assert_eq!(c.errors[0].0, ErrorKind::BadVerdict);
+    assert!(c.errors[0].1.contains("999999"), "{}", c.errors[0].1);
+
+    // Options that make no sense are refused, naming the value.
+    let (kind, m) = c.refused(sync_probe(
+        format!("uprobe:{}:work", bin.display()),
+        true,
+        9_000_000,
+    ));
+    assert_eq!(kind, ErrorKind::Spec);
+    assert!(m.contains("9000000"), "{m}");
+    let (kind, m) = c.refused(Op::AddProbe {
+        spec: format!("uprobe:{}:work", bin.display()),
+        options: ProbeOptions {
+            mode: Mode::Async,
+            allow_mutation: true,
+            sync_deadline_us: 0,
+        },
+    });
+    assert_eq!(kind, ErrorKind::Spec);
+    assert!(m.contains("allow_mutation"), "{m}");
+    core.stop();
+    let printed = std::fs::read_to_string(&out).unwrap();
+    let mutated = (0..10).map(|i: i64| 1000 + i).sum::<i64>() + hidden + 8;
+    assert_eq!(
+        printed,
+        format!("sum={mutated}\nsum={plain}\nsum={plain}\n"),
+        "only the allowed verdicts changed what the program computed"
+    );
+}
+
+/// A directory every user may read, holding copies of the binaries a test
+/// runs as another user (the build tree may sit under a private home).
+fn shared_dir(name: &str, bins: &[&std::path::Path]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("wprobe-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for b in bins {
+        let to = dir.join(b.file_name().unwrap());
+        std::fs::copy(b, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// `spin` started as user `uid`, once it said it is ready.
+fn spin_as(bin: &std::path::Path, uid: u32, args: &[&str]) -> Child {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdout(Stdio::piped()).current_dir("/");
+    // std drops root's supplementary groups along with the uid.
+    cmd.uid(uid).gid(uid);
+    let mut child = cmd.spawn().expect("spin as another user");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    child
+}
+
+#[test]
+fn system_mode_lets_each_user_trace_only_what_it_could() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: system mode needs the tests to run as root");
+        return;
+    }
+    // Two users that exist only as numbers: this test's own.
+    let (alice, bob) = (47231u32, 47232u32);
+    let built = build("spin", "core-system", &["-O2"]);
+    let dir = shared_dir("system", &[&built, &core_client_bin()]);
+    let bin = dir.join(built.file_name().unwrap());
+    let client_bin = dir.join("core-client");
+    let core = Core::start_at(dir.join("core.sock"), &["--system"]);
+    let mode = std::fs::metadata(&core.sock).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.mode() & 0o777, 0o666, "anyone may connect");
+
+    let roots = start_ready(&bin, &["50000", "1"]);
+    let alices = spin_as(&bin, alice, &["50000", "1"]);
+    let (root_pid, alice_pid) = (roots.id() as i32, alices.id() as i32);
+
+    let mut a = CoreClient::start(&client_bin, &core.sock, Some(alice));
+    // Root's process: refused, saying why; nothing is touched.
+    let r = a.ask(&format!("attach {root_pid}"));
+    assert_eq!(r["error"], "Permission", "{r}");
+    let m = r["message"].as_str().unwrap();
+    assert!(
+        m.contains(&format!("user {alice} may not trace process {root_pid}")),
+        "{m}"
+    );
+    assert_eq!(proc_status(root_pid, "TracerPid:").as_deref(), Some("0"));
+    // Her own: yes.
+    assert_eq!(a.ask(&format!("attach {alice_pid}"))["ok"], alice_pid);
+    let spec = format!("uprobe:{}:work", bin.display());
+    let pa = a.ask(&format!("probe {spec}"))["ok"].as_u64().unwrap();
+    assert!(a.ask("events 50")["ok"].is_u64());
+    // What she spawns runs as her, not as the core's root.
+    let spawned = a.ask(&format!("spawn {} 10 1", bin.display()))["ok"]
+        .as_i64()
+        .unwrap() as i32;
+    let uids = proc_status(spawned, "Uid:").unwrap();
+    assert_eq!(
+        uids.split_whitespace().collect::<Vec<_>>(),
+        vec![alice.to_string(); 4],
+        "spawned as alice"
+    );
+    assert_eq!(
+        proc_status(spawned, "NoNewPrivs:").as_deref(),
+        Some("1"),
+        "a set-user-ID program gains nothing under the root core"
+    );
+    assert!(a.ask(&format!("resume {spawned}"))["ok"].is_null());
+
+    // Bob may not touch alice's process, and sees none of her probes.
+    let mut b = CoreClient::start(&client_bin, &core.sock, Some(bob));
+    let r = b.ask(&format!("attach {alice_pid}"));
+    assert_eq!(r["error"], "Permission", "{r}");
+    assert_eq!(b.ask("list")["ok"], serde_json::json!([]));
+
+    // Root traces its own process beside them, and sees every probe.
+    let mut root = core.client();
+    assert!(matches!(
+        root.call(Op::Attach { pid: root_pid }),
+        Frame::Ok { .. }
+    ));
+    let pr = root.probe(spec);
+    match root.ok(Op::ListProbes) {
+        Body::Probes(list) => {
+            let owners: Vec<(u32, u32)> = list.iter().map(|p| (p.id, p.owner_uid)).collect();
+            assert_eq!(owners, vec![(pr, 0), (pa as u32, alice)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Alice sees only her own.
+    let list = a.ask("list")["ok"].clone();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["owner_uid"], alice);
+
+    // Alice's client dies: her process is let go, root's stays probed.
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    assert!(untraced(alice_pid));
+    assert_untouched(alice_pid, &bin, "work");
+    assert_ne!(proc_status(root_pid, "TracerPid:").as_deref(), Some("0"));
+    drop(b);
+    core.stop();
+    assert_untouched(root_pid, &bin, "work");
+    let sum = format!("sum={}\n", (0..50000).map(|i: i64| i * 3 + 1).sum::<i64>());
+    assert_eq!(finish(roots), sum);
+    assert_eq!(finish(alices), sum);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,10 +1,9 @@
 //! `wprobe`: the command a user runs.
 //!
-//! Today it has one subcommand, `trace`, which runs the probe engine in its
-//! own process: spawn or attach, place probes, print every hit as one JSON
-//! object per line, detach cleanly. The service (`wprobe serve`) and the
-//! separate privileged `wprobe-core` daemon come next; `trace` will then
-//! become one client of the daemon.
+//! Today it has one subcommand, `trace`: spawn or attach, place probes,
+//! print every hit as one JSON object per line, detach cleanly. It is a
+//! client of the privileged `wprobe-core`, which it starts itself (or finds
+//! with `--core SOCKET`). The service (`wprobe serve`) comes next.
 
 mod trace;
 

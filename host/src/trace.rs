@@ -1,17 +1,25 @@
-//! `wprobe trace`: a one-shot trace with the engine in this process.
+//! `wprobe trace`: a one-shot trace, as a client of `wprobe-core`.
 //!
-//! Events go out as JSON Lines (to stdout, or to `-o FILE`), a summary
-//! object follows them, and wprobe's own messages go to stderr, so that with
-//! `-o FILE` the traced command's stdout is exactly its own. The exit status
-//! is the traced command's.
+//! It starts its own core (same-user mode: the core gets one end of a
+//! socket pair and ends with the connection), or connects to a running one
+//! with `--core SOCKET` (a root core in system mode). Events go out as JSON
+//! Lines (to stdout, or to `-o FILE`), a summary object follows them, and
+//! wprobe's own messages go to stderr, so that with `-o FILE` the traced
+//! command's stdout is exactly its own. The exit status is the traced
+//! command's.
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::{json, Map, Value as Json};
-use wprobe_core::engine::{
-    monotonic_ns, Engine, ExitStatus, Hit, HitKind, Notice, Options, RunEnd, Sink, Value,
+use wprobe_core::engine::{monotonic_ns, Engine};
+use wprobe_core::proto::{
+    Body, CaptureValue, Client, ClientError, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op,
+    ProbeOptions,
 };
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
@@ -47,45 +55,51 @@ pub struct TraceArgs {
     /// against the new image (by default they end and it runs untraced).
     #[arg(long)]
     follow_exec: bool,
+    /// Use the wprobe-core listening on this socket (e.g. a root core in
+    /// system mode) instead of starting one.
+    #[arg(long, value_name = "SOCKET")]
+    core: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Ctrl-C and SIGTERM presses so far: the first detaches in good order,
+/// the second stops waiting for the command.
+static STOPS: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+    STOPS.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Ctrl-C and SIGTERM raise `STOP`. The handler is installed without
-/// SA_RESTART so that it interrupts the engine's wait; a watcher thread
-/// signals the main thread again until it noticed, which closes the window
-/// between checking the flag and blocking in waitpid.
 fn install_stop_handler() {
-    // SAFETY: installing a handler that only stores to an atomic.
+    // SAFETY: installing a handler that only adds to an atomic; without
+    // SA_RESTART it interrupts the wait for the core's next frame.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_signal as *const () as usize;
-        sa.sa_flags = 0;
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
         libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
     }
-    // SAFETY: getpid has no preconditions; the main thread's tid is the pid.
-    let main_tid = unsafe { libc::getpid() };
-    std::thread::spawn(move || loop {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        if STOP.load(Ordering::SeqCst) {
-            // SAFETY: signalling our own main thread; the handler is installed.
-            unsafe { libc::syscall(libc::SYS_tgkill, main_tid, main_tid, libc::SIGINT) };
-        }
-    });
 }
 
 fn fail(msg: impl std::fmt::Display) -> i32 {
     eprintln!("wprobe: {msg}");
     2
+}
+
+/// The `wprobe-core` binary: `$WPROBE_CORE`, or the one next to this
+/// program, or the one in `PATH`.
+fn core_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("WPROBE_CORE") {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("wprobe-core"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "wprobe-core".into())
 }
 
 pub fn main(args: TraceArgs) -> i32 {
@@ -98,10 +112,19 @@ pub fn main(args: TraceArgs) -> i32 {
     if args.pid.is_none() && args.command.is_empty() {
         return fail("nothing to trace: give `-p PID` or a command after `--`");
     }
-    let mut specs = Vec::new();
+    // Whatever can be checked from the files alone is checked before the
+    // command runs.
+    let mut offline = Engine::new(Ptrace::new());
     for text in &args.probes {
-        match ProbeSpec::parse(text) {
-            Ok(s) => specs.push(s),
+        match ProbeSpec::parse(text)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                offline
+                    .check_offline(&s)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(()) => {}
             Err(e) => return fail(e),
         }
     }
@@ -112,123 +135,323 @@ pub fn main(args: TraceArgs) -> i32 {
             Err(e) => return fail(format!("cannot write {path}: {e}")),
         },
     };
-    let mut sink = JsonSink {
-        out: std::io::BufWriter::with_capacity(1 << 16, out),
+    let mut json = JsonOut {
+        out: LineChunks::new(out),
         texts: Vec::new(),
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
     };
-    let mut engine = Engine::new(Ptrace::new());
-    engine.set_options(Options {
-        follow_fork: args.follow_fork,
-        follow_exec: args.follow_exec,
-    });
-    // Whatever can be checked from the files alone is checked before the
-    // command runs.
-    for spec in &specs {
-        if let Err(e) = engine.check_offline(spec) {
-            return fail(e);
-        }
-    }
     install_stop_handler();
-    let spawned = args.pid.is_none();
-    let started = match args.pid {
-        Some(pid) => engine.attach(pid).map(|_| pid),
-        None => engine.spawn(&args.command),
+    let name = format!("wprobe trace {}", env!("CARGO_PKG_VERSION"));
+    let client = match &args.core {
+        Some(socket) => Client::connect(socket, &name),
+        None => Client::start_core(&core_binary(), &name),
     };
-    let pid = match started {
-        Ok(p) => p,
+    let mut client = match client {
+        Ok(c) => c,
         Err(e) => return fail(e),
     };
-    for (spec, text) in specs.into_iter().zip(&args.probes) {
-        match engine.add_probe(spec, &mut sink) {
-            Ok(id) => sink.texts.push((id.0, text.clone())),
-            Err(e) => {
-                let code = fail(e);
-                give_up(&mut engine, spawned);
-                return code;
-            }
-        }
-    }
-    let end = engine.run(&mut sink, &STOP);
-    let mut code = 0;
-    match end {
-        Ok(RunEnd::AllExited) => {}
-        Ok(RunEnd::Stopped) => {
-            if let Err(e) = engine.detach_all() {
-                eprintln!("wprobe: detach: {e}");
-            }
-            eprintln!("wprobe: detached from process {pid}; it runs on untraced");
-        }
-        Ok(RunEnd::Refused) => {
-            // The refusal itself was said as it happened (a notice).
-            give_up(&mut engine, spawned);
-            code = 2;
-        }
+    let mut session = Session {
+        client: &mut client,
+        json: &mut json,
+        spawned: args.pid.is_none(),
+        pid: 0,
+        traced: BTreeSet::new(),
+        exit: None,
+        idle: false,
+        refused: false,
+    };
+    match session.run(&args) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("wprobe: {e}");
-            if let Err(e) = engine.detach_all() {
-                eprintln!("wprobe: detach: {e}");
-            }
-            code = 1;
+            let code = fail(e);
+            let _ = json.out.flush();
+            code
         }
     }
-    let exit = engine.exits().iter().find(|(p, _)| *p == pid).map(|e| e.1);
-    sink.summary(&engine, exit);
-    if let Err(e) = sink.out.flush() {
-        eprintln!("wprobe: writing events: {e}");
+}
+
+/// One trace: the connection, and what it has learned so far.
+struct Session<'a> {
+    client: &'a mut Client,
+    json: &'a mut JsonOut,
+    spawned: bool,
+    /// The command spawned or the process attached.
+    pid: i32,
+    /// Processes traced now (the first, and fork children followed).
+    traced: BTreeSet<i32>,
+    exit: Option<ExitStatus>,
+    /// The core traces nothing any more.
+    idle: bool,
+    /// A probe was refused while the program ran (a library mapped later).
+    refused: bool,
+}
+
+impl Session<'_> {
+    fn run(&mut self, args: &TraceArgs) -> Result<i32, ClientError> {
+        self.client.call(Op::Configure {
+            follow_fork: args.follow_fork,
+            follow_exec: args.follow_exec,
+        })?;
+        let started = match args.pid {
+            Some(pid) => Op::Attach { pid },
+            None => Op::Spawn {
+                argv: args.command.clone(),
+            },
+        };
+        self.pid = match self.client.call(started)? {
+            Body::Target { pid } => pid,
+            other => return Err(unexpected(&other)),
+        };
+        self.traced.insert(self.pid);
+        for text in &args.probes {
+            let added = self.client.call(Op::AddProbe {
+                spec: text.clone(),
+                options: ProbeOptions {
+                    mode: Mode::Async,
+                    allow_mutation: false,
+                    sync_deadline_us: 0,
+                },
+            });
+            match added {
+                Ok(Body::Probe { id }) => self.json.texts.push((id, text.clone())),
+                Ok(other) => return Err(unexpected(&other)),
+                Err(e) => {
+                    eprintln!("wprobe: {e}");
+                    self.give_up()?;
+                    return Ok(2);
+                }
+            }
+        }
+        if self.spawned {
+            self.client.call(Op::Resume { pid: self.pid })?;
+        }
+        let code = self.follow()?;
+        self.summary()?;
+        let _ = self.json.out.flush();
+        Ok(code)
     }
-    if code != 0 {
-        return code;
+
+    /// Events and notices until the end: every traced process gone, and a
+    /// spawned command's end known.
+    fn follow(&mut self) -> Result<i32, ClientError> {
+        let mut stopping = 0;
+        loop {
+            let stops = STOPS.load(Ordering::SeqCst);
+            if stops > stopping {
+                stopping = stops;
+                if stops == 1 {
+                    self.detach_all()?;
+                    eprintln!(
+                        "wprobe: detached from process {}; it runs on untraced",
+                        self.pid
+                    );
+                } else {
+                    // A second Ctrl-C: stop waiting for the command.
+                    return Ok(130);
+                }
+            }
+            if self.idle && (!self.spawned || self.exit.is_some()) {
+                break;
+            }
+            match self.client.next(Some(Duration::from_millis(100))) {
+                Ok(Some(f)) => self.frame(f)?,
+                Ok(None) => {}
+                Err(ClientError::Closed) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.refused {
+            return Ok(2);
+        }
+        Ok(match self.exit {
+            Some(ExitStatus::Code(c)) if self.spawned => c,
+            Some(ExitStatus::Signal(s)) if self.spawned => 128 + s,
+            _ => 0,
+        })
     }
-    match exit {
-        Some(ExitStatus::Code(c)) => c,
-        Some(ExitStatus::Signal(s)) => 128 + s,
-        None if spawned => wait_detached(pid),
-        None => 0,
+
+    fn frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        match f {
+            Frame::Events(batch) => {
+                for e in &batch {
+                    self.json.event(e);
+                    self.traced.insert(e.pid);
+                }
+            }
+            Frame::Loss { probe, count } => eprintln!(
+                "wprobe: {} lost {count} events: the output did not keep up",
+                self.json.text(probe)
+            ),
+            Frame::Notice(n) => {
+                self.json.notice(&n);
+                match n {
+                    Notice::Armed { pid, .. } => {
+                        self.traced.insert(pid);
+                    }
+                    Notice::Exited { pid, status } => {
+                        self.traced.remove(&pid);
+                        if pid == self.pid {
+                            self.exit = Some(status);
+                        }
+                    }
+                    Notice::Idle => {
+                        self.idle = true;
+                        self.traced.clear();
+                    }
+                    Notice::Refused { .. } if !self.refused => {
+                        self.refused = true;
+                        self.give_up()?;
+                    }
+                    _ => {}
+                }
+            }
+            Frame::Error { message, .. } => eprintln!("wprobe: {message}"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Lets every traced process go; they run on untraced.
+    fn detach_all(&mut self) -> Result<(), ClientError> {
+        for pid in std::mem::take(&mut self.traced) {
+            match self.client.call(Op::Detach { pid }) {
+                // Gone meanwhile.
+                Ok(_) | Err(ClientError::Core { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A probe could not be placed: a spawned command is killed (it has
+    /// not run, or would run unprobed), an attached process let go as it
+    /// was.
+    fn give_up(&mut self) -> Result<(), ClientError> {
+        if self.spawned {
+            // SAFETY: signalling the command this trace started.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            return Ok(());
+        }
+        self.detach_all()
+    }
+
+    fn summary(&mut self) -> Result<(), ClientError> {
+        let probes = match self.client.call(Op::ListProbes)? {
+            Body::Probes(p) => p,
+            other => return Err(unexpected(&other)),
+        };
+        let probes: Vec<Json> = probes
+            .iter()
+            .map(|p| {
+                // The place, canonical, as the engine names it.
+                let place = ProbeSpec::parse(&p.spec)
+                    .map(|s| wprobe_core::engine::spec_text(&s))
+                    .unwrap_or_else(|_| p.spec.clone());
+                json!({
+                    "probe": p.id,
+                    "spec": place,
+                    "hits": p.hits,
+                    "nmissed": p.nmissed,
+                    "dropped": p.dropped,
+                })
+            })
+            .collect();
+        let exit = match self.exit {
+            Some(ExitStatus::Code(c)) => json!({ "code": c }),
+            Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
+            None => Json::Null,
+        };
+        self.json
+            .write(&json!({ "summary": { "probes": probes, "exit": exit } }));
+        Ok(())
     }
 }
 
-/// Before the program ran: a spawned one is killed, an attached one left
-/// as it was.
-fn give_up(engine: &mut Engine<Ptrace>, spawned: bool) {
-    if spawned {
-        engine.kill_all();
-    } else if let Err(e) = engine.detach_all() {
-        eprintln!("wprobe: detach: {e}");
+fn unexpected(body: &Body) -> ClientError {
+    ClientError::Core {
+        kind: wprobe_core::proto::ErrorKind::Internal,
+        message: format!("unexpected reply from wprobe-core: {body:?}"),
     }
 }
 
-/// After Ctrl-C the spawned command, untraced now, is still our child: its
-/// status becomes ours, as a shell's would. A second Ctrl-C stops waiting.
-fn wait_detached(pid: i32) -> i32 {
-    STOP.store(false, Ordering::SeqCst);
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-    if r != pid {
-        return 130;
+/// A buffered writer that writes whole lines only, in writes of at most
+/// `PIPE_BUF` bytes where lines allow: on a pipe shared with the traced
+/// command (stdout), such writes are atomic, so the command's own output
+/// is never cut into the middle of an event line, nor an event line into
+/// the command's.
+struct LineChunks {
+    inner: Box<dyn Write>,
+    buf: Vec<u8>,
+}
+
+impl LineChunks {
+    const PIPE_BUF: usize = 4096;
+
+    fn new(inner: Box<dyn Write>) -> Self {
+        LineChunks {
+            inner,
+            buf: Vec::with_capacity(1 << 16),
+        }
     }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
+
+    /// Writes the complete lines buffered.
+    fn write_lines(&mut self) -> std::io::Result<()> {
+        let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let mut start = 0;
+        while start <= end {
+            let limit = (start + Self::PIPE_BUF).min(end + 1);
+            let cut = match self.buf[start..limit].iter().rposition(|&b| b == b'\n') {
+                Some(i) => start + i + 1,
+                // One line longer than PIPE_BUF: it goes in one write.
+                None => {
+                    start
+                        + self.buf[start..=end]
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .unwrap_or(end)
+                        + 1
+                }
+            };
+            self.inner.write_all(&self.buf[start..cut])?;
+            start = cut;
+        }
+        self.buf.drain(..=end);
+        Ok(())
     }
 }
 
-struct JsonSink {
-    out: std::io::BufWriter<Box<dyn Write>>,
+impl Write for LineChunks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 16 {
+            self.write_lines()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_lines()?;
+        self.inner.flush()
+    }
+}
+
+/// Events as JSON Lines.
+struct JsonOut {
+    out: LineChunks,
     texts: Vec<(u32, String)>,
     regs: bool,
     last_flush: u64,
 }
 
-fn value_json(v: &Value) -> Json {
+fn value_json(v: &CaptureValue) -> Json {
     match v {
-        Value::Unsigned(x) => json!(x),
-        Value::Signed(x) => json!(x),
-        Value::Hex(x) => json!(format!("{x:#x}")),
-        Value::String { bytes, truncated } => {
+        CaptureValue::Unsigned(x) => json!(x),
+        CaptureValue::Signed(x) => json!(x),
+        CaptureValue::Hex(x) => json!(format!("{x:#x}")),
+        CaptureValue::String { bytes, truncated } => {
             let s = String::from_utf8_lossy(bytes).into_owned();
             if *truncated {
                 json!({"string": s, "truncated": true})
@@ -236,12 +459,12 @@ fn value_json(v: &Value) -> Json {
                 json!(s)
             }
         }
-        Value::Bytes(b) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
-        Value::Error(e) => json!({ "error": e }),
+        CaptureValue::Bytes(b) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+        CaptureValue::Error(e) => json!({ "error": e }),
     }
 }
 
-impl JsonSink {
+impl JsonOut {
     fn write(&mut self, v: &Json) {
         let _ = serde_json::to_writer(&mut self.out, v);
         let _ = self.out.write_all(b"\n");
@@ -258,66 +481,50 @@ impl JsonSink {
         }
     }
 
-    fn summary(&mut self, engine: &Engine<Ptrace>, exit: Option<ExitStatus>) {
-        let probes: Vec<Json> = engine
-            .probe_ids()
-            .into_iter()
-            .map(|id| {
-                let st = engine.stats(id).unwrap_or_default();
-                json!({
-                    "probe": id.0,
-                    "spec": engine.probe_text(id),
-                    "hits": st.hits,
-                    "nmissed": st.nmissed,
-                })
-            })
-            .collect();
-        let exit = match exit {
-            Some(ExitStatus::Code(c)) => json!({ "code": c }),
-            Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
-            None => Json::Null,
-        };
-        self.write(&json!({ "summary": { "probes": probes, "exit": exit } }));
+    fn text(&self, id: u32) -> String {
+        self.texts
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| format!("probe {id}"))
     }
-}
 
-impl Sink for JsonSink {
-    /// One event as one JSON line. Written field by field rather than
-    /// through a `serde_json::Map`: this runs while the target thread is
-    /// stopped, and building a map of 27 registers per hit was most of the
-    /// cost of an event.
-    fn hit(&mut self, hit: &Hit<'_>) {
-        let kind = match hit.kind {
-            HitKind::Entry => "entry",
-            HitKind::Post => "post",
-            HitKind::Return => "return",
+    /// One event as one JSON line, written field by field rather than
+    /// through a `serde_json::Map` (a map of 27 registers per event was
+    /// most of the cost of one).
+    fn event(&mut self, e: &Event) {
+        let kind = match e.kind {
+            EventKind::Entry => "entry",
+            EventKind::Post => "post",
+            EventKind::Return => "return",
         };
+        let regs = e.regs.to_x86_64().unwrap_or_default();
         let o = &mut self.out;
         let _ = write!(
             o,
             "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":[",
-            hit.probe.0, hit.pid, hit.tid, hit.time_ns, hit.addr
+            e.probe, e.pid, e.tid, e.time_ns, e.addr
         );
-        for (i, a) in hit.regs.args().iter().enumerate() {
+        for (i, a) in regs.args().iter().enumerate() {
             let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
         }
         let _ = o.write_all(b"]");
-        if let Some(r) = &hit.ret {
+        if let Some(r) = &e.ret {
             let _ = write!(
                 o,
                 ",\"retval\":{},\"return_address\":\"{:#x}\",\"entry_time_ns\":{},\"latency_ns\":{},\"entry_args\":[",
                 r.value,
                 r.return_address,
                 r.entry_time_ns,
-                hit.time_ns.saturating_sub(r.entry_time_ns)
+                e.time_ns.saturating_sub(r.entry_time_ns)
             );
             for (i, a) in r.entry_args.iter().enumerate() {
                 let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
             }
             let _ = o.write_all(b"]");
         }
-        if !hit.captures.is_empty() {
-            let caps: Map<String, Json> = hit
+        if !e.captures.is_empty() {
+            let caps: Map<String, Json> = e
                 .captures
                 .iter()
                 .map(|(k, v)| (k.clone(), value_json(v)))
@@ -327,7 +534,7 @@ impl Sink for JsonSink {
         }
         if self.regs {
             let _ = o.write_all(b",\"regs\":{");
-            for (i, (k, v)) in hit.regs.named().iter().enumerate() {
+            for (i, (k, v)) in regs.named().iter().enumerate() {
                 let _ = write!(o, "{}\"{k}\":{v}", if i == 0 { "" } else { "," });
             }
             let _ = o.write_all(b"}");
@@ -337,13 +544,6 @@ impl Sink for JsonSink {
     }
 
     fn notice(&mut self, n: &Notice) {
-        let text = |id: u32| {
-            self.texts
-                .iter()
-                .find(|(i, _)| *i == id)
-                .map(|(_, t)| t.clone())
-                .unwrap_or_else(|| format!("probe {id}"))
-        };
         match n {
             Notice::Armed {
                 probe,
@@ -352,17 +552,17 @@ impl Sink for JsonSink {
                 location,
             } => eprintln!(
                 "wprobe: {} armed in process {pid} at {addr:#x} ({location})",
-                text(probe.0)
+                self.text(*probe)
             ),
             Notice::Pending { probe, reason, .. } => {
-                eprintln!("wprobe: {} pending: {reason}", text(probe.0))
+                eprintln!("wprobe: {} pending: {reason}", self.text(*probe))
             }
             Notice::Refused { reason, .. } => eprintln!("wprobe: refused: {reason}"),
             Notice::Gone { probe, reason, .. } => {
-                eprintln!("wprobe: {} gone: {reason}", text(probe.0))
+                eprintln!("wprobe: {} gone: {reason}", self.text(*probe))
             }
-            Notice::Exited { .. } => {}
-            Notice::Warning(w) => eprintln!("wprobe: warning: {w}"),
+            Notice::Exited { .. } | Notice::Idle => {}
+            Notice::Warning { text } => eprintln!("wprobe: warning: {text}"),
         }
     }
 }

@@ -179,6 +179,21 @@ fn main() {
             wp(&[&entry, &ret], true),
         )
         .seed("jr", Side::Wprobe),
+        // The daemon's own cost: the same probe with the engine in the
+        // measuring process (as before wprobe-core existed), and through
+        // a wprobe-core whose client only counts the events.
+        Case::new(
+            "in-process engine entry, event built (no daemon)",
+            Row::Other,
+            1,
+            How::Helper("inproc", entry.clone()),
+        ),
+        Case::new(
+            "wprobe-core entry, events counted by its client",
+            Row::Other,
+            1,
+            How::Helper("core", entry.clone()),
+        ),
         Case::new("unprobed, 4 threads", Row::Base, threads, How::Plain),
         Case::new(
             "kernel uprobe, 4 threads",
@@ -191,6 +206,12 @@ fn main() {
             Row::Entry,
             threads,
             wp(&[&entry], false),
+        ),
+        Case::new(
+            "wprobe-core entry, events counted by its client, 4 threads",
+            Row::Other,
+            threads,
+            How::Helper("core", entry.clone()),
         ),
     ];
     if kernel.is_none() {
@@ -220,6 +241,7 @@ fn main() {
                     .run(events, &bin, n, case.threads),
                 How::Wprobe(args) => run_wprobe(&wprobe, &bin, args, n, case.threads),
                 How::Floor { regs } => run_floor(&bin, n, *regs),
+                How::Helper(mode, spec) => run_helper(&wprobe, mode, spec, &bin, n, case.threads),
             };
             let want = if case.threads == 1 { sums[0] } else { sums[1] };
             assert_eq!(
@@ -258,6 +280,8 @@ enum How {
     Kernel(&'static [&'static str]),
     /// Under `wprobe trace` with these arguments.
     Wprobe(Vec<String>),
+    /// Under `engine-bench MODE SPEC` (tests/bin/engine_bench.rs).
+    Helper(&'static str, String),
     /// With an `int3` before each call, under a minimal tracer that only
     /// waits and resumes (and reads the registers, if `regs`): the cost of
     /// a ptrace stop itself.
@@ -357,8 +381,19 @@ fn release_wprobe() -> PathBuf {
     if std::env::var("WPROBE_BENCH_NO_BUILD").as_deref() != Ok("1") {
         let cargo = option_env!("CARGO").unwrap_or("cargo");
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "wprobe"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // wprobe trace starts the wprobe-core beside it; engine-bench is
+        // the in-process engine and a bare core client.
+        cmd.args([
+            "build",
+            "-p",
+            "wprobe",
+            "-p",
+            "wprobe-core",
+            "-p",
+            "wprobe-tests",
+            "--bins",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             cmd.arg("--release");
         }
@@ -427,6 +462,33 @@ fn run_wprobe(wprobe: &Path, bin: &Path, args: &[String], calls: u64, threads: u
         .arg(calls.to_string())
         .arg(threads.to_string());
     run_timed(cmd, "wprobe trace")
+}
+
+/// `engine-bench MODE SPEC -- bench_loop N T`; checks that every call was
+/// one event.
+fn run_helper(wprobe: &Path, mode: &str, spec: &str, bin: &Path, calls: u64, threads: u64) -> Run {
+    let helper = wprobe.with_file_name("engine-bench");
+    let t = Instant::now();
+    let out = Command::new(&helper)
+        .args([mode, spec, "--"])
+        .arg(bin)
+        .arg(calls.to_string())
+        .arg(threads.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", helper.display()));
+    let wall = t.elapsed().as_nanos() as u64;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "engine-bench {mode}: {}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains(&format!("events={}", calls * threads)),
+        "engine-bench {mode}: every call is one event: {stderr}"
+    );
+    parse_fixture(&String::from_utf8_lossy(&out.stdout), wall)
 }
 
 /// Runs `bench_loop N 1 int3` under the smallest tracer there is: at each

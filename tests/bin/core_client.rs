@@ -1,57 +1,107 @@
-//! A minimal wprobe-core client for the tests, as a process of its own so
-//! that a test can kill it: `core-client SOCKET PID SPEC...` attaches to
-//! PID, adds the probes, prints "ready" once events flow, then keeps
-//! reading until it is killed or the core goes.
+//! A wprobe-core client for the tests, as a process of its own so that a
+//! test can kill it or run it as another user: `core-client SOCKET`, then
+//! one command per line on stdin, one answer per line on stdout:
+//!
+//! - `attach PID`, `detach PID`, `spawn ARG...`, `resume PID`
+//! - `probe SPEC` (async), `list`, `ping`
+//! - `events N`: wait until N events have arrived in all
+//!
+//! Answers are JSON: `{"ok": BODY}` or `{"error": KIND, "message": ...}`;
+//! `list` gives `[{"id", "hits", "owner_uid", "pids"}...]`.
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, Write};
 
-use wprobe_core::proto::{self, Frame, Hello, Mode, Op, ProbeOptions, Request, PROTOCOL_VERSION};
+use serde_json::{json, Value};
+use wprobe_core::proto::{Body, Client, ClientError, Frame, Mode, Op, ProbeOptions};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, socket, pid, specs @ ..] = args.as_slice() else {
-        eprintln!("usage: core-client SOCKET PID SPEC...");
+    let [_, socket] = args.as_slice() else {
+        eprintln!("usage: core-client SOCKET  (commands on stdin)");
         std::process::exit(2);
     };
-    let pid: i32 = pid.parse().expect("a pid");
-    let mut conn = UnixStream::connect(socket).expect("connect to the core");
-    let hello = Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        client: "core-client".into(),
-    });
-    proto::write_frame(&mut conn, &hello).expect("Hello");
-    let mut ops = vec![Op::Attach { pid }];
-    ops.extend(specs.iter().map(|s| Op::AddProbe {
-        spec: s.clone(),
-        options: ProbeOptions {
-            mode: Mode::Async,
-            allow_mutation: false,
-            sync_deadline_us: 0,
-        },
-    }));
-    for (i, op) in ops.into_iter().enumerate() {
-        let r = Frame::Request(Request {
-            id: i as u32 + 1,
-            op,
-        });
-        proto::write_frame(&mut conn, &r).expect("Request");
-    }
+    let mut client = match Client::connect(socket.as_ref(), "core-client") {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{}", json!({"error": "connect", "message": e.to_string()}));
+            std::process::exit(1);
+        }
+    };
     let mut events = 0usize;
-    let mut said = false;
-    while let Ok(Some(f)) = proto::read_frame(&mut conn) {
-        match f {
-            Frame::Events(b) => events += b.len(),
-            Frame::Error { message, .. } => {
-                eprintln!("core-client: {message}");
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let pid = |i: usize| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(-1);
+        let op = match words.first().copied() {
+            Some("attach") => Op::Attach { pid: pid(1) },
+            Some("detach") => Op::Detach { pid: pid(1) },
+            Some("resume") => Op::Resume { pid: pid(1) },
+            Some("spawn") => Op::Spawn {
+                argv: words[1..].iter().map(|s| s.to_string()).collect(),
+            },
+            Some("probe") => Op::AddProbe {
+                spec: line["probe".len()..].trim().to_string(),
+                options: ProbeOptions {
+                    mode: Mode::Async,
+                    allow_mutation: false,
+                    sync_deadline_us: 0,
+                },
+            },
+            Some("list") => Op::ListProbes,
+            Some("ping") => Op::Ping,
+            Some("events") => {
+                let want: usize = words.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
+                while events < want {
+                    match client.next(None) {
+                        Ok(Some(Frame::Events(b))) => events += b.len(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            println!("{}", json!({"error": "closed", "message": e.to_string()}));
+                            std::process::exit(1);
+                        }
+                    }
+                }
+                println!("{}", json!({ "ok": events }));
+                std::io::stdout().flush().expect("stdout");
+                continue;
+            }
+            _ => {
+                println!("{}", json!({"error": "usage", "message": line}));
+                continue;
+            }
+        };
+        let answer = match client.call(op) {
+            Ok(body) => json!({ "ok": body_json(body) }),
+            Err(ClientError::Core { kind, message }) => {
+                json!({"error": format!("{kind:?}"), "message": message})
+            }
+            Err(e) => {
+                println!("{}", json!({"error": "closed", "message": e.to_string()}));
                 std::process::exit(1);
             }
-            _ => {}
-        }
-        if events >= 100 && !said {
-            println!("ready");
-            std::io::stdout().flush().expect("stdout");
-            said = true;
-        }
+        };
+        println!("{answer}");
+        std::io::stdout().flush().expect("stdout");
+    }
+}
+
+fn body_json(body: Body) -> Value {
+    match body {
+        Body::Empty => Value::Null,
+        Body::Target { pid } => json!(pid),
+        Body::Probe { id } => json!(id),
+        Body::Probes(list) => list
+            .iter()
+            .map(|p| {
+                json!({
+                    "id": p.id,
+                    "hits": p.hits,
+                    "owner_uid": p.owner_uid,
+                    "pids": p.placements.iter().map(|pl| pl.pid).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+        Body::Stats(s) => json!({ "sent": s.events_sent, "dropped": s.events_dropped }),
     }
 }

@@ -1,57 +1,112 @@
-//! `wprobe-core --socket PATH [--queue N]`: the privileged half of wprobe.
+//! `wprobe-core`: the privileged half of wprobe (docs/core-protocol.md).
 //!
-//! It listens on a Unix socket (created mode 0600, so only its own user can
-//! connect), serves one client with the protocol of docs/core-protocol.md,
-//! and when the client goes away or SIGTERM/SIGINT arrives, disarms and
-//! detaches every target before it exits.
+//! - `wprobe-core --fd N`: same-user mode. A client started the core and
+//!   passed it descriptor N, one end of a connected Unix socket pair; the
+//!   core serves that connection and exits when it ends.
+//! - `wprobe-core --socket PATH`: serve clients of this user on a socket
+//!   created mode 0600, until SIGTERM/SIGINT.
+//! - `wprobe-core --system --socket PATH`: as root, serve clients of every
+//!   user (socket mode 0666); each may only touch what its own user could
+//!   trace.
+//!
+//! Whenever a client goes away, and on SIGTERM/SIGINT, every probe of that
+//! client is disarmed and its targets let go, untouched.
 
+use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use wprobe_core::daemon::{self, Config};
+
+const USAGE: &str = "usage: wprobe-core (--fd N | --socket PATH [--system]) [--queue EVENTS]";
+
+fn fail(msg: String) -> ! {
+    eprintln!("wprobe-core: {msg}");
+    std::process::exit(2);
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let usage = || -> ! {
-        eprintln!("usage: wprobe-core --socket PATH [--queue EVENTS]");
-        std::process::exit(2);
-    };
-    let Some(path) = value("--socket") else {
-        usage()
-    };
-    let queue = match value("--queue") {
-        None => wprobe_core::daemon::EVENT_QUEUE,
-        Some(q) => match q.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                eprintln!("wprobe-core: --queue `{q}` must be a positive number of events");
-                std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut fd = None;
+    let mut socket = None;
+    let mut config = Config::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| fail(format!("{a} needs a value\n{USAGE}")))
+        };
+        match a.as_str() {
+            "--fd" => {
+                let v = value();
+                fd = Some(
+                    v.parse::<i32>()
+                        .ok()
+                        .filter(|&n| n >= 0)
+                        .unwrap_or_else(|| {
+                            fail(format!("--fd `{v}` must be an open descriptor number"))
+                        }),
+                );
             }
-        },
-    };
-    if std::path::Path::new(&path).exists() {
-        eprintln!("wprobe-core: {path} already exists; remove it or choose another path");
-        std::process::exit(2);
-    }
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("wprobe-core: cannot listen on {path}: {e}");
-            std::process::exit(2);
+            "--socket" => socket = Some(value()),
+            "--system" => config.system = true,
+            "--queue" => {
+                let q = value();
+                config.queue = q
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| {
+                        fail(format!("--queue `{q}` must be a positive number of events"))
+                    });
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            other => fail(format!("unknown argument `{other}`\n{USAGE}")),
         }
-    };
-    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
-        eprintln!("wprobe-core: cannot restrict {path} to its owner: {e}");
-        let _ = std::fs::remove_file(&path);
-        std::process::exit(2);
     }
-    let r = wprobe_core::daemon::serve(listener, queue);
-    let _ = std::fs::remove_file(&path);
+    let r = match (fd, socket) {
+        (Some(fd), None) if !config.system => {
+            // SAFETY: the caller handed us this descriptor to own; fstat
+            // below checks it is a socket before anything else uses it.
+            let stream = unsafe { UnixStream::from_raw_fd(fd) };
+            if stream.peer_addr().is_err() {
+                fail(format!("--fd {fd} is not a connected Unix socket"));
+            }
+            daemon::serve_one(stream, config)
+        }
+        (None, Some(path)) => listen(&path, config),
+        _ => fail(USAGE.into()),
+    };
     if let Err(e) = r {
         eprintln!("wprobe-core: {e}");
         std::process::exit(1);
     }
+}
+
+fn listen(path: &str, config: Config) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if config.system && unsafe { libc::geteuid() } != 0 {
+        fail("--system needs root: the core traces other users' processes for them".into());
+    }
+    if std::path::Path::new(path).exists() {
+        fail(format!(
+            "{path} already exists; remove it or choose another path"
+        ));
+    }
+    let listener =
+        UnixListener::bind(path).unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
+    // Same-user mode: only this user may connect. System mode: anyone,
+    // each checked with SO_PEERCRED.
+    let mode = if config.system { 0o666 } else { 0o600 };
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_file(path);
+        fail(format!("cannot set the mode of {path}: {e}"));
+    }
+    let r = daemon::serve(listener, config);
+    let _ = std::fs::remove_file(path);
+    r
 }

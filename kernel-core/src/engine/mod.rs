@@ -10,6 +10,7 @@
 
 pub mod capture;
 mod resolve;
+pub use resolve::spec_text;
 mod ret;
 mod run;
 pub mod xol;
@@ -17,11 +18,12 @@ pub mod xol;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 
-use crate::arch::native::{Prepared, Regs, Slot};
+use crate::arch::native::{Prepared, Slot};
 use crate::spec::ProbeSpec;
 use crate::symbols::ElfCache;
 use crate::target::{SigInfo, Stop, Target, TargetError, Tid};
 
+pub use crate::arch::native::Regs;
 pub use capture::Value;
 use xol::Area;
 
@@ -63,7 +65,11 @@ pub struct Hit<'a> {
     pub time_ns: u64,
     /// The probed address in the process.
     pub addr: u64,
-    /// The registers; for entry events `rip` is the probed address.
+    /// The registers. For entry events `rip` is the probed address (unless
+    /// a verdict of a probe before this one, at the same hit, changed it);
+    /// for post events it is where the instruction left the thread; for
+    /// return events it is the original return address, where the thread
+    /// goes on (never the trampoline).
     pub regs: &'a Regs,
     /// The probe's captures, by name, in the order of the spec. Return
     /// events carry the captures taken at entry.
@@ -115,10 +121,61 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// What a handler wants done with the thread after its hit.
+///
+/// The engine asks every probe of a hit in turn ([`Sink::decide`]); each
+/// one sees the registers as the verdicts before it left them, and the
+/// thread goes on with the final ones (uprobes' handler chain). What a
+/// changed register set does depends on the kind of the hit:
+///
+/// - **Entry**: the thread's registers are replaced. If `rip` is still the
+///   probed address, the displaced instruction then runs (simulated or out
+///   of line) on the new registers, the post event follows, and a return
+///   probe on the function hijacks the return with the new registers
+///   (its entry arguments and captures are taken from them). If `rip` is
+///   anywhere else, the probed instruction is skipped and the thread
+///   resumes at `rip`, as after a kprobe pre-handler that changed
+///   `regs->ip`: no out-of-line step, no post event, no return hijack
+///   (the function did not run). Emulating a return —
+///   `rip = [rsp]`, `rsp += 8`, `rax = value` — skips a function entirely.
+/// - **Post**: the registers after the instruction are replaced before
+///   the thread resumes.
+/// - **Return**: the event's `regs.rip` is the original return address
+///   (the trampoline never shows), so the thread resumes exactly with the
+///   registers given: changing only `rax` makes the caller see that return
+///   value, at its own return address; a changed `rip` sends the thread
+///   there instead. The return instance was already taken off the thread
+///   when the handlers run, whatever they decide.
+///
+/// A verdict is refused (a [`Notice::Warning`], the registers as before
+/// it) when its `rip` lies in the engine's own pages (slots, trampoline),
+/// which a thread must never run outside the engine's control, or when
+/// the kernel rejects the register set (a bad segment selector, an
+/// `fs_base` outside user space). `SetRegs` with the registers of the hit
+/// unchanged is `Continue`. A hit taken again after a signal was delivered
+/// ahead of the instruction (its handlers already ran) asks for no
+/// verdict.
+// A register file by value, once per hit: no allocation on the hit path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the thread go as it is.
+    Continue,
+    /// Replace the thread's registers.
+    SetRegs(Regs),
+}
+
 /// Receives hits and notices.
 pub trait Sink {
     fn hit(&mut self, hit: &Hit<'_>);
     fn notice(&mut self, notice: &Notice);
+    /// Called by the engine for every hit instead of `hit`; the default
+    /// reports the hit and lets the thread go unchanged. See [`Verdict`]
+    /// for what a changed register set does.
+    fn decide(&mut self, hit: &Hit<'_>) -> Verdict {
+        self.hit(hit);
+        Verdict::Continue
+    }
 }
 
 /// Counters of one probe.
@@ -290,7 +347,6 @@ impl Process {
 pub struct Engine<T: Target> {
     target: T,
     probes: BTreeMap<ProbeId, Probe>,
-    next_id: u32,
     processes: HashMap<Tid, Process>,
     threads: HashMap<Tid, Thread>,
     /// Stops collected while waiting for one thread, handled next.
@@ -304,7 +360,12 @@ pub struct Engine<T: Target> {
     /// asked for a probe that cannot be placed.
     refusals: Vec<String>,
     options: Options,
+    exec_guard: Option<ExecGuard>,
 }
+
+/// Asked at every execve of a traced process, before the new image runs:
+/// `Some(reason)` lets the process go instead of tracing the new image.
+pub type ExecGuard = Box<dyn FnMut(Tid) -> Option<String> + Send>;
 
 /// How the engine treats a traced process's children and new images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,7 +396,6 @@ impl<T: Target> Engine<T> {
         Engine {
             target,
             probes: BTreeMap::new(),
-            next_id: 1,
             processes: HashMap::new(),
             threads: HashMap::new(),
             deferred: VecDeque::new(),
@@ -344,11 +404,17 @@ impl<T: Target> Engine<T> {
             exits: Vec::new(),
             refusals: Vec::new(),
             options: Options::default(),
+            exec_guard: None,
         }
     }
 
     pub fn set_options(&mut self, options: Options) {
         self.options = options;
+    }
+
+    /// Sets the check made at every execve (see [`ExecGuard`]).
+    pub fn set_exec_guard(&mut self, guard: ExecGuard) {
+        self.exec_guard = Some(guard);
     }
 
     pub fn target_mut(&mut self) -> &mut T {

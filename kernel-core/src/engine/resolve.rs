@@ -32,6 +32,10 @@ pub(super) enum Resolved {
 
 const RT_CONSISTENT: u32 = 0;
 
+/// Probe ids are unique in the process, across engines: `wprobe-core`
+/// runs one engine per client, and root may list every client's probes.
+static NEXT_PROBE_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
 impl<T: Target> Engine<T> {
     /// Starts a command under the engine. It stops before its first
     /// instruction; probes added now are armed before it runs.
@@ -76,8 +80,7 @@ impl<T: Target> Engine<T> {
                 Err(e) => return Err(EngineError::Refused(format!("{text}: {e}"))),
             }
         }
-        let id = ProbeId(self.next_id);
-        self.next_id += 1;
+        let id = ProbeId(NEXT_PROBE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         self.probes.insert(
             id,
             Probe {

@@ -314,18 +314,27 @@ impl<T: Target> Engine<T> {
         let orig_ret = mine[0].orig_ret;
         regs.rip = orig_ret;
         let time_ns = monotonic_ns();
-        // Innermost first: the tail-called function returns before its caller.
+        // The instances are off the thread: released before any handler
+        // runs, so that none is left counted or released twice, whatever
+        // the verdicts are (or if the thread dies meanwhile).
+        let fired: Vec<_> = mine
+            .iter()
+            .flat_map(|inst| inst.probes.iter().map(|(id, _)| *id))
+            .collect();
+        self.release(&fired);
+        // Innermost first: the tail-called function returns before its
+        // caller. Each handler sees the registers the verdicts before it
+        // left; the thread goes on with the last ones.
         for inst in mine.iter().rev() {
             for (id, captures) in &inst.probes {
                 let Some(p) = self.probes.get_mut(id) else {
                     continue;
                 };
-                p.active = p.active.saturating_sub(1);
                 if !p.enabled {
                     continue;
                 }
                 p.stats.hits += 1;
-                sink.hit(&Hit {
+                let verdict = sink.decide(&Hit {
                     probe: *id,
                     kind: HitKind::Return,
                     pid,
@@ -341,6 +350,7 @@ impl<T: Target> Engine<T> {
                         return_address: orig_ret,
                     }),
                 });
+                self.apply_verdict(tid, pid, *id, verdict, &mut regs, sink)?;
             }
         }
         self.target.set_regs(tid, &regs)?;

@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    capture, monotonic_ns, Engine, ExitStatus, Hit, HitKind, InSlot, Internal, Notice, Result,
-    RunEnd, Sink, StopFlag,
+    capture, monotonic_ns, Engine, ExitStatus, Hit, HitKind, InSlot, Internal, Notice, ProbeId,
+    Result, RunEnd, Sink, StopFlag, Verdict,
 };
 use crate::arch::native::{
     arch_abort_xol, arch_post_xol, arch_simulate, Action, Regs, SlotMode, XolPosition,
@@ -68,12 +68,25 @@ impl<T: Target> Engine<T> {
                 },
             };
             let before = self.refusals.len();
+            let tid = s.tid();
             match self.handle(s, sink) {
                 Ok(()) => {}
                 Err(e) if is_gone(&e) => {}
                 Err(e) => return Err(e),
             }
             if self.refusals.len() > before {
+                // The user asked for a probe that cannot be placed in this
+                // process: it is held, its threads stopped at their next
+                // chance, until whoever runs the engine decides (resume it,
+                // detach it, or kill it).
+                if let Some(pid) = self.threads.get(&tid).map(|t| t.pid) {
+                    self.hold(pid, true)?;
+                    for t in self.threads_of(pid) {
+                        if !self.threads[&t].stopped {
+                            let _ = self.target.interrupt(t);
+                        }
+                    }
+                }
                 return Ok(RunEnd::Refused);
             }
         }
@@ -154,8 +167,20 @@ impl<T: Target> Engine<T> {
     fn handle(&mut self, stop: Stop, sink: &mut dyn Sink) -> Result<()> {
         let tid = stop.tid();
         if !self.threads.contains_key(&tid) {
+            // A child of ours that was let go (a spawned program detached,
+            // or one whose execve ended its probes) still reports its end
+            // here: whoever spawned it learns how it ended.
             match stop {
-                Stop::Exited { .. } | Stop::Killed { .. } => return Ok(()),
+                Stop::Exited { tid, code } => {
+                    let status = ExitStatus::Code(code);
+                    sink.notice(&Notice::Exited { pid: tid, status });
+                    return Ok(());
+                }
+                Stop::Killed { tid, signo } => {
+                    let status = ExitStatus::Signal(signo);
+                    sink.notice(&Notice::Exited { pid: tid, status });
+                    return Ok(());
+                }
                 _ => {}
             }
             // A new thread's first stop before its creator's event: adopt
@@ -180,6 +205,12 @@ impl<T: Target> Engine<T> {
                 if self.threads.get(&tid).is_some_and(|t| t.in_slot.is_none()) {
                     let pid = self.threads[&tid].pid;
                     self.move_out_of_slot(tid, pid)?;
+                }
+                // A held process's threads stay stopped until it is let go
+                // (the next `run` after `hold(pid, false)` resumes them).
+                let pid = self.threads[&tid].pid;
+                if self.processes.get(&pid).is_some_and(|p| p.held) {
+                    return Ok(());
                 }
                 self.resume(tid, Resume::Continue, 0)
             }
@@ -299,11 +330,20 @@ impl<T: Target> Engine<T> {
                     .filter(|(_, p)| p.placed.contains_key(&pid))
                     .map(|(&id, _)| id)
                     .collect();
-                let reason = if self.options.follow_exec {
-                    "the process called execve; resolving again against the new image"
-                } else {
-                    "the process called execve, which ended its probes \
-                     (follow exec to resolve them against the new image)"
+                // Whoever the engine works for may not be allowed to trace
+                // the new image (a set-user-ID program): then it is let go
+                // before its first instruction, as without follow-exec.
+                let refused = self.exec_guard.as_mut().and_then(|g| g(pid));
+                let follow = self.options.follow_exec && refused.is_none();
+                let reason = match &refused {
+                    Some(why) => why.as_str(),
+                    None if follow => {
+                        "the process called execve; resolving again against the new image"
+                    }
+                    None => {
+                        "the process called execve, which ended its probes \
+                         (follow exec to resolve them against the new image)"
+                    }
                 };
                 for id in placed {
                     sink.notice(&Notice::Gone {
@@ -312,7 +352,10 @@ impl<T: Target> Engine<T> {
                         reason: reason.into(),
                     });
                 }
-                if !self.options.follow_exec {
+                if let Some(why) = &refused {
+                    sink.notice(&Notice::Warning(format!("process {pid}: {why}")));
+                }
+                if !follow {
                     // Nothing of ours is in the new image: let it go, with
                     // what signals it had waiting.
                     let pending = self.drop_thread(pid).map(|t| t.pending).unwrap_or_default();
@@ -534,15 +577,18 @@ impl<T: Target> Engine<T> {
         self.resume(tid, Resume::Continue, info.signo())
     }
 
+    /// Hands the hit to every probe at `addr` of this kind, in turn, and
+    /// applies their verdicts to `regs`: each probe sees the registers the
+    /// verdicts before it left.
     fn emit(
         &mut self,
         tid: Tid,
         pid: Tid,
         addr: u64,
-        regs: &Regs,
+        regs: &mut Regs,
         kind: HitKind,
         sink: &mut dyn Sink,
-    ) {
+    ) -> Result<()> {
         let time_ns = monotonic_ns();
         let ids = self.processes[&pid].sites[&addr].probes.clone();
         for id in ids {
@@ -568,7 +614,7 @@ impl<T: Target> Engine<T> {
                     )
                 })
                 .collect();
-            sink.hit(&Hit {
+            let verdict = sink.decide(&Hit {
                 probe: id,
                 kind,
                 pid,
@@ -579,6 +625,61 @@ impl<T: Target> Engine<T> {
                 captures: &captures,
                 ret: None,
             });
+            self.apply_verdict(tid, pid, id, verdict, regs, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a handler's verdict into `regs` (which the caller writes to
+    /// the thread before it resumes), or refuses it with a warning: a
+    /// `rip` inside the engine's pages, or registers the kernel will not
+    /// take.
+    pub(super) fn apply_verdict(
+        &mut self,
+        tid: Tid,
+        pid: Tid,
+        probe: ProbeId,
+        verdict: Verdict,
+        regs: &mut Regs,
+        sink: &mut dyn Sink,
+    ) -> Result<()> {
+        let Verdict::SetRegs(new) = verdict else {
+            return Ok(());
+        };
+        if new == *regs {
+            return Ok(());
+        }
+        if self.processes[&pid]
+            .areas
+            .iter()
+            .any(|a| a.contains(new.rip))
+        {
+            sink.notice(&Notice::Warning(format!(
+                "probe {}: a verdict sent thread {tid} of process {pid} to {:#x}, inside the \
+                 engine's own pages; refused, the thread goes on as before it",
+                probe.0, new.rip
+            )));
+            return Ok(());
+        }
+        // The kernel checks what it will not run with (segment selectors,
+        // the fs/gs bases): ask it now, while the thread is stopped here.
+        match self.target.set_regs(tid, &new) {
+            Ok(()) => {
+                *regs = new;
+                Ok(())
+            }
+            Err(e) if e.is_gone() => Err(e.into()),
+            Err(e) => {
+                // PTRACE_SETREGS stops at the first field it refuses, with
+                // those before it written: put them back.
+                let _ = self.target.set_regs(tid, regs);
+                sink.notice(&Notice::Warning(format!(
+                    "probe {}: the registers of a verdict for thread {tid} of process {pid} \
+                     were refused ({e}); the thread goes on as before it",
+                    probe.0
+                )));
+                Ok(())
+            }
         }
     }
 
@@ -597,11 +698,20 @@ impl<T: Target> Engine<T> {
         // instruction: the handlers already saw this hit.
         let again = self.threads.get_mut(&tid).and_then(|t| t.rehit.take()) == Some(addr);
         if !again {
-            self.emit(tid, pid, addr, &regs, HitKind::Entry, sink);
-            self.hijack_return(tid, pid, addr, &regs)?;
+            self.emit(tid, pid, addr, &mut regs, HitKind::Entry, sink)?;
+            if regs.rip == addr {
+                self.hijack_return(tid, pid, addr, &regs)?;
+            }
         }
         if let Some(Internal::LinkerHook { r_debug }) = self.processes[&pid].sites[&addr].internal {
             self.linker_event(pid, r_debug, sink)?;
+        }
+        if regs.rip != addr {
+            // A verdict sent the thread elsewhere (a kprobe pre-handler
+            // that changed the ip): the probed instruction is skipped, with
+            // neither its step nor its post event nor a return hijack.
+            self.target.set_regs(tid, &regs)?;
+            return self.resume(tid, Resume::Continue, 0);
         }
         let Some(site) = self.processes.get(&pid).and_then(|p| p.sites.get(&addr)) else {
             // The library holding it went away meanwhile.
@@ -625,7 +735,7 @@ impl<T: Target> Engine<T> {
                     // probed address.
                     return self.fault_at(tid, regs, addr, e.addr);
                 }
-                self.emit(tid, pid, addr, &regs, HitKind::Post, sink);
+                self.emit(tid, pid, addr, &mut regs, HitKind::Post, sink)?;
                 self.target.set_regs(tid, &regs)?;
                 self.resume(tid, Resume::Continue, 0)
             }
@@ -726,7 +836,7 @@ impl<T: Target> Engine<T> {
             )
             .map_err(|e| super::EngineError::Refused(format!("post-step fixup failed: {e}")))?;
         }
-        self.emit(tid, pid, x.site, regs, HitKind::Post, sink);
+        self.emit(tid, pid, x.site, regs, HitKind::Post, sink)?;
         self.target.set_regs(tid, regs)?;
         self.resume(tid, Resume::Continue, 0)?;
         Ok(true)
@@ -828,7 +938,7 @@ impl<T: Target> Engine<T> {
                         })?;
                         regs = r;
                     }
-                    self.emit(tid, pid, site_addr, &regs, HitKind::Post, sink);
+                    self.emit(tid, pid, site_addr, &mut regs, HitKind::Post, sink)?;
                 } else {
                     regs = moved;
                 }

@@ -9,7 +9,7 @@ use super::*;
 const MIN_STRING: usize = 4;
 const MIN_OPTIONS: usize = 1 + 1 + 4;
 const MIN_PLACEMENT: usize = 4 + 8;
-const MIN_PROBE_INFO: usize = 4 + MIN_STRING + MIN_OPTIONS + 1 + 8 + 8 + 8 + 4;
+const MIN_PROBE_INFO: usize = 4 + MIN_STRING + MIN_OPTIONS + 1 + 8 + 8 + 8 + 4 + 4 + 4;
 const MIN_PROBE_COUNTERS: usize = 4 + 8 + 8 + 8;
 const MIN_CAPTURE: usize = MIN_STRING + 1 + 4;
 const MIN_REGSET: usize = 2 + X86_64_NREGS * 8;
@@ -265,6 +265,14 @@ fn put_op(op: &Op, out: &mut Vec<u8>) {
             out.put_u8(11);
             out.put_i32(*pid);
         }
+        Op::Configure {
+            follow_fork,
+            follow_exec,
+        } => {
+            out.put_u8(12);
+            out.put_bool(*follow_fork);
+            out.put_bool(*follow_exec);
+        }
     }
 }
 
@@ -302,6 +310,10 @@ fn get_op(c: &mut Cursor<'_>) -> Result<Op, ProtoError> {
         10 => Op::Ping,
         11 => Op::Resume {
             pid: c.i32("Resume pid")?,
+        },
+        12 => Op::Configure {
+            follow_fork: c.bool("Configure follow_fork")?,
+            follow_exec: c.bool("Configure follow_exec")?,
         },
         tag => return Err(unknown("request op", tag)),
     })
@@ -356,6 +368,8 @@ fn put_body(body: &Body, out: &mut Vec<u8>) {
                     out.put_i32(pl.pid);
                     out.put_u64(pl.addr);
                 }
+                out.put_u32(p.owner_uid);
+                out.put_i32(p.owner_pid);
             }
         }
         Body::Stats(s) => {
@@ -403,6 +417,8 @@ fn get_body(c: &mut Cursor<'_>) -> Result<Body, ProtoError> {
                         addr: c.u64("placement addr")?,
                     });
                 }
+                let owner_uid = c.u32("probe owner uid")?;
+                let owner_pid = c.i32("probe owner pid")?;
                 list.push(ProbeInfo {
                     id,
                     spec,
@@ -412,6 +428,8 @@ fn get_body(c: &mut Cursor<'_>) -> Result<Body, ProtoError> {
                     nmissed,
                     dropped,
                     placements,
+                    owner_uid,
+                    owner_pid,
                 });
             }
             Body::Probes(list)
@@ -629,6 +647,7 @@ fn put_notice(n: &Notice, out: &mut Vec<u8>) {
                 }
             }
         }
+        Notice::Idle => out.put_u8(6),
     }
 }
 
@@ -662,6 +681,7 @@ fn get_notice(c: &mut Cursor<'_>) -> Result<Notice, ProtoError> {
             };
             Notice::Exited { pid, status }
         }
+        6 => Notice::Idle,
         tag => return Err(unknown("notice kind", tag)),
     })
 }

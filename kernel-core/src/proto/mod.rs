@@ -25,6 +25,7 @@
 //!   [`MAX_FRAME`].
 //! - [`negotiate`] — the core's answer to a [`Hello`].
 
+pub mod client;
 mod codec;
 mod convert;
 mod stream;
@@ -35,6 +36,7 @@ mod props;
 #[cfg(test)]
 mod tests;
 
+pub use client::{Client, ClientError};
 pub use codec::{decode, encode, encode_into};
 pub use stream::{read_frame, write_frame, EventBatch, FrameReader};
 
@@ -227,6 +229,13 @@ pub enum Op {
     /// its first instruction, so that probes can be added first;
     /// [`Body::Empty`].
     Resume { pid: i32 },
+    /// (12) How this connection's targets are followed from now on: fork
+    /// children traced with the same probes, and probes resolved again
+    /// after execve; [`Body::Empty`].
+    Configure {
+        follow_fork: bool,
+        follow_exec: bool,
+    },
 }
 
 /// How a probe's events are handled.
@@ -280,6 +289,10 @@ pub struct ProbeInfo {
     pub dropped: u64,
     /// Where the probe is armed.
     pub placements: Vec<Placement>,
+    /// The client that created it: its uid and process id (from
+    /// `SO_PEERCRED`). Only root sees other clients' probes.
+    pub owner_uid: u32,
+    pub owner_pid: i32,
 }
 
 /// One place a probe is armed: an address in a process.
@@ -505,6 +518,9 @@ pub enum Notice {
     },
     /// (5) A traced process ended.
     Exited { pid: i32, status: ExitStatus },
+    /// (6) This connection traces no process any more (the last one exited
+    /// or was let go); sent after the last `Exited`.
+    Idle,
 }
 
 /// How a process ended. Wire tags in parentheses.

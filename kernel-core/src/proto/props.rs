@@ -42,6 +42,10 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Stats),
         Just(Op::Ping),
         any::<i32>().prop_map(|pid| Op::Resume { pid }),
+        any::<(bool, bool)>().prop_map(|(follow_fork, follow_exec)| Op::Configure {
+            follow_fork,
+            follow_exec
+        }),
     ]
 }
 
@@ -56,9 +60,10 @@ fn probe_info() -> impl Strategy<Value = ProbeInfo> {
             any::<(i32, u64)>().prop_map(|(pid, addr)| Placement { pid, addr }),
             0..3,
         ),
+        any::<(u32, i32)>(),
     )
         .prop_map(
-            |(id, spec, options, enabled, (hits, nmissed, dropped), placements)| ProbeInfo {
+            |(id, spec, options, enabled, (hits, nmissed, dropped), placements, owner)| ProbeInfo {
                 id,
                 spec,
                 options,
@@ -67,6 +72,8 @@ fn probe_info() -> impl Strategy<Value = ProbeInfo> {
                 nmissed,
                 dropped,
                 placements,
+                owner_uid: owner.0,
+                owner_pid: owner.1,
             },
         )
 }
@@ -179,6 +186,7 @@ fn notice() -> impl Strategy<Value = Notice> {
             reason
         }),
         (any::<i32>(), status).prop_map(|(pid, status)| Notice::Exited { pid, status }),
+        Just(Notice::Idle),
     ]
 }
 
@@ -278,7 +286,7 @@ fn heap(f: &Frame) -> usize {
             | Notice::Pending { reason: t, .. }
             | Notice::Refused { reason: t, .. }
             | Notice::Gone { reason: t, .. } => s(t),
-            Notice::Exited { .. } => 0,
+            Notice::Exited { .. } | Notice::Idle => 0,
         },
         _ => 0,
     }

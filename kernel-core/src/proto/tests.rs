@@ -127,6 +127,10 @@ fn every_frame() -> Vec<Frame> {
         Op::Stats,
         Op::Ping,
         Op::Resume { pid: 4242 },
+        Op::Configure {
+            follow_fork: true,
+            follow_exec: false,
+        },
     ];
     frames.extend(ops.into_iter().enumerate().map(|(i, op)| {
         Frame::Request(Request {
@@ -149,6 +153,8 @@ fn every_frame() -> Vec<Frame> {
                 nmissed: 1,
                 dropped: 2,
                 placements: vec![],
+                owner_uid: 0,
+                owner_pid: 1,
             },
             ProbeInfo {
                 id: 2,
@@ -165,6 +171,8 @@ fn every_frame() -> Vec<Frame> {
                     },
                     Placement { pid: 11, addr: 0 },
                 ],
+                owner_uid: 1000,
+                owner_pid: -1,
             },
         ]),
         Body::Stats(Stats {
@@ -224,6 +232,7 @@ fn every_frame() -> Vec<Frame> {
             pid: 2,
             status: ExitStatus::Signal(9),
         },
+        Notice::Idle,
     ];
     frames.extend(notices.into_iter().map(Frame::Notice));
     frames
@@ -412,10 +421,12 @@ mod layout {
                         pid: 9,
                         addr: 0x401000,
                     }],
+                    owner_uid: 1000,
+                    owner_pid: 77,
                 }]),
             },
             &[
-                66, 0, 0, 0,    // length 66
+                74, 0, 0, 0,    // length 74
                 0x20, // Ok
                 3, 0, 0, 0, // id 3
                 3, // body Probes
@@ -430,6 +441,8 @@ mod layout {
                 1, 0, 0, 0, // placement count 1
                 9, 0, 0, 0, // pid 9
                 0x00, 0x10, 0x40, 0, 0, 0, 0, 0, // addr 0x401000
+                0xe8, 0x03, 0, 0, // owner uid 1000
+                77, 0, 0, 0, // owner pid 77
             ],
         );
         check(
@@ -652,7 +665,7 @@ mod errors {
         check(&frame(0x20, &[1, 0, 0, 0, 9]), "unknown reply body tag 9");
         check(
             &frame(0x20, &[1, 0, 0, 0, 3, 2, 0, 0, 0]),
-            "probe count: count 2 needs at least 86 bytes, only 0 left",
+            "probe count: count 2 needs at least 102 bytes, only 0 left",
         );
         check(
             &frame(0x21, &[1, 0, 0, 0, 0xe7, 0x03, 0, 0, 0, 0]),
@@ -662,7 +675,7 @@ mod errors {
             &frame(0x21, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             "unknown error kind tag 0",
         );
-        check(&frame(0x32, &[6]), "unknown notice kind tag 6");
+        check(&frame(0x32, &[7]), "unknown notice kind tag 7");
         check(
             &frame(0x32, &[5, 1, 0, 0, 0, 2, 0, 0, 0, 0]),
             "unknown exit status tag 2",

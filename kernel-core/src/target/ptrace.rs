@@ -28,6 +28,19 @@ const OPTIONS: libc::c_int = libc::PTRACE_O_TRACECLONE
 #[derive(Default)]
 pub struct Ptrace {
     mem: HashMap<Tid, File>,
+    spawn_as: Option<Credentials>,
+}
+
+/// Whom spawned programs run as, when not as the tracer itself: the
+/// client's user, for a core running as root on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// The working directory to start in.
+    pub cwd: Option<std::path::PathBuf>,
 }
 
 fn os(op: &'static str, tid: Tid) -> TargetError {
@@ -54,6 +67,16 @@ fn ptrace(req: libc::c_uint, tid: Tid, addr: usize, data: usize) -> libc::c_long
 impl Ptrace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend whose spawned programs drop to `creds` before execve,
+    /// with `no_new_privs` set so that a set-user-ID program cannot gain
+    /// privileges its user lacks while traced by a privileged tracer.
+    pub fn spawning_as(creds: Credentials) -> Self {
+        Ptrace {
+            spawn_as: Some(creds),
+            ..Self::default()
+        }
     }
 
     fn mem_file(&mut self, pid: Tid) -> Result<&File> {
@@ -101,6 +124,15 @@ impl Ptrace {
         let mut cptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         cptrs.push(std::ptr::null());
 
+        let creds = self.spawn_as.clone();
+        let groups: Vec<libc::gid_t> = creds.as_ref().map(|c| c.groups.clone()).unwrap_or_default();
+        let cwd = match creds.as_ref().and_then(|c| c.cwd.as_ref()) {
+            Some(d) => Some(
+                CString::new(d.clone().into_os_string().into_encoded_bytes())
+                    .map_err(|_| spawn_err(io::Error::from(io::ErrorKind::InvalidInput)))?,
+            ),
+            None => None,
+        };
         let (go_r, go_w) = pipe().map_err(spawn_err)?;
         let (err_r, err_w) = pipe().map_err(spawn_err)?;
         // SAFETY: the child only calls async-signal-safe functions (read,
@@ -118,7 +150,22 @@ impl Ptrace {
                 let mut b = 0u8;
                 // Wait until the parent has seized us (it closes go_w).
                 while libc::read(go_r, (&mut b as *mut u8).cast(), 1) < 0 {}
-                libc::execv(path.as_ptr(), cptrs.as_ptr());
+                let dropped = match &creds {
+                    None => true,
+                    Some(c) => {
+                        libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                            && libc::setresgid(c.gid, c.gid, c.gid) == 0
+                            && libc::setresuid(c.uid, c.uid, c.uid) == 0
+                            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                            // A directory the user cannot enter is not an
+                            // error: the program starts in / instead.
+                            && (cwd.as_ref().is_none_or(|d| libc::chdir(d.as_ptr()) == 0)
+                                || libc::chdir(c"/".as_ptr()) == 0)
+                    }
+                };
+                if dropped {
+                    libc::execv(path.as_ptr(), cptrs.as_ptr());
+                }
                 let e = *libc::__errno_location();
                 libc::write(err_w, (&e as *const i32).cast(), 4);
                 libc::_exit(127);
@@ -139,7 +186,7 @@ impl Ptrace {
             // SAFETY: reaping the child we just forked.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL | libc::__WNOTHREAD);
             }
             return Err(spawn_err(seize_err));
         }
@@ -157,7 +204,7 @@ impl Ptrace {
                 // SAFETY: reaping our child.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL | libc::__WNOTHREAD);
                 }
                 Err(spawn_err(io::Error::from_raw_os_error(errno)))
             }
@@ -302,7 +349,10 @@ impl Ptrace {
         let mut status: libc::c_int = 0;
         let tid = loop {
             // SAFETY: status is a valid out-pointer.
-            let r = unsafe { libc::waitpid(which, &mut status, libc::__WALL) };
+            // __WNOTHREAD: only this thread's tracees. Other threads of
+            // the process may run engines of their own (one per client in
+            // wprobe-core), and must not have their stops taken.
+            let r = unsafe { libc::waitpid(which, &mut status, libc::__WALL | libc::__WNOTHREAD) };
             if r < 0
                 && which != -1
                 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
@@ -543,6 +593,12 @@ fn explain_attach_error(pid: Tid, err: &io::Error) -> String {
                 // TracerPid is the tracing thread; name its process.
                 let tracer_tid: Tid = tracer.parse().unwrap_or(0);
                 let tracer_pid = thread_group_of(tracer_tid).unwrap_or(tracer_tid);
+                if tracer_pid == std::process::id() as Tid {
+                    return format!(
+                        "cannot attach to process {pid}: another client of this wprobe-core \
+                         (process {tracer_pid}) traces it; a process has one tracer at a time"
+                    );
+                }
                 let name = std::fs::read_to_string(format!("/proc/{tracer_pid}/comm"))
                     .map(|s| s.trim().to_string())
                     .unwrap_or_else(|_| "?".into());

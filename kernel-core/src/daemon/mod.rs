@@ -1,0 +1,263 @@
+//! `wprobe-core`: the engine as a daemon, serving clients over a Unix
+//! socket with the protocol of [`crate::proto`] (docs/core-protocol.md).
+//!
+//! The one key decision: **a connection's ptrace calls all stay on one
+//! thread**, the connection's own (Linux ties a tracee to the thread that
+//! seized it). Each client gets a thread running an [`Engine`] of its own,
+//! which makes "each client sees only its own probes and targets" a matter
+//! of construction; waits use `__WNOTHREAD`, so engines never take each
+//! other's stops. That thread alternates between the engine's stop loop and
+//! the client's requests: a reader thread decodes requests, queues them,
+//! raises the connection's wake flag and interrupts the engine's `waitpid`
+//! with a signal, so that control is served at once however many events
+//! flow. A writer thread sends replies before events; events wait in a
+//! bounded queue, and when it is full they are dropped and counted per
+//! probe, which the client learns in `Loss` frames.
+//!
+//! Two ways to run:
+//! - **same-uid mode** ([`serve_one`], `wprobe-core --fd N`): a client
+//!   starts the core with one end of a socket pair, and the core serves
+//!   that connection and exits with it; or [`serve`] on a socket only its
+//!   user can reach (`--socket PATH`), for clients of the same user.
+//! - **system mode** ([`serve`] with [`Config::system`], `wprobe-core
+//!   --system --socket PATH` as root): clients of every user connect; each
+//!   is identified with `SO_PEERCRED` and may only touch processes its own
+//!   user could trace (see [`creds`]). Programs it spawns run as that user,
+//!   with `no_new_privs`. Root's clients also see everyone's probes.
+//!
+//! When a client goes away (it closed the socket, died, or broke the
+//! protocol) or the core gets SIGTERM/SIGINT, every target of that client
+//! is disarmed and let go, as `wprobe trace` does on Ctrl-C; a panic in a
+//! connection's engine loop is caught and does the same.
+
+mod conn;
+pub mod creds;
+mod queue;
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+pub use creds::Peer;
+
+/// Events waiting for a client at most, by default; beyond, async events
+/// are dropped and counted.
+pub const EVENT_QUEUE: usize = 65536;
+/// How long a sync hit waits for its verdict when the probe does not say.
+pub const DEFAULT_SYNC_DEADLINE_US: u32 = 50_000;
+/// The longest deadline a sync probe may ask for: a thread never waits
+/// longer than this for a client.
+pub const MAX_SYNC_DEADLINE_US: u32 = 5_000_000;
+
+/// How the core serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Events waiting for each client at most.
+    pub queue: usize,
+    /// System mode: clients of any user, checked per request.
+    pub system: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            queue: EVENT_QUEUE,
+            system: false,
+        }
+    }
+}
+
+/// Raised by SIGTERM/SIGINT: every connection disarms, detaches, ends.
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_wake(_: libc::c_int) {}
+
+fn install_signals() {
+    // SAFETY: installing handlers that only store to an atomic, or do
+    // nothing; no SA_RESTART, so they interrupt the engine's waitpid.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_terminate as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        sa.sa_sigaction = on_wake as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        // A client that vanishes must not kill the core mid-write.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Wakes a connection's engine thread out of `waitpid`: the flag makes
+/// `run` return, and a signal (SIGUSR1, whose handler does nothing and does
+/// not restart system calls) interrupts the wait. The signal is sent again
+/// until the engine has seen the flag, which closes the window between its
+/// check of the flag and its next wait. SIGTERM, whose handler cannot use a
+/// condition variable, is noticed within 50 ms.
+pub(crate) struct Waker {
+    /// The engine's stop flag.
+    pub flag: Arc<AtomicBool>,
+    pending: Mutex<bool>,
+    cv: Condvar,
+    done: AtomicBool,
+}
+
+impl Waker {
+    fn new(engine_tid: libc::pid_t) -> Arc<Waker> {
+        let w = Arc::new(Waker {
+            flag: Arc::new(AtomicBool::new(false)),
+            pending: Mutex::new(false),
+            cv: Condvar::new(),
+            done: AtomicBool::new(false),
+        });
+        let poker = w.clone();
+        std::thread::spawn(move || {
+            while !poker.done.load(Ordering::SeqCst) {
+                let p = poker.pending.lock().expect("waker lock");
+                let (p, _) = poker
+                    .cv
+                    .wait_timeout_while(p, Duration::from_millis(50), |p| !*p)
+                    .expect("waker lock");
+                drop(p);
+                if TERMINATE.load(Ordering::SeqCst) {
+                    poker.flag.store(true, Ordering::SeqCst);
+                }
+                while poker.flag.load(Ordering::SeqCst) && !poker.done.load(Ordering::SeqCst) {
+                    // SAFETY: signalling the engine thread of this process,
+                    // whose SIGUSR1 handler does nothing.
+                    unsafe {
+                        libc::syscall(libc::SYS_tgkill, libc::getpid(), engine_tid, libc::SIGUSR1)
+                    };
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                *poker.pending.lock().expect("waker lock") = false;
+            }
+        });
+        w
+    }
+
+    pub fn wake(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        *self.pending.lock().expect("waker lock") = true;
+        self.cv.notify_one();
+    }
+
+    /// The engine thread is ending: the poker stops.
+    fn finish(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.cv.notify_one();
+    }
+}
+
+/// What one connection offers the others: root's clients ask every
+/// connection for its probes.
+struct Handle {
+    ctl: Sender<conn::Control>,
+    waker: Arc<Waker>,
+}
+
+/// The connections of a core serving many clients.
+#[derive(Default)]
+pub(crate) struct Registry {
+    conns: Mutex<HashMap<u64, Handle>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    fn add(&self, h: Handle) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("registry").insert(id, h);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().expect("registry").remove(&id);
+    }
+
+    /// The probes of every connection but `except`, each asked on its own
+    /// thread; one that does not answer within a second is left out.
+    fn probes_of_others(&self, except: u64) -> Vec<crate::proto::ProbeInfo> {
+        let asks: Vec<_> = {
+            let conns = self.conns.lock().expect("registry");
+            conns
+                .iter()
+                .filter(|(&id, _)| id != except)
+                .filter_map(|(_, h)| {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    h.ctl.send(conn::Control::Snapshot(tx)).ok()?;
+                    h.waker.wake();
+                    Some(rx)
+                })
+                .collect()
+        };
+        asks.into_iter()
+            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .flatten()
+            .collect()
+    }
+}
+
+/// Serves the one client connected on `stream` (same-uid mode: the client
+/// started the core), then disarms and detaches everything. Runs on the
+/// calling thread, which does every ptrace call.
+pub fn serve_one(stream: UnixStream, config: Config) -> std::io::Result<()> {
+    install_signals();
+    // The client that started this core decides when it ends: a Ctrl-C at
+    // the terminal reaches both, and the client detaches in good order
+    // (and learns how its command ended). SIGINT still interrupts waits;
+    // a handler, unlike SIG_IGN, is not inherited by spawned programs.
+    // SAFETY: a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_wake as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+    }
+    conn::run(stream, config, None);
+    Ok(())
+}
+
+/// Serves every client that connects on `listener`, each on a thread of its
+/// own, until SIGTERM/SIGINT; then every connection disarms and detaches
+/// its targets, and this returns.
+pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
+    install_signals();
+    listener.set_nonblocking(true)?;
+    let registry = Arc::new(Registry::default());
+    let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    while !TERMINATE.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                let r = registry.clone();
+                threads.push(std::thread::spawn(move || {
+                    conn::run(stream, config, Some(r))
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => eprintln!("wprobe-core: accept: {e}"),
+        }
+        threads.retain(|t| !t.is_finished());
+    }
+    // Each connection's waker sees TERMINATE within 50 ms.
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! A connection's outgoing side: the bounded event queue and the writer
+//! that serves control frames first.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::proto::{self, Event, Frame, Notice};
+
+/// Events per `Events` frame at most.
+const BATCH: usize = 256;
+
+/// What waits in the event queue, in the order it happened.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every item is an event; boxing them would cost an allocation per hit"
+)]
+pub(super) enum Item {
+    Event(Event),
+    Notice(Notice),
+}
+
+struct State {
+    items: VecDeque<Item>,
+    /// How many of `items` are events: only they count against the bound.
+    events: usize,
+    closed: bool,
+}
+
+/// The bounded event queue of one connection. Events beyond `capacity` are
+/// refused (the caller counts them as dropped); notices always go in.
+pub(super) struct EventQueue {
+    state: Mutex<State>,
+    /// Signalled when something was queued, or the queue closed.
+    filled: Condvar,
+    /// Signalled when the writer took something (room for a sync event).
+    drained: Condvar,
+    pub capacity: usize,
+}
+
+impl EventQueue {
+    pub fn new(capacity: usize) -> Self {
+        EventQueue {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                events: 0,
+                closed: false,
+            }),
+            filled: Condvar::new(),
+            drained: Condvar::new(),
+            capacity,
+        }
+    }
+
+    /// Queues an event unless the queue is full; whether it was queued.
+    pub fn push_event(&self, e: Event) -> bool {
+        let mut s = self.state.lock().expect("queue");
+        if s.events >= self.capacity {
+            return false;
+        }
+        s.events += 1;
+        s.items.push_back(Item::Event(e));
+        self.filled.notify_one();
+        true
+    }
+
+    /// Queues an event, waiting for room until `deadline` (sync events).
+    pub fn push_event_until(&self, e: Event, deadline: Instant) -> bool {
+        let mut s = self.state.lock().expect("queue");
+        while s.events >= self.capacity && !s.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .drained
+                .wait_timeout(s, deadline - now)
+                .expect("queue")
+                .0;
+        }
+        if s.closed {
+            return false;
+        }
+        s.events += 1;
+        s.items.push_back(Item::Event(e));
+        self.filled.notify_one();
+        true
+    }
+
+    pub fn push_notice(&self, n: Notice) {
+        let mut s = self.state.lock().expect("queue");
+        s.items.push_back(Item::Notice(n));
+        self.filled.notify_one();
+    }
+
+    /// Events waiting now.
+    pub fn len(&self) -> usize {
+        self.state.lock().expect("queue").events
+    }
+
+    /// No more items will come: the writer sends what is left and ends.
+    pub fn close(&self) {
+        let mut s = self.state.lock().expect("queue");
+        s.closed = true;
+        self.filled.notify_all();
+        self.drained.notify_all();
+    }
+
+    /// The next frame's worth: up to BATCH consecutive events, or one
+    /// notice; waits up to `wait`. `None` when closed and empty.
+    fn take(&self, wait: Duration) -> Option<Vec<Item>> {
+        let mut s = self.state.lock().expect("queue");
+        if s.items.is_empty() && !s.closed {
+            s = self.filled.wait_timeout(s, wait).expect("queue").0;
+        }
+        if s.items.is_empty() {
+            return if s.closed { None } else { Some(Vec::new()) };
+        }
+        let mut out = Vec::new();
+        while out.len() < BATCH {
+            match s.items.front() {
+                Some(Item::Event(_)) => {}
+                Some(Item::Notice(_)) if out.is_empty() => {
+                    out.push(s.items.pop_front().expect("front"));
+                    break;
+                }
+                _ => break,
+            }
+            out.push(s.items.pop_front().expect("front"));
+            s.events -= 1;
+        }
+        self.drained.notify_all();
+        Some(out)
+    }
+}
+
+/// Counters shared by the sink, the writer and the request handlers.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub sent: AtomicU64,
+    /// Per probe: events dropped in all, and not yet said in a Loss frame.
+    dropped: Mutex<HashMap<u32, (u64, u64)>>,
+    /// Per probe: sync hits whose verdict did not come in time.
+    sync_missed: Mutex<HashMap<u32, u64>>,
+}
+
+impl Counters {
+    pub fn drop_event(&self, probe: u32) {
+        let mut d = self.dropped.lock().expect("counters");
+        let n = d.entry(probe).or_default();
+        n.0 += 1;
+        n.1 += 1;
+    }
+
+    pub fn dropped_of(&self, probe: u32) -> u64 {
+        self.dropped
+            .lock()
+            .expect("counters")
+            .get(&probe)
+            .map_or(0, |d| d.0)
+    }
+
+    pub fn miss_sync(&self, probe: u32) {
+        *self
+            .sync_missed
+            .lock()
+            .expect("counters")
+            .entry(probe)
+            .or_default() += 1;
+    }
+
+    pub fn sync_missed_of(&self, probe: u32) -> u64 {
+        self.sync_missed
+            .lock()
+            .expect("counters")
+            .get(&probe)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Losses not yet reported, now reported.
+    fn take_unreported(&self) -> Vec<(u32, u64)> {
+        let mut d = self.dropped.lock().expect("counters");
+        let mut v: Vec<(u32, u64)> = d
+            .iter_mut()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(&p, (_, n))| (p, std::mem::take(n)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// What goes to the writer besides the event queue: control frames.
+pub(super) enum Out {
+    Frame(Box<Frame>),
+    /// Send what is queued, then end.
+    Close,
+}
+
+/// Writes control frames first, then the event queue, a frame at a time,
+/// with the losses counted meanwhile after each batch.
+pub(super) fn write_frames(
+    mut stream: UnixStream,
+    out: Receiver<Out>,
+    queue: &EventQueue,
+    counters: &Counters,
+) {
+    let mut closing = false;
+    loop {
+        loop {
+            match out.try_recv() {
+                Ok(Out::Frame(f)) => {
+                    if proto::write_frame(&mut stream, &f).is_err() {
+                        return;
+                    }
+                }
+                Ok(Out::Close) | Err(mpsc::TryRecvError::Disconnected) => {
+                    if !closing {
+                        closing = true;
+                        queue.close();
+                    }
+                    break;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        let Some(items) = queue.take(Duration::from_millis(5)) else {
+            let _ = write_losses(&mut stream, counters);
+            let _ = stream.flush();
+            return;
+        };
+        let frame = match items.first() {
+            None => None,
+            Some(Item::Notice(_)) => match items.into_iter().next() {
+                Some(Item::Notice(n)) => Some(Frame::Notice(n)),
+                _ => None,
+            },
+            Some(Item::Event(_)) => {
+                let batch: Vec<Event> = items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Item::Event(e) => Some(e),
+                        Item::Notice(_) => None,
+                    })
+                    .collect();
+                counters
+                    .sent
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                Some(Frame::Events(batch))
+            }
+        };
+        if let Some(f) = frame {
+            if proto::write_frame(&mut stream, &f).is_err() {
+                return;
+            }
+        }
+        if write_losses(&mut stream, counters).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_losses(stream: &mut UnixStream, counters: &Counters) -> Result<(), proto::ProtoError> {
+    for (probe, count) in counters.take_unreported() {
+        proto::write_frame(stream, &Frame::Loss { probe, count })?;
+    }
+    Ok(())
+}

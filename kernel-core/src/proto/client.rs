@@ -1,0 +1,225 @@
+//! A client of `wprobe-core`: the handshake, requests matched with their
+//! replies, and the frames that arrive meanwhile. `wprobe trace` and the
+//! host service are built on it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use super::{
+    write_frame, Action, Body, ErrorKind, Frame, FrameReader, Hello, Op, ProtoError, Request,
+    PROTOCOL_VERSION,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("bad frame from wprobe-core: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("wprobe-core refused the connection: {0}")]
+    Incompatible(String),
+    /// The core answered the request with an error.
+    #[error("{message}")]
+    Core { kind: ErrorKind, message: String },
+    #[error("wprobe-core closed the connection")]
+    Closed,
+    #[error("wprobe-core sent {0} where a Welcome was expected")]
+    Unexpected(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// One connection to a core.
+pub struct Client {
+    stream: UnixStream,
+    reader: FrameReader,
+    next_id: u32,
+    /// Frames read while waiting for a reply, to be handed out by `next`.
+    backlog: VecDeque<Frame>,
+    /// The core's pid, from its Welcome.
+    pub core_pid: u32,
+    /// A core this client started (same-user mode).
+    child: Option<Child>,
+}
+
+impl Client {
+    /// Connects to a core listening on `path`.
+    pub fn connect(path: &Path, name: &str) -> Result<Client> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot connect to wprobe-core at {}: {e}", path.display()),
+            )
+        })?;
+        Self::handshake(stream, name, None)
+    }
+
+    /// Starts `core` (the `wprobe-core` binary) in same-user mode with one
+    /// end of a socket pair, and connects over the other.
+    pub fn start_core(core: &Path, name: &str) -> Result<Client> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let fd: OwnedFd = theirs.into();
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new(core);
+        cmd.args(["--fd", "3"]);
+        // SAFETY: between fork and exec only dup2/fcntl run, both
+        // async-signal-safe, on a descriptor that stays open until spawn
+        // returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == 3 {
+                    // dup2 onto itself would keep close-on-exec.
+                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, 3) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start wprobe-core ({}): {e}", core.display()),
+            )
+        })?;
+        drop(fd);
+        Self::handshake(ours, name, Some(child))
+    }
+
+    fn handshake(stream: UnixStream, name: &str, child: Option<Child>) -> Result<Client> {
+        let mut c = Client {
+            stream,
+            reader: FrameReader::new(),
+            next_id: 1,
+            backlog: VecDeque::new(),
+            core_pid: 0,
+            child,
+        };
+        write_frame(
+            &mut c.stream,
+            &Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                client: name.into(),
+            }),
+        )?;
+        match c.read(None)? {
+            Some(Frame::Welcome(w)) => {
+                if w.version != PROTOCOL_VERSION {
+                    return Err(ClientError::Incompatible(format!(
+                        "it speaks version {}, this client {PROTOCOL_VERSION}",
+                        w.version
+                    )));
+                }
+                c.core_pid = w.core_pid;
+                Ok(c)
+            }
+            Some(Frame::Incompatible(i)) => Err(ClientError::Incompatible(i.message)),
+            Some(Frame::Error { message, .. }) => Err(ClientError::Incompatible(message)),
+            Some(f) => Err(ClientError::Unexpected(f.name())),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// Reads one frame from the socket; `None` when `timeout` passed.
+    fn read(&mut self, timeout: Option<Duration>) -> Result<Option<Frame>> {
+        self.stream.set_read_timeout(timeout)?;
+        loop {
+            if let Some(f) = self.reader.next_frame()? {
+                return Ok(Some(f));
+            }
+            match self.reader.read_from(&mut self.stream) {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends a request without waiting for its reply; returns its id.
+    pub fn send(&mut self, op: Op) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        write_frame(&mut self.stream, &Frame::Request(Request { id, op }))?;
+        Ok(id)
+    }
+
+    /// Sends a request and waits for its reply; frames that come first are
+    /// kept for [`Client::next`].
+    pub fn call(&mut self, op: Op) -> Result<Body> {
+        let id = self.send(op)?;
+        loop {
+            match self.read(None)? {
+                Some(Frame::Ok { id: i, body }) if i == id => return Ok(body),
+                Some(Frame::Error {
+                    id: i,
+                    kind,
+                    message,
+                }) if i == id || (i == 0 && kind == ErrorKind::BadRequest) => {
+                    return Err(ClientError::Core { kind, message })
+                }
+                Some(f) => self.backlog.push_back(f),
+                None => {}
+            }
+        }
+    }
+
+    /// Answers a sync event.
+    pub fn verdict(&mut self, seq: u64, action: Action) -> Result<()> {
+        write_frame(&mut self.stream, &Frame::Verdict { seq, action })?;
+        Ok(())
+    }
+
+    /// The next frame that is not a reply to [`Client::call`]: events,
+    /// losses, notices, errors about no request. `Ok(None)` when `timeout`
+    /// passed first (or a signal interrupted the wait); `Err(Closed)` at
+    /// the end of the connection.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Frame>> {
+        if let Some(f) = self.backlog.pop_front() {
+            return Ok(Some(f));
+        }
+        self.read(timeout)
+    }
+
+    /// Tells the core this client is done: it disarms, detaches, sends
+    /// what it still has, and closes.
+    pub fn finish(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// The socket, for a second reader or `poll`.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Waits for a core this client started to exit.
+    pub fn wait_core(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.wait().ok())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // A core started by this client ends with the connection; reap it.
+        if let Some(mut c) = self.child.take() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            let _ = c.wait();
+        }
+    }
+}
