@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test of wprobe on a fresh machine.
-# It installs what the machine lacks (a C compiler for the fixtures),
-# mounts tracefs for the kernel-uprobe cross-checks, then runs the tests.
+# It installs what the machine lacks (a C compiler for the fixtures, the
+# wasm toolchains for the plugins), mounts tracefs for the kernel-uprobe cross-checks, then runs the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,10 @@ fi
 if [ ! -e /sys/kernel/tracing/uprobe_events ]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 fi
+
+# The example plugins (wasm32, with Debian's clang and rustc 1.63; the
+# script installs them when missing): the plugin tests run them.
+bash plugins/build.sh
 
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2

@@ -6,6 +6,7 @@
 //! with `--core SOCKET`). The service (`wprobe serve`) comes next.
 
 mod trace;
+mod trace_plugins;
 
 use clap::{Parser, Subcommand};
 

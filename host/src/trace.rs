@@ -55,6 +55,23 @@ pub struct TraceArgs {
     /// against the new image (by default they end and it runs untraced).
     #[arg(long)]
     follow_exec: bool,
+    /// Run this WebAssembly handler plugin on every probe's hits
+    /// (docs/plugin-abi.md); `FILE.wasm:{"json":"config"}` passes a
+    /// configuration. May be given several times. With plugins, the raw
+    /// events are printed only with `--events`. SIGHUP reloads the files.
+    #[arg(long = "plugin", value_name = "FILE.wasm[:CONFIG]")]
+    plugins: Vec<String>,
+    /// Print the raw events too when plugins are given.
+    #[arg(long)]
+    events: bool,
+    /// Sync probes: the hit thread waits for the plugins' handlers, whose
+    /// memory reads are then consistent.
+    #[arg(long)]
+    sync: bool,
+    /// Let sync handlers change registers and return values (plugins whose
+    /// manifest asks for mutation).
+    #[arg(long, requires = "sync")]
+    allow_mutation: bool,
     /// Use the wprobe-core listening on this socket (e.g. a root core in
     /// system mode) instead of starting one.
     #[arg(long, value_name = "SOCKET")]
@@ -141,6 +158,16 @@ pub fn main(args: TraceArgs) -> i32 {
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
     };
+    let plugins = match crate::trace_plugins::Plugins::load(&args.plugins) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if plugins.as_ref().is_some_and(|p| p.want_mutation()) && !args.allow_mutation {
+        eprintln!(
+            "wprobe: a plugin asks to change registers or return values; add \
+             `--sync --allow-mutation` to let it (it runs without)"
+        );
+    }
     install_stop_handler();
     let name = format!("wprobe trace {}", env!("CARGO_PKG_VERSION"));
     let client = match &args.core {
@@ -160,6 +187,10 @@ pub fn main(args: TraceArgs) -> i32 {
         exit: None,
         idle: false,
         refused: false,
+        print_events: plugins.is_none() || args.events,
+        plugins,
+        return_probes: std::collections::HashSet::new(),
+        allow_mutation: args.allow_mutation,
     };
     match session.run(&args) {
         Ok(code) => code,
@@ -185,6 +216,12 @@ struct Session<'a> {
     idle: bool,
     /// A probe was refused while the program ran (a library mapped later).
     refused: bool,
+    print_events: bool,
+    plugins: Option<crate::trace_plugins::Plugins>,
+    /// Probes that are return probes (their entry events may keep per-call
+    /// data).
+    return_probes: std::collections::HashSet<u32>,
+    allow_mutation: bool,
 }
 
 impl Session<'_> {
@@ -204,17 +241,34 @@ impl Session<'_> {
             other => return Err(unexpected(&other)),
         };
         self.traced.insert(self.pid);
+        let want_entries = self.plugins.as_ref().is_some_and(|p| p.want_entries());
         for text in &args.probes {
+            let text = &absolute_module(text);
+            let is_return =
+                ProbeSpec::parse(text).is_ok_and(|s| s.kind == wprobe_core::spec::Kind::Return);
+            // A plugin with an entry handler on a return probe: the core
+            // reports each call's entry too (kretprobes' entry handler).
+            let spec =
+                if is_return && want_entries && !text.split_whitespace().any(|w| w == "entry") {
+                    format!("{text} entry")
+                } else {
+                    text.clone()
+                };
             let added = self.client.call(Op::AddProbe {
-                spec: text.clone(),
+                spec,
                 options: ProbeOptions {
-                    mode: Mode::Async,
-                    allow_mutation: false,
+                    mode: if args.sync { Mode::Sync } else { Mode::Async },
+                    allow_mutation: args.allow_mutation,
                     sync_deadline_us: 0,
                 },
             });
             match added {
-                Ok(Body::Probe { id }) => self.json.texts.push((id, text.clone())),
+                Ok(Body::Probe { id }) => {
+                    if is_return {
+                        self.return_probes.insert(id);
+                    }
+                    self.json.texts.push((id, text.clone()))
+                }
                 Ok(other) => return Err(unexpected(&other)),
                 Err(e) => {
                     eprintln!("wprobe: {e}");
@@ -254,6 +308,9 @@ impl Session<'_> {
             if self.idle && (!self.spawned || self.exit.is_some()) {
                 break;
             }
+            if let Some(p) = self.plugins.as_mut() {
+                p.reload_if_asked();
+            }
             match self.client.next(Some(Duration::from_millis(100))) {
                 Ok(Some(f)) => self.frame(f)?,
                 Ok(None) => {}
@@ -275,9 +332,25 @@ impl Session<'_> {
         match f {
             Frame::Events(batch) => {
                 for e in &batch {
-                    self.json.event(e);
+                    if self.print_events {
+                        self.json.event(e);
+                    }
                     self.traced.insert(e.pid);
+                    let verdict = match self.plugins.as_mut() {
+                        Some(p) => p.handle(
+                            e,
+                            self.return_probes.contains(&e.probe),
+                            self.allow_mutation,
+                            &mut self.json.out,
+                        ),
+                        None => None,
+                    };
+                    if e.sync {
+                        let action = verdict.unwrap_or(wprobe_core::proto::Action::Continue);
+                        self.client.verdict(e.seq, action)?;
+                    }
                 }
+                self.json.maybe_flush();
             }
             Frame::Loss { probe, count } => eprintln!(
                 "wprobe: {} lost {count} events: the output did not keep up",
@@ -291,6 +364,9 @@ impl Session<'_> {
                     }
                     Notice::Exited { pid, status } => {
                         self.traced.remove(&pid);
+                        if let Some(p) = &self.plugins {
+                            p.process_exited(pid);
+                        }
                         if pid == self.pid {
                             self.exit = Some(status);
                         }
@@ -357,6 +433,9 @@ impl Session<'_> {
                 })
             })
             .collect();
+        if let Some(p) = &self.plugins {
+            p.summary(&mut self.json.out);
+        }
         let exit = match self.exit {
             Some(ExitStatus::Code(c)) => json!({ "code": c }),
             Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
@@ -365,6 +444,21 @@ impl Session<'_> {
         self.json
             .write(&json!({ "summary": { "probes": probes, "exit": exit } }));
         Ok(())
+    }
+}
+
+/// The spec with a relative module path (`./prog`) made absolute: the core
+/// resolves paths as the target sees them, not from our directory.
+fn absolute_module(text: &str) -> String {
+    let Ok(spec) = ProbeSpec::parse(text) else {
+        return text.to_string();
+    };
+    match (&spec.module, std::env::current_dir()) {
+        (Some(m), Ok(cwd)) if m.contains('/') && !m.starts_with('/') => {
+            let abs = cwd.join(m);
+            text.replacen(&format!(":{m}:"), &format!(":{}:", abs.display()), 1)
+        }
+        _ => text.to_string(),
     }
 }
 

@@ -88,6 +88,10 @@ pub struct ProbeSpec {
     /// Return probes: how many calls may be in flight at once (kretprobes'
     /// `maxactive`); further calls are counted in `nmissed`.
     pub maxactive: Option<u32>,
+    /// Return probes: also report the entry of each call whose return will
+    /// be reported (kretprobes' `entry_handler`), with the same timestamp
+    /// as the return event's `entry_time_ns`, so the two can be paired.
+    pub entry: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +139,7 @@ impl ProbeSpec {
             post: false,
             force: false,
             maxactive: None,
+            entry: false,
         };
         if spec.kind == Kind::Return {
             if let Location::Symbol { offset, .. } = spec.location {
@@ -149,6 +154,12 @@ impl ProbeSpec {
             match w {
                 "post" => spec.post = true,
                 "force" => spec.force = true,
+                "entry" if spec.kind == Kind::Return => spec.entry = true,
+                "entry" => {
+                    return Err(err(
+                        "`entry` applies to return probes (an entry probe reports entries)".into(),
+                    ))
+                }
                 _ if w.starts_with("maxactive=") => {
                     let n = &w["maxactive=".len()..];
                     match n.parse::<u32>() {

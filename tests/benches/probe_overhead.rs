@@ -66,6 +66,25 @@ fn main() {
     }
 
     let entry = format!("uprobe:{}:{FUNC}", bin.display());
+    // Plugins: one that does nothing (text; the runtime takes it), and the
+    // example that counts per probe and per thread.
+    let noop = scratch_dir().join("noop.wasm");
+    std::fs::write(&noop, NOOP_PLUGIN).expect("write the no-op plugin");
+    let count_c = example_plugin("count.c.wasm");
+    let with_plugin = |plugin: &Path, sync: bool| {
+        let mut a = vec![
+            "-e".to_string(),
+            entry.clone(),
+            "--no-regs".into(),
+            "--events".into(),
+            "--plugin".into(),
+            plugin.to_string_lossy().into_owned(),
+        ];
+        if sync {
+            a.push("--sync".into());
+        }
+        How::Wprobe(a)
+    };
     let ret = format!("uretprobe:{}:{FUNC}", bin.display());
     let capture = format!("{entry} s=+0(%rdi):string");
     let post = format!("{entry} post");
@@ -194,6 +213,27 @@ fn main() {
             1,
             How::Helper("core", entry.clone()),
         ),
+        // Plugins on the same probe, events still printed: what a plugin
+        // adds per hit, async (the thread has gone on when it runs) and
+        // sync (the thread waits for it, through the core's verdict).
+        Case::new(
+            "wprobe entry + no-op async plugin, --no-regs",
+            Row::Other,
+            1,
+            with_plugin(&noop, false),
+        ),
+        Case::new(
+            "wprobe entry + count plugin (C), --no-regs",
+            Row::Other,
+            1,
+            with_plugin(&count_c, false),
+        ),
+        Case::new(
+            "wprobe entry + no-op sync plugin, --no-regs",
+            Row::Other,
+            1,
+            with_plugin(&noop, true),
+        ),
         Case::new("unprobed, 4 threads", Row::Base, threads, How::Plain),
         Case::new(
             "kernel uprobe, 4 threads",
@@ -257,8 +297,10 @@ fn main() {
     let elapsed = started.elapsed();
     drop(kernel);
 
+    let throughput = plugin_throughput(&wprobe, &count_c, &example_plugin("count.rust.wasm"));
     let report = Report::new(&cases, calls, calls_mt, threads, reps, &load_before);
     print!("{}", report.table_text());
+    print!("{throughput}");
     println!();
     print!("{}", report.seed_table(false));
     eprintln!("measured in {:.1} s", elapsed.as_secs_f64());
@@ -267,7 +309,7 @@ fn main() {
             .parent()
             .expect("the workspace above tests/")
             .join("docs/benchmarks.md");
-        write_doc(&doc, &report.markdown());
+        write_doc(&doc, &format!("{}\n{throughput}", report.markdown()));
         eprintln!("wrote {}", doc.display());
     }
 }
@@ -462,6 +504,67 @@ fn run_wprobe(wprobe: &Path, bin: &Path, args: &[String], calls: u64, threads: u
         .arg(calls.to_string())
         .arg(threads.to_string());
     run_timed(cmd, "wprobe trace")
+}
+
+/// A plugin that does nothing, in WebAssembly text.
+const NOOP_PLUGIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32) i32.const 0))"#;
+
+/// An example plugin, built by plugins/build.sh when it is not yet.
+fn example_plugin(file: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("target/plugins").join(file);
+    if !path.exists() {
+        let status = Command::new("bash")
+            .arg(root.join("plugins/build.sh"))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(status.success(), "plugins/build.sh failed");
+    }
+    path
+}
+
+/// Events per second one core pushes through the count plugins on the
+/// host's event path (tests/bin/plugin_throughput.rs), as markdown lines.
+fn plugin_throughput(wprobe: &Path, c: &Path, rust: &Path) -> String {
+    let bin = wprobe.with_file_name("plugin-throughput");
+    let mut s = String::from(
+        "\nHost event path, one core: protocol frames decoded and each event \
+         handed to the plugin (`plugin-throughput`, 1 000 000 events, best of 3):\n\n\
+         | plugin | ns per event | events per second |\n| --- | ---: | ---: |\n",
+    );
+    for (name, plugin) in [("count (C)", c), ("count (Rust)", rust)] {
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..3 {
+            let out = Command::new(&bin)
+                .arg(plugin)
+                .arg("1000000")
+                .output()
+                .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            let field = |k: &str| -> f64 {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {k} in {line}"))
+            };
+            let (per, rate) = (field("per_event_ns="), field("rate="));
+            if best.is_none_or(|b| per < b.0) {
+                best = Some((per, rate));
+            }
+        }
+        let (per, rate) = best.expect("three runs");
+        s.push_str(&format!("| {name} | {per:.0} | {rate:.0} |\n"));
+    }
+    s
 }
 
 /// `engine-bench MODE SPEC -- bench_loop N T`; checks that every call was

@@ -78,6 +78,7 @@ impl<T: Target> Engine<T> {
         pid: Tid,
         site: u64,
         regs: &Regs,
+        sink: &mut dyn Sink,
     ) -> Result<()> {
         let Some(trampoline) = self.processes[&pid].trampoline else {
             return Ok(());
@@ -121,7 +122,7 @@ impl<T: Target> Engine<T> {
             }
             p.active += 1;
             let caps = p.spec.captures.clone();
-            let values = caps
+            let values: Vec<(String, super::Value)> = caps
                 .iter()
                 .map(|c| {
                     (
@@ -154,12 +155,31 @@ impl<T: Target> Engine<T> {
         } else {
             (current, false)
         };
+        let entry_time_ns = monotonic_ns();
+        // kretprobes' entry handler: the calls whose return will be
+        // reported, reported at entry too, paired by the timestamp.
+        for (id, values) in &probes {
+            if self.probes.get(id).is_some_and(|p| p.spec.entry) {
+                sink.hit(&Hit {
+                    probe: *id,
+                    kind: HitKind::Entry,
+                    pid,
+                    tid,
+                    time_ns: entry_time_ns,
+                    addr: site,
+                    regs,
+                    captures: values,
+                    ret: None,
+                });
+            }
+        }
+        let thread = self.threads.get_mut(&tid).expect("known");
         thread.returns.push(RetInstance {
             probes,
             site,
             orig_ret,
             slot: sp,
-            entry_time_ns: monotonic_ns(),
+            entry_time_ns,
             entry_args: regs.args(),
             chained,
         });

@@ -700,7 +700,7 @@ impl<T: Target> Engine<T> {
         if !again {
             self.emit(tid, pid, addr, &mut regs, HitKind::Entry, sink)?;
             if regs.rip == addr {
-                self.hijack_return(tid, pid, addr, &regs)?;
+                self.hijack_return(tid, pid, addr, &regs, sink)?;
             }
         }
         if let Some(Internal::LinkerHook { r_debug }) = self.processes[&pid].sites[&addr].internal {

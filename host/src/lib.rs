@@ -1,0 +1,4 @@
+//! The unprivileged host: what `wprobe` runs besides the core — today the
+//! plugin runtime.
+
+pub mod plugin;

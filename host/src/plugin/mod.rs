@@ -1,0 +1,16 @@
+//! WebAssembly handler plugins (docs/plugin-abi.md): the ABI's event
+//! layout, manifests, host-side maps, and the wasmtime runtime that runs
+//! handlers in a sandbox.
+
+pub mod abi;
+pub mod manifest;
+pub mod maps;
+mod runtime;
+
+pub use runtime::{
+    Attachment, CallInfo, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime, Stats,
+    TargetMemory,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! `wprobe trace --plugin FILE.wasm[:CONFIG]`: handler plugins on the
+//! probes of a one-shot trace. Records go out as JSON lines beside the
+//! events; at the end each plugin's maps print as JSON, and as text bars
+//! (bpftrace's) on stderr. SIGHUP reloads every plugin file: the new
+//! version replaces the old between two events, maps and per-call data
+//! kept.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use wprobe_core::proto::{Action, Event, EventKind, RegSet};
+use wprobe_host::plugin::{Attachment, CallInfo, Limits, Runtime};
+
+/// Raised by SIGHUP.
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
+}
+
+/// One `--plugin` argument.
+pub struct PluginArg {
+    pub path: String,
+    pub config: String,
+}
+
+impl PluginArg {
+    /// `FILE.wasm`, or `FILE.wasm:{JSON}`.
+    pub fn parse(text: &str) -> PluginArg {
+        match text.find(".wasm:") {
+            Some(i) => PluginArg {
+                path: text[..i + 5].to_string(),
+                config: text[i + 6..].to_string(),
+            },
+            None => PluginArg {
+                path: text.to_string(),
+                config: "{}".into(),
+            },
+        }
+    }
+}
+
+/// The plugins of a trace.
+pub struct Plugins {
+    rt: Runtime,
+    list: Vec<(PluginArg, Attachment)>,
+    /// Faults said on stderr so far (the first few are).
+    faults_said: u32,
+    /// Quarantines said on stderr, per plugin.
+    quarantine_said: Vec<bool>,
+}
+
+impl Plugins {
+    /// Loads and attaches every plugin; an error names the file and why.
+    pub fn load(args: &[String]) -> Result<Option<Plugins>, String> {
+        if args.is_empty() {
+            return Ok(None);
+        }
+        let rt = Runtime::new(Limits::default())?;
+        let mut list = Vec::new();
+        for a in args {
+            let arg = PluginArg::parse(a);
+            let attachment = attach(&rt, &arg)?;
+            list.push((arg, attachment));
+        }
+        // SAFETY: a handler that only stores to an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_hup as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut());
+        }
+        Ok(Some(Plugins {
+            rt,
+            quarantine_said: vec![false; list.len()],
+            list,
+            faults_said: 0,
+        }))
+    }
+
+    /// Whether some plugin handles entries: return probes then report their
+    /// entries too (kretprobes' entry handler).
+    pub fn want_entries(&self) -> bool {
+        self.list.iter().any(|(_, a)| a.plugin().handlers.entry)
+    }
+
+    /// Whether some plugin's manifest asks for mutation.
+    pub fn want_mutation(&self) -> bool {
+        self.list
+            .iter()
+            .any(|(_, a)| a.plugin().manifest.needs.mutation)
+    }
+
+    /// SIGHUP: every plugin file read again and swapped in.
+    pub fn reload_if_asked(&mut self) {
+        if !RELOAD.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        for (arg, a) in &self.list {
+            let result = std::fs::read(&arg.path)
+                .map_err(|e| format!("cannot read {}: {e}", arg.path))
+                .and_then(|bytes| self.rt.load(&bytes, None, &arg.path))
+                .and_then(|p| {
+                    let version = p.manifest.version.clone();
+                    a.replace(&self.rt, Arc::new(p)).map(|_| version)
+                });
+            match result {
+                Ok(v) => eprintln!("wprobe: plugin {} reloaded (version {v})", arg.path),
+                Err(e) => eprintln!("wprobe: plugin {} not reloaded: {e}", arg.path),
+            }
+        }
+    }
+
+    /// Runs every plugin on `e`; writes their records; the verdict for a
+    /// sync event.
+    pub fn handle(
+        &mut self,
+        e: &Event,
+        return_probe: bool,
+        mutation: bool,
+        out: &mut dyn Write,
+    ) -> Option<Action> {
+        let info = CallInfo {
+            sync: e.sync,
+            mutation,
+            return_probe,
+        };
+        let mut regs = match &e.regs {
+            RegSet::X86_64(r) => *r,
+        };
+        let mut changed = false;
+        let mut set_return = None;
+        for (n, (arg, a)) in self.list.iter().enumerate() {
+            let o = a.handle(&self.rt, e, info);
+            for r in o.records {
+                let line = json!({
+                    "plugin": a.plugin().manifest.name,
+                    "probe": e.probe,
+                    "pid": e.pid,
+                    "tid": e.tid,
+                    "time_ns": e.time_ns,
+                    "record": r,
+                });
+                let _ = serde_json::to_writer(&mut *out, &line);
+                let _ = out.write_all(b"\n");
+            }
+            for (i, v) in o.set_regs {
+                regs[i] = v;
+                changed = true;
+            }
+            if o.set_return.is_some() {
+                set_return = o.set_return;
+            }
+            if let Some(f) = o.fault {
+                if self.faults_said < 10 {
+                    eprintln!("wprobe: {f} ({})", arg.path);
+                    self.faults_said += 1;
+                }
+                if let Some(q) = a.stats().quarantined {
+                    if !self.quarantine_said[n] {
+                        eprintln!("wprobe: plugin {}: {q}", arg.path);
+                        self.quarantine_said[n] = true;
+                    }
+                }
+            }
+        }
+        if !e.sync {
+            return None;
+        }
+        Some(match (set_return, changed) {
+            (Some(v), false) if e.kind == EventKind::Return => Action::SetReturn(v),
+            (Some(v), _) if e.kind == EventKind::Return => {
+                regs[10] = v; // rax
+                Action::SetRegs(RegSet::X86_64(regs))
+            }
+            (_, true) => Action::SetRegs(RegSet::X86_64(regs)),
+            _ => Action::Continue,
+        })
+    }
+
+    pub fn process_exited(&self, pid: i32) {
+        for (_, a) in &self.list {
+            a.process_exited(pid);
+        }
+    }
+
+    /// Each plugin's maps and counters as one JSON line; text bars on
+    /// stderr.
+    pub fn summary(&self, out: &mut dyn Write) {
+        for (arg, a) in &self.list {
+            let p = a.plugin();
+            let line = json!({
+                "plugin": {
+                    "name": p.manifest.name,
+                    "version": p.manifest.version,
+                    "file": arg.path,
+                    "maps": a.maps_json(),
+                    "stats": a.stats(),
+                }
+            });
+            let _ = serde_json::to_writer(&mut *out, &line);
+            let _ = out.write_all(b"\n");
+            let text = a.maps_text();
+            if !text.is_empty() {
+                eprintln!("{}:\n{text}", p.manifest.name);
+            }
+            let log = a.log();
+            if !log.is_empty() {
+                eprintln!("{} log (last {}):", p.manifest.name, log.len().min(20));
+                for l in log.iter().rev().take(20).rev() {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+    }
+}
+
+fn attach(rt: &Runtime, arg: &PluginArg) -> Result<Attachment, String> {
+    let bytes =
+        std::fs::read(&arg.path).map_err(|e| format!("cannot read plugin {}: {e}", arg.path))?;
+    let plugin = rt
+        .load(&bytes, None, &arg.path)
+        .map_err(|e| format!("plugin {} refused: {e}", arg.path))?;
+    rt.attach(Arc::new(plugin), &arg.config)
+        .map_err(|e| format!("plugin {} refused: {e}", arg.path))
+}

@@ -1,0 +1,437 @@
+//! WebAssembly handler plugins on real processes, through `wprobe trace
+//! --plugin`: each example plugin (plugins/, in Rust and in C) with exact
+//! results, a plugin swapped while its target keeps hitting, a plugin that
+//! misbehaves, and a sync plugin that changes what a function returns.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use wprobe_tests::*;
+
+/// An example plugin built by plugins/build.sh (run here if it was not).
+fn plugin(file: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target/plugins");
+    let path = out.join(file);
+    if !path.exists() {
+        // Several test binaries may get here at once: one builds.
+        let status = Command::new("flock")
+            .arg(root.join("target/plugins.lock"))
+            .args(["bash", "-c"])
+            .arg(format!(
+                "[ -e '{}' ] || bash '{}'",
+                path.display(),
+                root.join("plugins/build.sh").display()
+            ))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(status.success(), "plugins/build.sh failed");
+    }
+    path
+}
+
+/// The summary line of the plugin named `name`.
+fn summary_of<'a>(t: &'a Trace, name: &str) -> &'a Value {
+    t.events
+        .iter()
+        .find_map(|e| e.get("plugin").filter(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("no summary of plugin {name}; stderr:\n{}", t.stderr))
+}
+
+/// The values of map `map` of a plugin summary, as (key, value) pairs.
+fn map<'a>(summary: &'a Value, map: &str) -> Vec<(&'a Value, &'a Value)> {
+    summary["maps"][map]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no map {map} in {summary}"))
+        .iter()
+        .map(|v| (&v["key"], &v["value"]))
+        .collect()
+}
+
+/// A histogram value as (low, count) pairs.
+fn buckets(hist: &Value) -> Vec<(i64, u64)> {
+    hist.as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| (b["low"].as_i64().unwrap(), b["count"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The records a plugin emitted.
+fn records<'a>(t: &'a Trace, name: &str) -> Vec<&'a Value> {
+    t.events
+        .iter()
+        .filter(|e| e["plugin"] == name)
+        .map(|e| &e["record"])
+        .collect()
+}
+
+const LANGS: [&str; 2] = ["rust", "c"];
+
+#[test]
+fn count_is_exact_per_probe_and_per_thread() {
+    let bin = build("threads", "plugin-count", &["-O2"]);
+    let b = bin.to_string_lossy();
+    for lang in LANGS {
+        let p = plugin(&format!("count.{lang}.wasm"));
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "-e",
+            &format!("uprobe:{b}:work"),
+            "--",
+            &b,
+            "2000",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        assert_eq!(t.hits(1), 8000);
+        let s = summary_of(&t, &format!("count-{lang}"));
+        assert_eq!(
+            map(s, "hits_by_probe"),
+            vec![(&Value::from(1), &Value::from(8000))]
+        );
+        let by_tid = map(s, "hits_by_tid");
+        assert_eq!(by_tid.len(), 4, "four threads: {by_tid:?}");
+        assert!(by_tid.iter().all(|(_, n)| **n == 2000), "{by_tid:?}");
+        assert_eq!(s["stats"]["faults"], 0);
+        // Without --events, the raw events are not printed.
+        assert!(t.events.iter().all(|e| e.get("kind").is_none()));
+        // The maps also print as text, bpftrace's way.
+        assert!(t.stderr.contains("@hits_by_probe[1]: 8000"), "{}", t.stderr);
+    }
+}
+
+#[test]
+fn args_records_carry_each_call_s_arguments() {
+    let bin = build("basic", "plugin-args", &["-O2"]);
+    let b = bin.to_string_lossy();
+    for lang in LANGS {
+        let p = plugin(&format!("args.{lang}.wasm"));
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "--events",
+            "-e",
+            &format!("uprobe:{b}:work"),
+            "--",
+            &b,
+            "50",
+        ]);
+        assert_eq!(t.status, Some(7), "{}", t.stderr);
+        let recs = records(&t, &format!("args-{lang}"));
+        let firsts: Vec<u64> = recs
+            .iter()
+            .map(|r| r["args"][0].as_u64().unwrap())
+            .collect();
+        assert_eq!(firsts, (0..50).collect::<Vec<u64>>());
+        // And each equals the event's own view of the arguments.
+        let events: Vec<&Value> = t.events.iter().filter(|e| e["kind"] == "entry").collect();
+        assert_eq!(events.len(), 50);
+        for (r, e) in recs.iter().zip(&events) {
+            assert_eq!(r["args"], e["args"]);
+            assert_eq!(r["tid"], e["tid"]);
+        }
+    }
+}
+
+#[test]
+fn latency_histogram_pairs_each_return_with_its_entry() {
+    let bin = build("plugged", "plugin-latency", &["-O2"]);
+    let b = bin.to_string_lossy();
+    for lang in LANGS {
+        let p = plugin(&format!("latency.{lang}.wasm"));
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "-e",
+            &format!("uretprobe:{b}:slow"),
+            "--",
+            &b,
+            "slow",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        assert!(t.stdout.contains("slept=10000"), "{}", t.stdout);
+        let s = summary_of(&t, &format!("latency-{lang}"));
+        let hist = map(s, "latency_ns");
+        assert_eq!(hist.len(), 1, "one series: {hist:?}");
+        let b = buckets(hist[0].1);
+        let total: u64 = b.iter().map(|x| x.1).sum();
+        assert_eq!(total, 10, "every call, once: {b:?}");
+        // The five 2 ms sleeps take at least 2 ms: bucket [2M, 4M) or
+        // above. (The five others are short, but how short depends on the
+        // machine's load.)
+        let long: u64 = b.iter().filter(|x| x.0 >= 1 << 21).map(|x| x.1).sum();
+        assert!(long >= 5, "{b:?}");
+        assert!(b.iter().all(|x| x.0 > 0), "no call takes no time: {b:?}");
+        assert_eq!(s["stats"]["faults"], 0, "{s}");
+    }
+}
+
+#[test]
+fn malloc_sizes_by_thread() {
+    let bin = build("plugged", "plugin-malloc", &["-O2"]);
+    let b = bin.to_string_lossy();
+    for lang in LANGS {
+        let p = plugin(&format!("mallocsize.{lang}.wasm"));
+        // On the program's own wrapper, the sizes are exactly known.
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "-e",
+            &format!("uprobe:{b}:alloc_one"),
+            "--",
+            &b,
+            "allocs",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        let s = summary_of(&t, &format!("mallocsize-{lang}"));
+        let series = map(s, "malloc_size");
+        assert_eq!(series.len(), 1, "one thread: {series:?}");
+        assert_eq!(
+            buckets(series[0].1),
+            vec![(16, 25), (64, 25), (512, 25), (4096, 25)]
+        );
+        // On libc's malloc itself, those calls are among all the others.
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "-e",
+            "uprobe:libc:malloc",
+            "--",
+            &b,
+            "allocs",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        let s = summary_of(&t, &format!("mallocsize-{lang}"));
+        let all: u64 = map(s, "malloc_size")
+            .iter()
+            .flat_map(|(_, h)| buckets(h))
+            .map(|x| x.1)
+            .sum();
+        assert_eq!(all, t.hits(1), "every hit in the histogram");
+        let got = buckets(map(s, "malloc_size")[0].1);
+        for low in [16, 64, 512, 4096] {
+            let n = got.iter().find(|x| x.0 == low).map_or(0, |x| x.1);
+            assert!(n >= 25, "bucket {low}: {got:?}");
+        }
+    }
+}
+
+#[test]
+fn strings_read_the_paths_given_to_open() {
+    let bin = build("plugged", "plugin-strings", &["-O2"]);
+    let b = bin.to_string_lossy();
+    for lang in LANGS {
+        let p = plugin(&format!("strings.{lang}.wasm"));
+        let name = format!("strings-{lang}");
+        // The program's own function, path in the first argument, read by
+        // the plugin while the thread waits (--sync): an async handler
+        // runs after the hit, when the program may have ended already.
+        let t = trace(&[
+            "--plugin",
+            &p.to_string_lossy(),
+            "--sync",
+            "-e",
+            &format!("uprobe:{b}:open_path"),
+            "--",
+            &b,
+            "opens",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        let counts: Vec<(String, u64)> = map(summary_of(&t, &name), "strings")
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("/etc/hostname".into(), 3), ("/nonexistent/x".into(), 2)]
+        );
+        assert_eq!(records(&t, &name).len(), 5);
+        // libc's open (glibc's open makes the system call itself, so
+        // libc's `openat` would not see it), async: the path is captured
+        // at the hit; the configuration names the argument the plugin
+        // would read without a capture.
+        let t = trace(&[
+            "--plugin",
+            &format!("{}:{{\"arg\": 0}}", p.display()),
+            "-e",
+            "uprobe:libc:open path=+0(%rdi):string",
+            "--",
+            &b,
+            "opens",
+        ]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        let s = summary_of(&t, &name);
+        let find = |path: &str| {
+            map(s, "strings")
+                .iter()
+                .find(|(k, _)| *k == path)
+                .and_then(|(_, v)| v.as_u64())
+        };
+        assert_eq!(find("/etc/hostname"), Some(3), "{s}");
+        assert_eq!(find("/nonexistent/x"), Some(2), "{s}");
+        // A configuration the plugin refuses stops the trace before the
+        // program runs.
+        let t = trace(&[
+            "--plugin",
+            &format!("{}:{{\"arg\": 9}}", p.display()),
+            "-e",
+            "uprobe:libc:openat",
+            "--",
+            &b,
+            "opens",
+        ]);
+        assert_eq!(t.status, Some(2), "{}", t.stderr);
+        assert!(t.stderr.contains("wprobe_init refused"), "{}", t.stderr);
+        assert!(!t.stdout.contains("opened="), "the program did not run");
+    }
+}
+
+#[test]
+fn a_plugin_swapped_while_its_target_hits_loses_and_doubles_nothing() {
+    let bin = build("plugged", "plugin-swap", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("swap.wasm");
+    std::fs::copy(plugin("count.rust.wasm"), &file).unwrap();
+    let live = LiveTrace::start(
+        "swap",
+        &[
+            "--events".into(),
+            "--plugin".into(),
+            file.to_string_lossy().into_owned(),
+            "-e".into(),
+            format!("uprobe:{b}:work"),
+            "--".into(),
+            b.to_string(),
+            "loop".into(),
+            "20000".into(),
+        ],
+    );
+    live.wait_for_events("hits", |t| t.matches("\"kind\"").count() > 1000);
+    // The C version replaces the Rust one while the loop runs.
+    std::fs::copy(plugin("count.c.wasm"), &file).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(live.child.id() as i32, libc::SIGHUP) };
+    let out = live.child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reloaded"), "{stderr}");
+    let t = Trace {
+        status: out.status.code(),
+        events: parse_jsonl(&std::fs::read_to_string(&live.events).unwrap()).0,
+        summary: parse_jsonl(&std::fs::read_to_string(&live.events).unwrap()).1,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: stderr.into_owned(),
+    };
+    assert_eq!(t.hits(1), 20000);
+    let after = t.events.iter().filter(|e| e.get("kind").is_some()).count();
+    assert_eq!(after, 20000, "every event was printed");
+    // The summary carries the new version's name; the map both versions
+    // counted into holds every hit exactly once.
+    let s = summary_of(&t, "count-c");
+    assert_eq!(
+        map(s, "hits_by_probe"),
+        vec![(&Value::from(1), &Value::from(20000))]
+    );
+    let sum: i64 = (0..20000).map(|i| i * 3 + 1).sum();
+    assert!(t.stdout.contains(&format!("sum={sum}")), "{}", t.stdout);
+}
+
+/// A plugin in WebAssembly text that loops forever in its handler.
+const SPINNER: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32) (loop $l (br $l)) i32.const 0))"#;
+
+#[test]
+fn a_plugin_that_never_returns_is_quarantined_and_the_target_runs_on() {
+    let bin = build("basic", "plugin-spin", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("spinner.wasm");
+    std::fs::write(&file, SPINNER).unwrap();
+    let good = plugin("count.c.wasm");
+    let t = trace(&[
+        "--plugin",
+        &file.to_string_lossy(),
+        "--plugin",
+        &good.to_string_lossy(),
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        "100",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    let plain = Command::new(&bin).arg("100").output().unwrap();
+    assert!(t
+        .stdout
+        .starts_with(&*String::from_utf8_lossy(&plain.stdout)));
+    assert!(t.stderr.contains("deadline"), "{}", t.stderr);
+    assert!(
+        t.stderr.contains("quarantined after 5 faults"),
+        "{}",
+        t.stderr
+    );
+    let s = summary_of(&t, "spinner");
+    assert_eq!(s["stats"]["calls"], 5);
+    assert!(s["stats"]["quarantined"]
+        .as_str()
+        .unwrap()
+        .contains("deadline"));
+    // The other plugin on the same probe never noticed.
+    let c = summary_of(&t, "count-c");
+    assert_eq!(
+        map(c, "hits_by_probe"),
+        vec![(&Value::from(1), &Value::from(100))]
+    );
+}
+
+/// A sync plugin allowed to mutate: every return of `work` becomes 5.
+const FIVE: &str = r#"(module
+  (import "wprobe" "set_return" (func $set_return (param i64) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"five\",\"version\":\"1\",\"abi\":1,\"needs\":{\"mutation\":true}}")
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_return") (param i32 i32) (result i32)
+    (drop (call $set_return (i64.const 5))) i32.const 0))"#;
+
+#[test]
+fn a_sync_plugin_changes_return_values_only_when_allowed() {
+    let bin = build("basic", "plugin-five", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("five.wasm");
+    std::fs::write(&file, FIVE).unwrap();
+    let hidden: i64 = (0..10).map(|i: i64| i ^ 0x5a).sum();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--plugin", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let spec = format!("uretprobe:{b}:work");
+        args.extend_from_slice(&["-e", &spec, "--", &b, "10"]);
+        trace(&args)
+    };
+    let t = run(&["--sync", "--allow-mutation"]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    assert!(
+        t.stdout.contains(&format!("sum={}\n", 5 * 10 + hidden + 8)),
+        "{}",
+        t.stdout
+    );
+    // Async, or sync without --allow-mutation: the program is untouched.
+    let plain: i64 = (0..10).map(|i: i64| i * 3 + 1).sum::<i64>() + hidden + 8;
+    for extra in [&[][..], &["--sync"][..]] {
+        let t = run(extra);
+        assert!(
+            t.stdout.contains(&format!("sum={plain}\n")),
+            "{extra:?}: {}",
+            t.stdout
+        );
+        assert!(
+            t.stderr.contains("asks to change registers"),
+            "{}",
+            t.stderr
+        );
+    }
+}
