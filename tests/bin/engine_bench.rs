@@ -26,23 +26,7 @@ struct Count {
 impl Sink for Count {
     fn hit(&mut self, hit: &Hit<'_>) {
         self.seq += 1;
-        let e = proto::Event {
-            seq: self.seq,
-            probe: hit.probe.0,
-            kind: hit.kind.into(),
-            sync: false,
-            pid: hit.pid,
-            tid: hit.tid,
-            time_ns: hit.time_ns,
-            addr: hit.addr,
-            regs: hit.regs.into(),
-            captures: hit
-                .captures
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into()))
-                .collect(),
-            ret: hit.ret.map(Into::into),
-        };
+        let e = proto::Event::from_hit(hit, self.seq, false);
         std::hint::black_box(&e);
         self.events += 1;
     }

@@ -316,6 +316,9 @@ pub struct State {
     /// The calling thread's CPU time at the first epoch tick of the call
     /// in progress (`None` until a call lasts that long).
     cpu_at_first_tick: Option<u64>,
+    /// The instance's exported memory, once known (looking it up by name
+    /// at every host call was a tenth of a handler's cost).
+    memory: Option<Memory>,
 }
 
 /// This thread's CPU time, nanoseconds.
@@ -592,6 +595,7 @@ impl Runtime {
             may_mutate: plugin.manifest.needs.mutation,
             output: output.clone(),
             cpu_at_first_tick: None,
+            memory: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -621,6 +625,7 @@ impl Runtime {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or("does not export its memory")?;
+        store.data_mut().memory = Some(memory);
         let typed = |store: &mut Store<State>, name: &str| {
             instance.get_typed_func::<(i32, i32), i32>(store, name).ok()
         };
@@ -877,8 +882,31 @@ impl Attachment {
 
 /// The plugin's memory and the store's data, for a host function.
 fn memory<'a>(caller: &'a mut Caller<'_, State>) -> Option<(&'a mut [u8], &'a mut State)> {
-    let m = caller.get_export("memory")?.into_memory()?;
+    let m = match caller.data().memory {
+        Some(m) => m,
+        // During instantiation (`_initialize`), before it is known.
+        None => caller.get_export("memory")?.into_memory()?,
+    };
     Some(m.data_and_store_mut(caller))
+}
+
+/// The plugin's memory, the store's data, and `ptr..ptr+len` in that
+/// memory, after the checks every buffer argument gets: `len` at most
+/// `max`, the range inside the memory.
+type Buffer<'a> = (&'a mut [u8], &'a mut State, std::ops::Range<usize>);
+
+fn buffer<'a>(
+    caller: &'a mut Caller<'_, State>,
+    ptr: i32,
+    len: i32,
+    max: i32,
+) -> Result<Buffer<'a>, i32> {
+    if len > max {
+        return Err(code::E2BIG);
+    }
+    let (mem, state) = memory(caller).ok_or(code::EFAULT_PLUGIN)?;
+    let r = range(ptr, len, mem.len()).ok_or(code::EFAULT_PLUGIN)?;
+    Ok((mem, state, r))
 }
 
 fn range(ptr: i32, len: i32, mem: usize) -> Option<std::ops::Range<usize>> {
@@ -909,14 +937,12 @@ fn key_of(mem: &[u8], kind: i32, ptr: i32, len: i32) -> Result<Key, i32> {
     }
 }
 
-fn name_of(mem: &[u8], ptr: i32, len: i32) -> Result<String, i32> {
+fn name_of(mem: &[u8], ptr: i32, len: i32) -> Result<&str, i32> {
     if len > MAX_NAME || len == 0 {
         return Err(if len == 0 { code::EINVAL } else { code::E2BIG });
     }
     let r = range(ptr, len, mem.len()).ok_or(code::EFAULT_PLUGIN)?;
-    std::str::from_utf8(&mem[r])
-        .map(str::to_string)
-        .map_err(|_| code::EINVAL)
+    std::str::from_utf8(&mem[r]).map_err(|_| code::EINVAL)
 }
 
 fn map_result(r: Result<(), MapError>) -> i32 {
@@ -970,14 +996,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "wprobe",
         "read_memory",
         |mut caller: Caller<'_, State>, addr: i64, buf: i32, len: i32| -> i32 {
-            if len > MAX_READ {
-                return code::E2BIG;
-            }
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(buf, len, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, buf, len, MAX_READ) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             match read_target(state, addr, len as usize, false) {
                 Ok(bytes) => {
@@ -992,14 +1013,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "wprobe",
         "read_string",
         |mut caller: Caller<'_, State>, addr: i64, buf: i32, max: i32| -> i32 {
-            if max > MAX_READ {
-                return code::E2BIG;
-            }
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(buf, max, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, buf, max, MAX_READ) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             match read_target(state, addr, max as usize, true) {
                 Ok(bytes) => {
@@ -1014,14 +1030,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "wprobe",
         "emit",
         |mut caller: Caller<'_, State>, ptr: i32, len: i32| -> i32 {
-            if len > MAX_EMIT {
-                return code::E2BIG;
-            }
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(ptr, len, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, ptr, len, MAX_EMIT) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             let Ok(mut value) = serde_json::from_slice::<Value>(&mem[r]) else {
                 return code::EINVAL;
@@ -1087,7 +1098,7 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     .maps
                     .lock()
                     .expect("maps")
-                    .update(&name, op, key, value, max),
+                    .update(name, op, key, value, max),
             )
         },
     )?;
@@ -1124,7 +1135,7 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     .maps
                     .lock()
                     .expect("maps")
-                    .update(&name, op, key, value, cap),
+                    .update(name, op, key, value, cap),
             )
         },
     )?;
@@ -1132,14 +1143,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "wprobe",
         "call_data_set",
         |mut caller: Caller<'_, State>, ptr: i32, len: i32| -> i32 {
-            if len > MAX_CALL_DATA {
-                return code::E2BIG;
-            }
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(ptr, len, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, ptr, len, MAX_CALL_DATA) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             let Some(call) = state.call.as_ref() else {
                 return code::EPERM;
@@ -1166,11 +1172,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "wprobe",
         "call_data_get",
         |mut caller: Caller<'_, State>, ptr: i32, max: i32| -> i32 {
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(ptr, max, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, ptr, max, i32::MAX) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             let Some(call) = state.call.as_ref() else {
                 return code::EPERM;
@@ -1196,14 +1200,9 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
             let Some(level) = ["error", "warn", "info", "debug"].get(level as usize) else {
                 return code::EINVAL;
             };
-            if len > 4096 {
-                return code::E2BIG;
-            }
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let Some(r) = range(ptr, len, mem.len()) else {
-                return code::EFAULT_PLUGIN;
+            let (mem, state, r) = match buffer(&mut caller, ptr, len, 4096) {
+                Ok(b) => b,
+                Err(c) => return c,
             };
             let text = String::from_utf8_lossy(&mem[r]).into_owned();
             let mut log = state.shared.log.lock().expect("log");

@@ -635,3 +635,58 @@ fn replacement_is_atomic_while_events_flow() {
     let total: i64 = (1..=20).map(|k| result(&a, k).unwrap_or(0)).sum();
     assert_eq!(total as u64, n, "every event went to exactly one version");
 }
+
+#[test]
+fn a_data_directory_only_when_the_manifest_asks() {
+    // path_open(3 = the first preopen, "out.txt", O_CREAT), fd_write of
+    // "saved\n", fd_close.
+    let wasi = r#"
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))"#;
+    let body = r#"
+    (call $report (i64.const 1) (call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 7)
+                                  (i32.const 1) (i64.const 66) (i64.const 0) (i32.const 0) (i32.const 400)))
+    (i32.store (i32.const 320) (i32.const 340))
+    (i32.store (i32.const 324) (i32.const 6))
+    (call $report (i64.const 2) (call $fd_write (i32.load (i32.const 400)) (i32.const 320) (i32.const 1) (i32.const 404)))
+    (call $report (i64.const 3) (call $fd_close (i32.load (i32.const 400))))"#;
+    let wat = module(
+        body,
+        "",
+        r#"(data (i32.const 300) "out.txt") (data (i32.const 340) "saved\n")"#,
+    )
+    .replacen(IMPORTS, &format!("{IMPORTS}{wasi}"), 1);
+    let root = std::env::temp_dir().join(format!("wprobe-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let rt = Runtime::with_reader(
+        relaxed(),
+        Arc::new(super::ProcessMemory),
+        Some(root.clone()),
+    )
+    .unwrap();
+    let needs = r#"{"name":"saver","version":"1","abi":1,"needs":{"data_dir":true}}"#;
+    let p = Arc::new(rt.load(wat.as_bytes(), Some(needs), "saver").unwrap());
+    let a = rt.attach(p, "{}").unwrap();
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(out.fault.is_none(), "{out:?} {:?}", a.log());
+    assert_eq!(
+        (result(&a, 1), result(&a, 2), result(&a, 3)),
+        (Some(0), Some(0), Some(0))
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("saver/out.txt")).unwrap(),
+        "saved\n",
+        "written in its own directory"
+    );
+    // Without the manifest's consent there is no directory to open.
+    let b = attach(&rt, &wat);
+    b.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert_ne!(result(&b, 1), Some(0));
+    // And a host that gives no directories refuses a plugin that needs one.
+    let none = runtime(relaxed());
+    let p = Arc::new(none.load(wat.as_bytes(), Some(needs), "saver").unwrap());
+    let e = none.attach(p, "{}").err().unwrap();
+    assert!(e.contains("needs a data directory"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}

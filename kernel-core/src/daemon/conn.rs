@@ -279,23 +279,7 @@ struct QueueSink {
 impl QueueSink {
     fn event(&mut self, hit: &Hit<'_>, sync: bool) -> Event {
         self.seq += 1;
-        Event {
-            seq: self.seq,
-            probe: hit.probe.0,
-            kind: hit.kind.into(),
-            sync,
-            pid: hit.pid,
-            tid: hit.tid,
-            time_ns: hit.time_ns,
-            addr: hit.addr,
-            regs: hit.regs.into(),
-            captures: hit
-                .captures
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into()))
-                .collect(),
-            ret: hit.ret.map(Into::into),
-        }
+        Event::from_hit(hit, self.seq, sync)
     }
 
     fn bad_verdict(&self, message: String) {

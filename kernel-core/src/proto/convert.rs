@@ -134,3 +134,26 @@ impl RegSet {
         })
     }
 }
+
+impl super::Event {
+    /// The event of an engine hit, numbered `seq`.
+    pub fn from_hit(hit: &engine::Hit<'_>, seq: u64, sync: bool) -> super::Event {
+        super::Event {
+            seq,
+            probe: hit.probe.0,
+            kind: hit.kind.into(),
+            sync,
+            pid: hit.pid,
+            tid: hit.tid,
+            time_ns: hit.time_ns,
+            addr: hit.addr,
+            regs: hit.regs.into(),
+            captures: hit
+                .captures
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect(),
+            ret: hit.ret.map(Into::into),
+        }
+    }
+}
