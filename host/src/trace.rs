@@ -64,6 +64,10 @@ pub struct TraceArgs {
     /// Print the raw events too when plugins are given.
     #[arg(long)]
     events: bool,
+    /// How much CPU time a plugin's handler may use per call, in
+    /// milliseconds, before it is cut (a fault).
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    plugin_deadline: u64,
     /// Sync probes: the hit thread waits for the plugins' handlers, whose
     /// memory reads are then consistent.
     #[arg(long)]
@@ -158,7 +162,7 @@ pub fn main(args: TraceArgs) -> i32 {
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
     };
-    let plugins = match crate::trace_plugins::Plugins::load(&args.plugins) {
+    let plugins = match crate::trace_plugins::Plugins::load(&args.plugins, args.plugin_deadline) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

@@ -54,11 +54,17 @@ pub struct Plugins {
 
 impl Plugins {
     /// Loads and attaches every plugin; an error names the file and why.
-    pub fn load(args: &[String]) -> Result<Option<Plugins>, String> {
+    pub fn load(args: &[String], deadline_ms: u64) -> Result<Option<Plugins>, String> {
         if args.is_empty() {
             return Ok(None);
         }
-        let rt = Runtime::new(Limits::default())?;
+        if deadline_ms == 0 {
+            return Err("--plugin-deadline must be at least 1 ms".into());
+        }
+        let rt = Runtime::new(Limits {
+            call_deadline: std::time::Duration::from_millis(deadline_ms),
+            ..Limits::default()
+        })?;
         let mut list = Vec::new();
         for a in args {
             let arg = PluginArg::parse(a);
