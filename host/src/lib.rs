@@ -1,4 +1,5 @@
-//! The unprivileged host: what `wprobe` runs besides the core — today the
-//! plugin runtime.
+//! The unprivileged host: what `wprobe` runs besides the core — the
+//! plugin runtime, and the service (`wprobe serve`).
 
 pub mod plugin;
+pub mod serve;

@@ -1,0 +1,341 @@
+//! The service's SQLite database (`DATA/wprobe.db`): plugins and their
+//! versions, whose bytes are blobs keyed by their SHA-256, so that
+//! identical bytes are stored once. Every write is one transaction.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+/// The schema this code writes. Older databases are migrated at open, step
+/// by step; a newer one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE plugins (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL
+);
+CREATE TABLE plugin_versions (
+    plugin_id INTEGER NOT NULL REFERENCES plugins(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES blobs(sha256),
+    manifest_name TEXT NOT NULL,
+    manifest_version TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (plugin_id, version)
+);
+";
+
+/// One stored version of a plugin.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginVersion {
+    /// 1 for the first upload under a name, then 2, 3, ...
+    pub version: i64,
+    /// The SHA-256 of the module's bytes, in hex: its content address.
+    pub sha256: String,
+    /// The module's size in bytes.
+    pub size: i64,
+    /// The name and version the module's manifest gives.
+    pub manifest: ManifestInfo,
+    /// When it was uploaded, in seconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// What a version's manifest says of it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ManifestInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// A plugin in the list: its latest version and how many there are.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginSummary {
+    pub id: i64,
+    pub name: String,
+    pub versions: i64,
+    pub latest: PluginVersion,
+    pub created: i64,
+}
+
+/// A plugin with all its versions, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginDetail {
+    pub id: i64,
+    pub name: String,
+    pub created: i64,
+    pub versions: Vec<PluginVersion>,
+}
+
+/// What an upload stored.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Uploaded {
+    /// The plugin's id (the same for every version of one name).
+    pub id: i64,
+    pub name: String,
+    /// The version this upload added.
+    pub version: PluginVersion,
+    /// Whether the bytes were new; false when a blob with the same SHA-256
+    /// was already stored (then it is shared).
+    pub new_blob: bool,
+}
+
+/// The database. One connection, used under the service's lock.
+pub struct Store {
+    conn: Connection,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The SHA-256 of `bytes` in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PluginVersion> {
+    Ok(PluginVersion {
+        version: row.get("version")?,
+        sha256: row.get("sha256")?,
+        size: row.get("size")?,
+        manifest: ManifestInfo {
+            name: row.get("manifest_name")?,
+            version: row.get("manifest_version")?,
+        },
+        created: row.get("created")?,
+    })
+}
+
+const VERSION_COLUMNS: &str = "v.version, v.sha256, b.size, v.manifest_name, \
+     v.manifest_version, v.created";
+
+impl Store {
+    /// Opens (creating or migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, String> {
+        let fail = |e: rusqlite::Error| format!("database {}: {e}", path.display());
+        let mut conn = Connection::open(path).map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(fail)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .map_err(fail)?;
+        let current: i64 = tx
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()
+            .map_err(fail)?
+            .unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(format!(
+                "database {} has schema version {current}; this wprobe knows up to {SCHEMA_VERSION} \
+                 (use a newer wprobe, or another --data-dir)",
+                path.display()
+            ));
+        }
+        if current < 1 {
+            tx.execute_batch(SCHEMA_V1).map_err(fail)?;
+        }
+        if current == 0 {
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [SCHEMA_VERSION],
+            )
+            .map_err(fail)?;
+        } else if current < SCHEMA_VERSION {
+            tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+                .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+        Ok(Store { conn })
+    }
+
+    /// Adds `bytes` as the next version of plugin `name` (created when
+    /// new), storing the bytes only if no blob has them yet.
+    pub fn add_version(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        manifest_name: &str,
+        manifest_version: &str,
+    ) -> rusqlite::Result<Uploaded> {
+        let sha = sha256_hex(bytes);
+        let created = now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let new_blob = tx.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, bytes) VALUES (?1, ?2, ?3)",
+            params![sha, bytes.len() as i64, bytes],
+        )? == 1;
+        tx.execute(
+            "INSERT OR IGNORE INTO plugins (name, created) VALUES (?1, ?2)",
+            params![name, created],
+        )?;
+        let id: i64 = tx.query_row("SELECT id FROM plugins WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })?;
+        let version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM plugin_versions WHERE plugin_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO plugin_versions
+                 (plugin_id, version, sha256, manifest_name, manifest_version, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, version, sha, manifest_name, manifest_version, created],
+        )?;
+        tx.commit()?;
+        Ok(Uploaded {
+            id,
+            name: name.to_string(),
+            version: PluginVersion {
+                version,
+                sha256: sha,
+                size: bytes.len() as i64,
+                manifest: ManifestInfo {
+                    name: manifest_name.to_string(),
+                    version: manifest_version.to_string(),
+                },
+                created,
+            },
+            new_blob,
+        })
+    }
+
+    /// Every plugin, by id, with its latest version.
+    pub fn list(&self) -> rusqlite::Result<Vec<PluginSummary>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT p.id, p.name, p.created AS plugin_created,
+                    (SELECT COUNT(*) FROM plugin_versions c WHERE c.plugin_id = p.id) AS n,
+                    {VERSION_COLUMNS}
+             FROM plugins p
+             JOIN plugin_versions v ON v.plugin_id = p.id
+             JOIN blobs b ON b.sha256 = v.sha256
+             WHERE v.version = (SELECT MAX(version) FROM plugin_versions m
+                                WHERE m.plugin_id = p.id)
+             ORDER BY p.id"
+        ))?;
+        let rows = stmt.query_map([], |row| {
+            Ok(PluginSummary {
+                id: row.get("id")?,
+                name: row.get("name")?,
+                versions: row.get("n")?,
+                latest: version_from_row(row)?,
+                created: row.get("plugin_created")?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// One plugin with all its versions; `None` for an unknown id.
+    pub fn get(&self, id: i64) -> rusqlite::Result<Option<PluginDetail>> {
+        let head: Option<(String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT name, created FROM plugins WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((name, created)) = head else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {VERSION_COLUMNS} FROM plugin_versions v
+             JOIN blobs b ON b.sha256 = v.sha256
+             WHERE v.plugin_id = ?1 ORDER BY v.version"
+        ))?;
+        let versions = stmt
+            .query_map([id], version_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some(PluginDetail {
+            id,
+            name,
+            created,
+            versions,
+        }))
+    }
+
+    /// Removes a plugin, its versions, and the blobs no other version
+    /// uses. False for an unknown id.
+    pub fn delete(&mut self, id: i64) -> rusqlite::Result<bool> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM plugin_versions WHERE plugin_id = ?1", [id])?;
+        let gone = tx.execute("DELETE FROM plugins WHERE id = ?1", [id])? == 1;
+        tx.execute(
+            "DELETE FROM blobs WHERE sha256 NOT IN (SELECT sha256 FROM plugin_versions)",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(gone)
+    }
+
+    /// How many distinct blobs are stored.
+    pub fn blob_count(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("wprobe-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join("wprobe.db")
+    }
+
+    #[test]
+    fn versions_share_identical_bytes() {
+        let path = temp_db("versions");
+        let mut s = Store::open(&path).expect("open");
+        let a = s.add_version("count", b"one", "count", "1").expect("add");
+        let b = s.add_version("count", b"one", "count", "1").expect("add");
+        let c = s.add_version("count", b"two", "count", "2").expect("add");
+        assert_eq!((a.version.version, a.new_blob), (1, true));
+        assert_eq!((b.version.version, b.new_blob, b.id), (2, false, a.id));
+        assert_eq!((c.version.version, c.new_blob), (3, true));
+        assert_eq!(s.blob_count().expect("count"), 2);
+        let list = s.list().expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].versions, list[0].latest.version), (3, 3));
+        drop(s);
+        // Reopening finds the same rows and does not migrate again.
+        let mut s = Store::open(&path).expect("reopen");
+        assert_eq!(s.get(a.id).expect("get").expect("some").versions.len(), 3);
+        assert!(s.delete(a.id).expect("delete"));
+        assert!(!s.delete(a.id).expect("delete again"));
+        assert_eq!(s.blob_count().expect("count"), 0);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+}
