@@ -66,15 +66,22 @@ install_missing() {
         die "missing ${missing[*]} and no dpkg to install them; install clang, lld, wasi-libc, rustc with a wasm32-wasi standard library and wabt"
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
+    # As tests/run-all.sh does: root installs, anyone else through sudo
+    # (without a password prompt), or is told what to run.
+    local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo=(sudo -n)
+        else
+            die "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}"
+        fi
     fi
     echo "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q "${missing[@]}" >/dev/null; then
+    if ! "${sudo[@]}" apt-get install -y -q "${missing[@]}" >/dev/null; then
         echo "apt-get install failed; updating the package lists and trying again"
-        apt-get update -q >/dev/null
-        apt-get install -y -q "${missing[@]}" >/dev/null ||
+        "${sudo[@]}" apt-get update -q >/dev/null
+        "${sudo[@]}" apt-get install -y -q "${missing[@]}" >/dev/null ||
             die "apt-get install ${missing[*]} failed"
     fi
 }
