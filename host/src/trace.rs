@@ -30,7 +30,8 @@ pub struct TraceArgs {
     /// A probe: `uprobe:MODULE:SYMBOL[+OFF]`, `uprobe:MODULE:0xADDR` or
     /// `uretprobe:MODULE:SYMBOL`, then captures (`name=%rdi:u64`,
     /// `path=+0($arg1):string`; a return probe takes them at entry) and
-    /// `post`, `force`, `maxactive=N`. May be given several times.
+    /// `post`, `force`, `maxactive=N`, `entry` (a return probe reports each
+    /// call's entry too). May be given several times.
     #[arg(short = 'e', long = "probe", value_name = "SPEC")]
     probes: Vec<String>,
     /// Attach to this running process (all its threads) instead of running
