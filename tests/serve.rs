@@ -1,8 +1,9 @@
 //! `wprobe serve` on 127.0.0.1: the real binary, a real SQLite database in
 //! a scratch data directory, real plugins. Token and Host/Origin checks,
 //! uploads with versions and content-addressed blobs, refusals that change
-//! nothing, restart persistence, and the OpenAPI document against the
-//! route table.
+//! nothing, restart persistence, the OpenAPI document against the route
+//! table, and targets: real processes attached, detached and spawned
+//! through the service's own wprobe-core.
 //!
 //! The client is a few lines of HTTP/1.1 over a `TcpStream` rather than an
 //! HTTP crate: the tests must send forged `Host` headers and oversized
@@ -22,6 +23,8 @@ struct Server {
     child: Child,
     addr: String,
     token: String,
+    /// Held open: processes the service spawns write to it.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Server {
@@ -35,9 +38,8 @@ impl Server {
             .spawn()
             .expect("start wprobe serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the URL");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut line).expect("read the URL");
         // http://127.0.0.1:PORT/#token=TOKEN
         let rest = line
             .trim()
@@ -50,6 +52,7 @@ impl Server {
             addr: addr.to_string(),
             token: token.to_string(),
             child,
+            _stdout: stdout,
         }
     }
 
@@ -427,4 +430,139 @@ fn openapi_lists_the_served_routes() {
     }
     let r = s.call("GET", "/api/nothing", b"");
     assert_eq!(r.status, 404);
+}
+
+fn targets(s: &Server) -> Vec<Value> {
+    let r = s.call("GET", "/api/targets", b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json.as_array().expect("a list").clone()
+}
+
+#[test]
+fn targets_attach_detach_spawn_and_restart() {
+    let bin = build("spin", "serve", &["-O2"]);
+    let dir = data_dir("targets");
+    let s = Server::start(&dir, &[]);
+    let spin = start_ready(&bin, &["20000", "1"]);
+    let pid = spin.id() as i32;
+
+    // The process list has it, with its command line.
+    let r = s.call("GET", "/api/processes", b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let procs = r.json.as_array().expect("a list");
+    let me = procs
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not listed: {}", r.text));
+    assert_eq!(me["cmdline"], format!("{} 20000 1", bin.display()));
+    assert!(me["uid"].is_u64());
+    let pids: Vec<i64> = procs.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+    assert!(pids.windows(2).all(|w| w[0] < w[1]), "sorted by pid");
+
+    // Attach: traced by a thread of the server's core.
+    let r = s.call(
+        "POST",
+        "/api/targets",
+        format!("{{\"pid\": {pid}}}").as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["id"].as_i64().expect("id");
+    assert_eq!(r.json["pid"], pid);
+    assert_eq!(r.json["kind"], "attached");
+    assert_eq!(r.json["state"], "running");
+    assert!(r.json["exit"].is_null());
+    let tracer: i32 = proc_status(pid, "TracerPid:")
+        .and_then(|t| t.parse().ok())
+        .expect("TracerPid");
+    assert_ne!(tracer, 0, "traced");
+    let core: i32 = proc_status(tracer, "Tgid:")
+        .and_then(|t| t.parse().ok())
+        .expect("the tracer's Tgid");
+    assert_eq!(
+        proc_status(core, "PPid:").and_then(|p| p.parse().ok()),
+        Some(s.child.id() as i32),
+        "the tracer is the core the server started"
+    );
+    assert_eq!(targets(&s).len(), 1);
+    let r = s.call("GET", &format!("/api/targets/{id}"), b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["pid"], pid);
+
+    // Twice is a conflict.
+    let r = s.call(
+        "POST",
+        "/api/targets",
+        format!("{{\"pid\": {pid}}}").as_bytes(),
+    );
+    assert_eq!(r.status, 409, "{}", r.text);
+    assert!(r.json["error"].as_str().unwrap().contains(&pid.to_string()));
+
+    // Detach: the process runs on untouched and computes what it should.
+    let r = s.call("DELETE", &format!("/api/targets/{id}"), b"");
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_untouched(pid, &bin, "work");
+    assert!(targets(&s).is_empty());
+    assert_eq!(
+        finish(spin),
+        format!("sum={}\n", (0..20000).map(|i| i * 3 + 1).sum::<i64>())
+    );
+
+    // Spawn: it runs at once, and its exit is recorded.
+    let argv = serde_json::json!({"spawn": [bin.to_str().unwrap(), "100", "1"]});
+    let r = s.call("POST", "/api/targets", argv.to_string().as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["kind"], "spawned");
+    let spawned = r.json["id"].as_i64().expect("id");
+    let path = format!("/api/targets/{spawned}");
+    assert!(
+        wait_until(20, || s.call("GET", &path, b"").json["state"] == "exited"),
+        "the spawned process exits"
+    );
+    let r = s.call("GET", &path, b"");
+    assert_eq!(r.json["exit"]["code"], 0, "{}", r.text);
+    assert!(r.json["exit"]["signal"].is_null(), "{}", r.text);
+
+    // Refusals.
+    let r = s.call("POST", "/api/targets", b"{\"pid\": 999999999}");
+    assert!((400..500).contains(&r.status), "{}", r.text);
+    assert!(r.json["error"].as_str().unwrap().contains("999999999"));
+    for bad in [
+        &b"{\"pid\": "[..],
+        b"{}",
+        b"{\"pid\": 1, \"spawn\": [\"x\"]}",
+    ] {
+        let r = s.call("POST", "/api/targets", bad);
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert!(r.json["error"].is_string(), "{}", r.text);
+    }
+    for method in ["GET", "DELETE"] {
+        let r = s.call(method, "/api/targets/12345", b"");
+        assert_eq!(r.status, 404, "{}", r.text);
+        assert!(r.json["error"].as_str().unwrap().contains("12345"));
+    }
+
+    // A target still running when the server stops is "gone" after.
+    let spin = start_ready(&bin, &["20000", "1"]);
+    let pid = spin.id() as i32;
+    let r = s.call(
+        "POST",
+        "/api/targets",
+        format!("{{\"pid\": {pid}}}").as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    drop(s);
+    let s = Server::start(&dir, &[]);
+    let list = targets(&s);
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["state"], "exited");
+    assert_eq!(list[1]["state"], "gone");
+    assert_eq!(list[1]["pid"], pid);
+    // The core that traced it ended with the old server and let it go.
+    assert!(wait_until(10, || proc_status(pid, "TracerPid:").as_deref()
+        == Some("0")));
+    assert_untouched(pid, &bin, "work");
+    assert_eq!(
+        finish(spin),
+        format!("sum={}\n", (0..20000).map(|i| i * 3 + 1).sum::<i64>())
+    );
 }

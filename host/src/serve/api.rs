@@ -11,14 +11,16 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::store::{PluginDetail, PluginSummary, Uploaded};
+use super::store::{PluginDetail, PluginSummary, Target, Uploaded};
+use super::targets::{self, Command, Process};
 use super::AppState;
 
 /// The OpenAPI document of the routes below.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "wprobe", description = "The REST API of `wprobe serve`."),
-    paths(health, openapi_json, upload_plugin, list_plugins, get_plugin, delete_plugin),
+    paths(health, openapi_json, upload_plugin, list_plugins, get_plugin, delete_plugin,
+        list_processes, add_target, list_targets, get_target, delete_target),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -216,5 +218,123 @@ pub async fn delete_plugin(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no plugin with id {id}")))
+    }
+}
+
+/// The processes that can be attached: every one with a command line
+/// (kernel threads have none), by pid.
+#[utoipa::path(get, path = "/api/processes",
+    responses(
+        (status = 200, description = "The processes, by pid", body = Vec<Process>),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
+pub async fn list_processes() -> Result<Json<Vec<Process>>, ApiError> {
+    tokio::task::spawn_blocking(targets::processes)
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("listing processes: {e}")))
+}
+
+/// The body of `POST /api/targets`: exactly one of `pid` and `spawn`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTarget {
+    /// Attach to this running process.
+    pub pid: Option<i32>,
+    /// Start this command (program and arguments) traced, and let it run.
+    pub spawn: Option<Vec<String>>,
+}
+
+/// Attaches to a process or spawns one; the core traces it from now on.
+#[utoipa::path(post, path = "/api/targets",
+    request_body(content = NewTarget, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Traced", body = Target),
+        (status = 400, description = "Bad JSON, or not exactly one of pid and spawn",
+            body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No process with that pid", body = ErrorBody),
+        (status = 409, description = "The pid is already a target", body = ErrorBody),
+        (status = 422, description = "The core refused (permission, ptrace, exec)",
+            body = ErrorBody),
+        (status = 503, description = "The connection to wprobe-core is closed",
+            body = ErrorBody)))]
+pub async fn add_target(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Target>), ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let req: NewTarget = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a target: {e}")))?;
+    let target = match (req.pid, req.spawn) {
+        (Some(pid), None) => state.core.ask(|reply| Command::Attach(pid, reply)).await?,
+        (None, Some(argv)) if !argv.is_empty() => {
+            state.core.ask(|reply| Command::Spawn(argv, reply)).await?
+        }
+        (None, Some(_)) => return Err(ApiError::bad_request("`spawn` is empty: name a program")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `pid` (attach) and `spawn` (a command to start)",
+            ))
+        }
+    };
+    Ok((StatusCode::CREATED, Json(target)))
+}
+
+/// Every target, by id: those of this run, and those of earlier runs
+/// (state "gone").
+#[utoipa::path(get, path = "/api/targets",
+    responses(
+        (status = 200, description = "The targets, by id", body = Vec<Target>),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
+pub async fn list_targets(State(state): State<AppState>) -> Result<Json<Vec<Target>>, ApiError> {
+    Ok(Json(state.store().targets()?))
+}
+
+fn target_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("target id `{id}` is not a number")))
+}
+
+/// One target.
+#[utoipa::path(get, path = "/api/targets/{id}",
+    params(("id" = i64, Path, description = "The target's id")),
+    responses(
+        (status = 200, description = "The target", body = Target),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such target", body = ErrorBody)))]
+pub async fn get_target(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Target>, ApiError> {
+    let id = target_id(id)?;
+    state
+        .store()
+        .target(id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no target with id {id}")))
+}
+
+/// Lets a target go: the core detaches, and the process runs on untouched.
+#[utoipa::path(delete, path = "/api/targets/{id}",
+    params(("id" = i64, Path, description = "The target's id")),
+    responses(
+        (status = 204, description = "Detached and removed"),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 404, description = "No such target", body = ErrorBody),
+        (status = 422, description = "The core could not detach", body = ErrorBody),
+        (status = 503, description = "The connection to wprobe-core is closed",
+            body = ErrorBody)))]
+pub async fn delete_target(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = target_id(id)?;
+    if state.core.ask(|reply| Command::Remove(id, reply)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no target with id {id}")))
     }
 }

@@ -1,8 +1,9 @@
 //! `wprobe serve`: the service that makes probes manageable from a browser
 //! and from scripts (DESIGN.md, "Host service"). Today it has its
 //! foundation: the bearer token and the Host/Origin checks, the SQLite
-//! store, plugin uploads with versions, and the OpenAPI document. Targets,
-//! probes, events and metrics (issue 6) come next.
+//! store, plugin uploads with versions, the OpenAPI document, and targets:
+//! a core of its own (or `--core SOCKET`) that attaches to and spawns
+//! processes ([`targets`]). Probes, events and metrics come next.
 //!
 //! The key decision: the service is a function, [`app`], of its state, and
 //! the routes are listed once, in [`routes`], from which both the router
@@ -12,6 +13,7 @@ mod api;
 mod auth;
 mod error;
 pub mod store;
+mod targets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,10 @@ pub struct ServeArgs {
     /// The largest request body of any other route, in bytes (413 beyond).
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Use the wprobe-core listening on this socket instead of starting
+    /// one (same-user mode) of its own.
+    #[arg(long, value_name = "SOCKET")]
+    pub core: Option<PathBuf>,
 }
 
 /// What every route shares.
@@ -56,6 +62,8 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub max_upload: usize,
     pub max_body: usize,
+    /// The thread that talks to wprobe-core.
+    pub core: targets::Core,
 }
 
 impl AppState {
@@ -99,6 +107,16 @@ pub fn routes(max_upload: usize) -> Vec<Route> {
             "/api/plugins/{id}",
             false,
             delete(api::delete_plugin),
+        ),
+        r("GET", "/api/processes", false, get(api::list_processes)),
+        r("POST", "/api/targets", false, post(api::add_target)),
+        r("GET", "/api/targets", false, get(api::list_targets)),
+        r("GET", "/api/targets/{id}", false, get(api::get_target)),
+        r(
+            "DELETE",
+            "/api/targets/{id}",
+            false,
+            delete(api::delete_target),
         ),
     ]
 }
@@ -182,7 +200,14 @@ fn run(args: ServeArgs) -> Result<(), String> {
     };
     make_data_dir(&dir)?;
     let token = auth::load_or_create_token(&dir)?;
-    let store = Store::open(&dir.join("wprobe.db"))?;
+    let store = Arc::new(Mutex::new(Store::open(&dir.join("wprobe.db"))?));
+    let name = format!("wprobe serve {}", std::process::id());
+    let client = match &args.core {
+        Some(socket) => wprobe_core::proto::Client::connect(socket, &name),
+        None => wprobe_core::proto::Client::start_core(&targets::core_binary(), &name),
+    }
+    .map_err(|e| format!("wprobe-core: {e}"))?;
+    let core = targets::Core::start(client, store.clone());
     let runtime = Runtime::new(Limits {
         module_bytes: args.max_upload,
         ..Limits::default()
@@ -201,10 +226,11 @@ fn run(args: ServeArgs) -> Result<(), String> {
         let state = AppState {
             hosts: Arc::new(accepted_hosts(addr)),
             token: Arc::new(token.clone()),
-            store: Arc::new(Mutex::new(store)),
+            store,
             runtime: Arc::new(runtime),
             max_upload: args.max_upload,
             max_body: args.max_body,
+            core,
         };
         // The token goes in the fragment, which browsers never send.
         println!("http://{addr}/#token={token}");

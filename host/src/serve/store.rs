@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 /// The schema this code writes. Older databases are migrated at open, step
 /// by step; a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE blobs (
@@ -35,6 +35,69 @@ CREATE TABLE plugin_versions (
     PRIMARY KEY (plugin_id, version)
 );
 ";
+
+/// Version 2: the processes the service traces (issue 6).
+const SCHEMA_V2: &str = "
+CREATE TABLE targets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid INTEGER NOT NULL,
+    start_time INTEGER NOT NULL,
+    cmdline TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    exit_signal INTEGER,
+    created INTEGER NOT NULL
+);
+";
+
+/// How a target ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TargetExit {
+    /// The exit code, when it called exit.
+    pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+}
+
+/// A process the service traces, or traced.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Target {
+    pub id: i64,
+    pub pid: i32,
+    /// "attached" or "spawned".
+    pub kind: String,
+    /// The command line, its arguments separated by spaces.
+    pub cmdline: String,
+    /// "running"; "exited" once it ended; "gone" when it was a target of a
+    /// previous run of the service (it is not traced any more).
+    pub state: String,
+    /// How it ended, when it did.
+    pub exit: Option<TargetExit>,
+    /// The process's start time (field 22 of /proc/PID/stat), which tells
+    /// it apart from a later process with the same pid.
+    pub start_time: u64,
+    /// When it became a target, in seconds since the Unix epoch.
+    pub created: i64,
+}
+
+fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
+    let code: Option<i32> = row.get("exit_code")?;
+    let signal: Option<i32> = row.get("exit_signal")?;
+    Ok(Target {
+        id: row.get("id")?,
+        pid: row.get("pid")?,
+        kind: row.get("kind")?,
+        cmdline: row.get("cmdline")?,
+        state: row.get("state")?,
+        exit: (code.is_some() || signal.is_some()).then_some(TargetExit { code, signal }),
+        start_time: row.get::<_, i64>("start_time")? as u64,
+        created: row.get("created")?,
+    })
+}
+
+const TARGET_COLUMNS: &str =
+    "id, pid, start_time, cmdline, kind, state, exit_code, exit_signal, created";
 
 /// One stored version of a plugin.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -159,6 +222,15 @@ impl Store {
         if current < 1 {
             tx.execute_batch(SCHEMA_V1).map_err(fail)?;
         }
+        if current < 2 {
+            tx.execute_batch(SCHEMA_V2).map_err(fail)?;
+        }
+        // Targets of a previous run are not traced any more.
+        tx.execute(
+            "UPDATE targets SET state = 'gone' WHERE state = 'running'",
+            [],
+        )
+        .map_err(fail)?;
         if current == 0 {
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
@@ -225,6 +297,72 @@ impl Store {
             },
             new_blob,
         })
+    }
+
+    /// Adds a running target.
+    pub fn add_target(
+        &mut self,
+        pid: i32,
+        start_time: u64,
+        cmdline: &str,
+        kind: &str,
+    ) -> rusqlite::Result<Target> {
+        self.conn.execute(
+            "INSERT INTO targets (pid, start_time, cmdline, kind, state, created)
+             VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+            params![pid, start_time as i64, cmdline, kind, now()],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.target(id).map(|t| t.expect("just inserted"))
+    }
+
+    /// Every target, by id.
+    pub fn targets(&self) -> rusqlite::Result<Vec<Target>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {TARGET_COLUMNS} FROM targets ORDER BY id"))?;
+        let rows = stmt.query_map([], target_from_row)?;
+        rows.collect()
+    }
+
+    pub fn target(&self, id: i64) -> rusqlite::Result<Option<Target>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {TARGET_COLUMNS} FROM targets WHERE id = ?1"),
+                [id],
+                target_from_row,
+            )
+            .optional()
+    }
+
+    /// The running target with this pid.
+    pub fn running_target(&self, pid: i32) -> rusqlite::Result<Option<Target>> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {TARGET_COLUMNS} FROM targets WHERE pid = ?1 AND state = 'running'"
+                ),
+                [pid],
+                target_from_row,
+            )
+            .optional()
+    }
+
+    /// The running target with this pid ended.
+    pub fn target_exited(&mut self, pid: i32, exit: TargetExit) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE targets SET state = 'exited', exit_code = ?2, exit_signal = ?3
+             WHERE pid = ?1 AND state = 'running'",
+            params![pid, exit.code, exit.signal],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_target(&mut self, id: i64) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM targets WHERE id = ?1", [id])?
+            == 1)
     }
 
     /// Every plugin, by id, with its latest version.
@@ -337,5 +475,40 @@ mod tests {
         assert!(!s.delete(a.id).expect("delete again"));
         assert_eq!(s.blob_count().expect("count"), 0);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn v1_migrates_and_running_targets_are_gone_after_reopen() {
+        let path = temp_db("targets");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(SCHEMA_V1).expect("v1");
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);",
+            )
+            .expect("version 1");
+        }
+        let mut s = Store::open(&path).expect("migrate");
+        let a = s.add_target(10, 5, "a b", "attached").expect("add");
+        let b = s.add_target(11, 6, "c", "spawned").expect("add");
+        let exit = TargetExit {
+            code: Some(3),
+            signal: None,
+        };
+        s.target_exited(11, exit).expect("exited");
+        assert_eq!(s.running_target(10).expect("get").expect("some").id, a.id);
+        drop(s);
+        let s = Store::open(&path).expect("reopen");
+        let list = s.targets().expect("list");
+        assert_eq!(list[0].state, "gone");
+        assert_eq!((list[1].id, list[1].state.as_str()), (b.id, "exited"));
+        assert_eq!(list[1].exit, Some(exit));
+        assert!(s.running_target(10).expect("get").is_none());
+        let v: i64 = s
+            .conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
     }
 }
