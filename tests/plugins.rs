@@ -3,33 +3,10 @@
 //! results, a plugin swapped while its target keeps hitting, a plugin that
 //! misbehaves, and a sync plugin that changes what a function returns.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 use wprobe_tests::*;
-
-/// An example plugin built by plugins/build.sh (run here if it was not).
-fn plugin(file: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join("target/plugins");
-    let path = out.join(file);
-    if !path.exists() {
-        // Several test binaries may get here at once: one builds.
-        let status = Command::new("flock")
-            .arg(root.join("target/plugins.lock"))
-            .args(["bash", "-c"])
-            .arg(format!(
-                "[ -e '{}' ] || bash '{}'",
-                path.display(),
-                root.join("plugins/build.sh").display()
-            ))
-            .status()
-            .expect("run plugins/build.sh");
-        assert!(status.success(), "plugins/build.sh failed");
-    }
-    path
-}
 
 /// The summary line of the plugin named `name`.
 fn summary_of<'a>(t: &'a Trace, name: &str) -> &'a Value {
@@ -74,7 +51,7 @@ fn count_is_exact_per_probe_and_per_thread() {
     let bin = build("threads", "plugin-count", &["-O2"]);
     let b = bin.to_string_lossy();
     for lang in LANGS {
-        let p = plugin(&format!("count.{lang}.wasm"));
+        let p = example_plugin(&format!("count.{lang}.wasm"));
         let t = trace(&[
             "--plugin",
             &p.to_string_lossy(),
@@ -107,7 +84,7 @@ fn args_records_carry_each_call_s_arguments() {
     let bin = build("basic", "plugin-args", &["-O2"]);
     let b = bin.to_string_lossy();
     for lang in LANGS {
-        let p = plugin(&format!("args.{lang}.wasm"));
+        let p = example_plugin(&format!("args.{lang}.wasm"));
         let t = trace(&[
             "--plugin",
             &p.to_string_lossy(),
@@ -140,7 +117,7 @@ fn latency_histogram_pairs_each_return_with_its_entry() {
     let bin = build("plugged", "plugin-latency", &["-O2"]);
     let b = bin.to_string_lossy();
     for lang in LANGS {
-        let p = plugin(&format!("latency.{lang}.wasm"));
+        let p = example_plugin(&format!("latency.{lang}.wasm"));
         let t = trace(&[
             "--plugin",
             &p.to_string_lossy(),
@@ -173,7 +150,7 @@ fn malloc_sizes_by_thread() {
     let bin = build("plugged", "plugin-malloc", &["-O2"]);
     let b = bin.to_string_lossy();
     for lang in LANGS {
-        let p = plugin(&format!("mallocsize.{lang}.wasm"));
+        let p = example_plugin(&format!("mallocsize.{lang}.wasm"));
         // On the program's own wrapper, the sizes are exactly known.
         let t = trace(&[
             "--plugin",
@@ -223,7 +200,7 @@ fn strings_read_the_paths_given_to_open() {
     let bin = build("plugged", "plugin-strings", &["-O2"]);
     let b = bin.to_string_lossy();
     for lang in LANGS {
-        let p = plugin(&format!("strings.{lang}.wasm"));
+        let p = example_plugin(&format!("strings.{lang}.wasm"));
         let name = format!("strings-{lang}");
         // The program's own function, path in the first argument, read by
         // the plugin while the thread waits (--sync): an async handler
@@ -293,7 +270,7 @@ fn a_plugin_swapped_while_its_target_hits_loses_and_doubles_nothing() {
     let bin = build("plugged", "plugin-swap", &["-O2"]);
     let b = bin.to_string_lossy();
     let file = scratch_dir().join("swap.wasm");
-    std::fs::copy(plugin("count.rust.wasm"), &file).unwrap();
+    std::fs::copy(example_plugin("count.rust.wasm"), &file).unwrap();
     let live = LiveTrace::start(
         "swap",
         &[
@@ -310,7 +287,7 @@ fn a_plugin_swapped_while_its_target_hits_loses_and_doubles_nothing() {
     );
     live.wait_for_events("hits", |t| t.matches("\"kind\"").count() > 1000);
     // The C version replaces the Rust one while the loop runs.
-    std::fs::copy(plugin("count.c.wasm"), &file).unwrap();
+    std::fs::copy(example_plugin("count.c.wasm"), &file).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(live.child.id() as i32, libc::SIGHUP) };
     let out = live.child.wait_with_output().unwrap();
@@ -351,7 +328,7 @@ fn a_plugin_that_never_returns_is_quarantined_and_the_target_runs_on() {
     let b = bin.to_string_lossy();
     let file = scratch_dir().join("spinner.wasm");
     std::fs::write(&file, SPINNER).unwrap();
-    let good = plugin("count.c.wasm");
+    let good = example_plugin("count.c.wasm");
     let t = trace(&[
         "--plugin",
         &file.to_string_lossy(),

@@ -129,26 +129,6 @@ fn data_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// An example plugin built by plugins/build.sh (run here if it was not).
-fn example_plugin(file: &str) -> Vec<u8> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join("target/plugins").join(file);
-    if !path.exists() {
-        let status = Command::new("flock")
-            .arg(root.join("target/plugins.lock"))
-            .args(["bash", "-c"])
-            .arg(format!(
-                "[ -e '{}' ] || bash '{}'",
-                path.display(),
-                root.join("plugins/build.sh").display()
-            ))
-            .status()
-            .expect("run plugins/build.sh");
-        assert!(status.success(), "plugins/build.sh failed");
-    }
-    std::fs::read(&path).expect("read the plugin")
-}
-
 /// A small plugin as WebAssembly text, which the runtime accepts too.
 const WAT_PLUGIN: &str = r#"(module
   (memory (export "memory") 1)
@@ -241,7 +221,7 @@ fn token_host_and_origin() {
 fn plugins_versions_refusals_and_restart() {
     let dir = data_dir("plugins");
     let s = Server::start(&dir, &[]);
-    let count = example_plugin("count.rust.wasm");
+    let count = std::fs::read(example_plugin("count.rust.wasm")).expect("read the plugin");
 
     let a = s.call("POST", "/api/plugins?name=count", &count);
     assert_eq!(a.status, 201, "{}", a.text);

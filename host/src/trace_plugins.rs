@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
-use wprobe_core::proto::{Action, Event, EventKind, RegSet};
+use wprobe_core::proto::{Action, Event, EventKind, RegSet, X86_64_NREGS};
 use wprobe_host::plugin::{Attachment, CallInfo, Limits, Runtime};
 
 /// Raised by SIGHUP.
@@ -134,10 +134,8 @@ impl Plugins {
             mutation,
             return_probe,
         };
-        let mut regs = match &e.regs {
-            RegSet::X86_64(r) => *r,
-        };
-        let mut changed = false;
+        // A copy of the registers only once a plugin changes one.
+        let mut regs: Option<[u64; X86_64_NREGS]> = None;
         let mut set_return = None;
         for (n, (arg, a)) in self.list.iter().enumerate() {
             let o = a.handle(&self.rt, e, info);
@@ -154,8 +152,8 @@ impl Plugins {
                 let _ = out.write_all(b"\n");
             }
             for (i, v) in o.set_regs {
-                regs[i] = v;
-                changed = true;
+                let RegSet::X86_64(now) = &e.regs;
+                regs.get_or_insert(*now)[i] = v;
             }
             if o.set_return.is_some() {
                 set_return = o.set_return;
@@ -176,13 +174,13 @@ impl Plugins {
         if !e.sync {
             return None;
         }
-        Some(match (set_return, changed) {
-            (Some(v), false) if e.kind == EventKind::Return => Action::SetReturn(v),
-            (Some(v), _) if e.kind == EventKind::Return => {
-                regs[10] = v; // rax
-                Action::SetRegs(RegSet::X86_64(regs))
+        Some(match (set_return, regs) {
+            (Some(v), None) if e.kind == EventKind::Return => Action::SetReturn(v),
+            (Some(v), Some(mut r)) if e.kind == EventKind::Return => {
+                r[10] = v; // rax
+                Action::SetRegs(RegSet::X86_64(r))
             }
-            (_, true) => Action::SetRegs(RegSet::X86_64(regs)),
+            (_, Some(r)) => Action::SetRegs(RegSet::X86_64(r)),
             _ => Action::Continue,
         })
     }

@@ -39,7 +39,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
-use wprobe_tests::{build, file_offset, parse_jsonl, scratch_dir};
+use wprobe_tests::{build, example_plugin, file_offset, parse_jsonl, scratch_dir};
 
 /// The probed function of the fixture.
 const FUNC: &str = "bench_target";
@@ -512,20 +512,6 @@ const NOOP_PLUGIN: &str = r#"(module
   (func (export "wprobe_abi_version") (result i32) i32.const 1)
   (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
   (func (export "wprobe_on_entry") (param i32 i32) (result i32) i32.const 0))"#;
-
-/// An example plugin, built by plugins/build.sh when it is not yet.
-fn example_plugin(file: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join("target/plugins").join(file);
-    if !path.exists() {
-        let status = Command::new("bash")
-            .arg(root.join("plugins/build.sh"))
-            .status()
-            .expect("run plugins/build.sh");
-        assert!(status.success(), "plugins/build.sh failed");
-    }
-    path
-}
 
 /// Events per second one core pushes through the count plugins on the
 /// host's event path (tests/bin/plugin_throughput.rs), as markdown lines.

@@ -500,3 +500,25 @@ pub fn assert_untouched(pid: i32, bin: &Path, symbol: &str) {
         .any(|m| m.exec && m.path.is_none() && m.end - m.start == 0x10000);
     assert!(!left, "the engine's pages are unmapped");
 }
+
+/// An example plugin built by plugins/build.sh (run here if it was not).
+pub fn example_plugin(file: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target/plugins");
+    let path = out.join(file);
+    if !path.exists() {
+        // Several test binaries may get here at once: one builds.
+        let status = Command::new("flock")
+            .arg(root.join("target/plugins.lock"))
+            .args(["bash", "-c"])
+            .arg(format!(
+                "[ -e '{}' ] || bash '{}'",
+                path.display(),
+                root.join("plugins/build.sh").display()
+            ))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(status.success(), "plugins/build.sh failed");
+    }
+    path
+}

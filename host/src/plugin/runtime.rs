@@ -991,6 +991,37 @@ fn read_target(state: &mut State, addr: i64, len: usize, string: bool) -> Result
     Ok(out)
 }
 
+/// `map_update` and `map_lhist`: the name `(ptr, len)` and the key
+/// `(kind, ptr, len)` read from the plugin's memory, then one update.
+fn map_update(
+    caller: &mut Caller<'_, State>,
+    op: Op,
+    (name, name_len): (i32, i32),
+    (key_kind, key, key_len): (i32, i32, i32),
+    value: i64,
+) -> i32 {
+    let Some((mem, state)) = memory(caller) else {
+        return code::EFAULT_PLUGIN;
+    };
+    let name = match name_of(mem, name, name_len) {
+        Ok(n) => n,
+        Err(c) => return c,
+    };
+    let key = match key_of(mem, key_kind, key, key_len) {
+        Ok(k) => k,
+        Err(c) => return c,
+    };
+    let max = state.rt.max_keys;
+    map_result(
+        state
+            .shared
+            .maps
+            .lock()
+            .expect("maps")
+            .update(name, op, key, value, max),
+    )
+}
+
 fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "wprobe",
@@ -1077,29 +1108,16 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
          key_len: i32,
          value: i64|
          -> i32 {
-            let Some(op) = Op::from_abi(op) else {
-                return code::EINVAL;
-            };
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let name = match name_of(mem, name, name_len) {
-                Ok(n) => n,
-                Err(c) => return c,
-            };
-            let key = match key_of(mem, key_kind, key, key_len) {
-                Ok(k) => k,
-                Err(c) => return c,
-            };
-            let max = state.rt.max_keys;
-            map_result(
-                state
-                    .shared
-                    .maps
-                    .lock()
-                    .expect("maps")
-                    .update(name, op, key, value, max),
-            )
+            match Op::from_abi(op) {
+                Some(op) => map_update(
+                    &mut caller,
+                    op,
+                    (name, name_len),
+                    (key_kind, key, key_len),
+                    value,
+                ),
+                None => code::EINVAL,
+            }
         },
     )?;
     linker.func_wrap(
@@ -1116,26 +1134,13 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
          max: i64,
          step: i64|
          -> i32 {
-            let Some((mem, state)) = memory(&mut caller) else {
-                return code::EFAULT_PLUGIN;
-            };
-            let name = match name_of(mem, name, name_len) {
-                Ok(n) => n,
-                Err(c) => return c,
-            };
-            let key = match key_of(mem, key_kind, key, key_len) {
-                Ok(k) => k,
-                Err(c) => return c,
-            };
-            let cap = state.rt.max_keys;
             let op = Op::Lhist { min, max, step };
-            map_result(
-                state
-                    .shared
-                    .maps
-                    .lock()
-                    .expect("maps")
-                    .update(name, op, key, value, cap),
+            map_update(
+                &mut caller,
+                op,
+                (name, name_len),
+                (key_kind, key, key_len),
+                value,
             )
         },
     )?;
