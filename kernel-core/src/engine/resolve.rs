@@ -4,16 +4,14 @@
 //! Every check runs before anything is written: a refused probe leaves no
 //! byte of the target changed.
 
-use std::sync::Arc;
-
 use super::xol::{self, Area};
 use super::{capture, Engine, EngineError, Internal, Notice, Probe, ProbeId, Result, Sink, Site};
 use crate::arch::native::{
-    arch_prepare_kprobe, arch_prepare_slot, insn_boundaries, Action, Prepared, SlotMode,
-    BREAKPOINT, MAX_INSN_LEN,
+    arch_prepare_kprobe, arch_prepare_slot, Action, Prepared, SlotMode, BREAKPOINT,
 };
-use crate::spec::{Kind, Location, ProbeSpec};
-use crate::symbols::{self, ElfFile, MapEntry, Module, SymbolError};
+use crate::spec::{Kind, ProbeSpec};
+use crate::symbols::browse::{code_at, file_vaddr, resolve_spec, Place, Resolution, Tracer};
+use crate::symbols::{self, ElfCache, MapEntry, Module};
 use crate::target::{Target, Tid};
 
 /// Where a probe resolved to in one process.
@@ -452,7 +450,9 @@ impl<T: Target> Engine<T> {
         Ok(())
     }
 
-    /// Resolves a spec in one process without changing anything.
+    /// Resolves a spec in one process without changing anything: what the
+    /// files say ([`resolve_spec`], shared with the service's read-only
+    /// views), then the live bytes, which must still be the file's.
     pub(super) fn resolve(
         &mut self,
         pid: Tid,
@@ -460,105 +460,17 @@ impl<T: Target> Engine<T> {
     ) -> std::result::Result<Resolved, String> {
         let maps = symbols::read_maps(pid).map_err(|e| e.to_string())?;
         let modules = symbols::modules(pid, &maps, &mut self.elf).map_err(|e| e.to_string())?;
-        let proc_ = &self.processes[&pid];
-        let (module, elf, vaddr, location) = match &spec.location {
-            Location::ProcessAddress(a) => {
-                let a = *a;
-                if proc_.areas.iter().any(|ar| ar.contains(a)) {
-                    return Err(format!(
-                        "{a:#x} is inside the engine's own out-of-line pages; probe the original code instead"
-                    ));
-                }
-                if !maps.iter().any(|m| m.exec && a >= m.start && a < m.end) {
-                    return Err(format!(
-                        "{a:#x} is in no executable mapping of process {pid} (see /proc/{pid}/maps)"
-                    ));
-                }
-                let module = modules
-                    .iter()
-                    .find(|m| m.mappings.iter().any(|e| a >= e.start && a < e.end))
-                    .ok_or_else(|| {
-                        format!("{a:#x} is not in a file-backed mapping; the engine only probes code it can compare with its file")
-                    })?;
-                let elf = self.elf.get(&module.file).map_err(|e| e.to_string())?;
-                let vaddr = a.wrapping_sub(module.bias);
-                let location = describe(&elf, &module.path, vaddr);
-                if let Some((sym, off)) = elf.symbol_at(vaddr) {
-                    check_boundary(&elf, &module.path, sym, off)?;
-                }
-                (module.clone(), elf, vaddr, location)
-            }
-            _ => {
-                let module = match self.module_for(pid, spec, &modules) {
-                    Ok(m) => m,
-                    Err(SymbolError::NoModule { .. }) if spec.module.is_some() => {
-                        let m = spec.module.as_deref().unwrap_or_default();
-                        // Validate what can be validated now, in the file
-                        // the process would map: under its root.
-                        if m.contains('/') {
-                            let in_root = std::path::PathBuf::from(format!("/proc/{pid}/root{m}"));
-                            if in_root.exists() {
-                                let elf = self.elf.get(&in_root).map_err(|e| e.to_string())?;
-                                file_vaddr(&elf, m, spec).map_err(|e| e.to_string())?;
-                            } else if self.processes[&pid].startup_done && !self.options.follow_exec
-                            {
-                                return Err(format!(
-                                    "there is no file {m} in process {pid}'s root (/proc/{pid}/root)"
-                                ));
-                            }
-                        }
-                        return Ok(Resolved::Pending(format!(
-                            "`{m}` is not mapped in process {pid} yet; the probe is armed when it is loaded"
-                        )));
-                    }
-                    Err(e) => return Err(e.to_string()),
-                };
-                let elf = self.elf.get(&module.file).map_err(|e| e.to_string())?;
-                let (vaddr, location) =
-                    file_vaddr(&elf, &module.path, spec).map_err(|e| e.to_string())?;
-                (module, elf, vaddr, location)
-            }
+        let Place {
+            module,
+            addr,
+            location,
+            code,
+            prepared,
+            warning,
+        } = match resolve_spec(self, pid, spec, &maps, &modules)? {
+            Resolution::At(place) => *place,
+            Resolution::Pending(reason) => return Ok(Resolved::Pending(reason)),
         };
-        let addr = vaddr.wrapping_add(module.bias);
-        if !module
-            .mappings
-            .iter()
-            .any(|m| m.exec && addr >= m.start && addr < m.end)
-        {
-            return Err(format!(
-                "{location} ({addr:#x}) is not in an executable mapping of {}",
-                module.path
-            ));
-        }
-        let code = code_at(&elf, &module.path, vaddr).map_err(|e| e.to_string())?;
-        let prepared = arch_prepare_kprobe(&code, addr).map_err(|r| r.to_string())?;
-        let mut warning = None;
-        if spec.kind == Kind::Return {
-            // The return address is at the stack pointer only at entry.
-            match elf.symbol_at(vaddr) {
-                Some((_, 0)) => {}
-                Some((sym, off)) => {
-                    return Err(format!(
-                        "a return probe goes on a function's entry; {addr:#x} is `{}`+{off:#x}",
-                        sym.demangled.as_deref().unwrap_or(&sym.name)
-                    ))
-                }
-                None if !spec.force => {
-                    return Err(format!(
-                        "no known function starts at {addr:#x}, and a return probe must be at a \
-                         function's entry; add `force` if it is one"
-                    ))
-                }
-                None => {}
-            }
-            self.check_return_probe(pid, &module.file)?;
-            if elf.symbols.iter().any(|s| s.name.starts_with("_Z")) {
-                warning = Some(format!(
-                    "{location} in {} is C++ code: a C++ exception thrown through it while its return                      is probed terminates the program, and backtrace() inside it stops at the                      trampoline (the unwinder cannot step past it; kernel uretprobes do the same)",
-                    module.path
-                ));
-            }
-        }
         if let Some(site) = self.processes[&pid].sites.get(&addr) {
             // Ours already: several probes at one address share it.
             let _ = site;
@@ -584,31 +496,6 @@ impl<T: Target> Engine<T> {
             return_probe: spec.kind == Kind::Return,
             warning,
         })
-    }
-
-    fn module_for(
-        &mut self,
-        pid: Tid,
-        spec: &ProbeSpec,
-        modules: &[Module],
-    ) -> std::result::Result<Module, SymbolError> {
-        match &spec.module {
-            Some(m) => symbols::find_module(m, modules, &mut self.elf).cloned(),
-            None => {
-                let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                modules
-                    .iter()
-                    .find(|m| m.path == exe)
-                    .or_else(|| modules.first())
-                    .cloned()
-                    .ok_or(SymbolError::NoModule {
-                        spec: "(main executable)".into(),
-                        loaded: Vec::new(),
-                    })
-            }
-        }
     }
 
     /// After exec (or attach): forget the old image, hook the dynamic
@@ -844,111 +731,28 @@ fn hex(b: &[u8]) -> String {
         .join(" ")
 }
 
-/// "func+0x12" or "0x401230" for an address in a file.
-fn describe(elf: &ElfFile, _path: &str, vaddr: u64) -> String {
-    match elf.symbol_at(vaddr) {
-        Some((s, 0)) => s.demangled.clone().unwrap_or_else(|| s.name.clone()),
-        Some((s, off)) => format!(
-            "{}+{off:#x}",
-            s.demangled.clone().unwrap_or_else(|| s.name.clone())
-        ),
-        None => format!("{vaddr:#x}"),
+/// What only the engine knows when a spec is resolved in a process it
+/// traces.
+impl<T: Target> Tracer for Engine<T> {
+    fn elf(&mut self) -> &mut ElfCache {
+        &mut self.elf
     }
-}
 
-/// The file address a symbol or file-address spec names, with every check
-/// that needs only the file.
-fn file_vaddr(elf: &Arc<ElfFile>, path: &str, spec: &ProbeSpec) -> Result<(u64, String)> {
-    match &spec.location {
-        Location::Symbol { name, offset } => {
-            let sym = elf.lookup(name)?;
-            if sym.size == 0 && !spec.force {
-                return Err(EngineError::Refused(format!(
-                    "`{name}` in {path} has no size, so the engine cannot check that {}is an instruction boundary; \
-                     add `force` to the spec to probe it anyway",
-                    if *offset == 0 { "its entry ".to_string() } else { format!("+{offset:#x} ") }
-                )));
-            }
-            if sym.size != 0 && *offset >= sym.size {
-                return Err(EngineError::Refused(format!(
-                    "offset +{offset:#x} is outside `{name}` in {path}, which is {:#x} bytes long",
-                    sym.size
-                )));
-            }
-            if sym.size != 0 {
-                check_boundary(elf, path, sym, *offset).map_err(EngineError::Refused)?;
-            }
-            Ok((sym.addr + offset, spec.location.to_string()))
-        }
-        Location::FileAddress(v) => {
-            if !elf.segment_for(*v).is_some_and(|s| s.exec) {
-                return Err(EngineError::Refused(format!(
-                    "{v:#x} is not in an executable segment of {path}"
-                )));
-            }
-            if let Some((sym, off)) = elf.symbol_at(*v) {
-                check_boundary(elf, path, sym, off).map_err(EngineError::Refused)?;
-            }
-            Ok((*v, describe(elf, path, *v)))
-        }
-        Location::ProcessAddress(_) => Err(EngineError::Refused(
-            "a process address needs a process".into(),
-        )),
+    fn in_own_pages(&self, pid: Tid, addr: u64) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|p| p.areas.iter().any(|ar| ar.contains(addr)))
     }
-}
 
-/// Refuses an offset that is not where an instruction starts when the
-/// function is decoded from its entry.
-fn check_boundary(
-    elf: &ElfFile,
-    path: &str,
-    sym: &symbols::Symbol,
-    off: u64,
-) -> std::result::Result<(), String> {
-    if off == 0 || sym.size == 0 {
-        return Ok(());
+    fn refuses_missing_files(&self, pid: Tid) -> bool {
+        self.processes[&pid].startup_done && !self.options.follow_exec
     }
-    let Some(code) = elf.file_bytes(sym.addr, sym.size as usize) else {
-        return Ok(());
-    };
-    let bounds = insn_boundaries(&code);
-    if bounds.contains(&(off as usize)) {
-        return Ok(());
-    }
-    let lower: Vec<usize> = bounds
-        .iter()
-        .copied()
-        .filter(|&b| (b as u64) < off)
-        .collect();
-    let before: Vec<String> = lower[lower.len().saturating_sub(2)..]
-        .iter()
-        .map(|b| format!("+{b:#x}"))
-        .collect();
-    let after: Vec<String> = bounds
-        .iter()
-        .filter(|&&b| (b as u64) > off)
-        .take(2)
-        .map(|b| format!("+{b:#x}"))
-        .collect();
-    let name = sym.demangled.as_deref().unwrap_or(&sym.name);
-    Err(format!(
-        "{:#x} is not an instruction boundary in `{name}` in {path} (nearest boundaries: {})",
-        sym.addr + off,
-        before
-            .into_iter()
-            .chain(after)
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-}
 
-/// The file's bytes of the instruction at `vaddr` (up to 15).
-fn code_at(elf: &ElfFile, path: &str, vaddr: u64) -> Result<Vec<u8>> {
-    let seg = elf
-        .segment_for(vaddr)
-        .ok_or_else(|| EngineError::Refused(format!("{vaddr:#x} is in no segment of {path}")))?;
-    let avail = (seg.vaddr + seg.filesz).saturating_sub(vaddr) as usize;
-    let len = avail.min(MAX_INSN_LEN);
-    elf.file_bytes(vaddr, len)
-        .ok_or_else(|| EngineError::Refused(format!("{vaddr:#x} has no file bytes in {path}")))
+    fn return_probe_refusal(
+        &mut self,
+        pid: Tid,
+        file: &std::path::Path,
+    ) -> std::result::Result<(), String> {
+        self.check_return_probe(pid, file)
+    }
 }

@@ -49,25 +49,7 @@ impl<T: Target> Engine<T> {
         pid: Tid,
         module_file: &std::path::Path,
     ) -> std::result::Result<(), String> {
-        if self.elf.get(module_file).is_ok_and(|e| e.is_go) {
-            return Err(format!(
-                "{} is a Go program: its runtime moves goroutine stacks, which would carry a hijacked \
-                 return address away; use entry probes (`uprobe:`) on Go code",
-                module_file.display()
-            ));
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let shstk = status
-            .lines()
-            .find_map(|l| l.strip_prefix("x86_Thread_features:"))
-            .is_some_and(|f| f.split_whitespace().any(|w| w == "shstk"));
-        if shstk {
-            return Err(format!(
-                "process {pid} uses a CET shadow stack, which would kill it at a hijacked return; \
-                 use entry probes, or run it without shadow stacks (glibc.cpu.x86_shstk=off)"
-            ));
-        }
-        Ok(())
+        crate::symbols::browse::return_probe_refusal(&mut self.elf, pid, module_file)
     }
 
     /// At the entry of a function with return probes (the thread is stopped

@@ -11,7 +11,10 @@
 //! - [`ElfFile`] holds one parsed ELF file: its segments, its function symbols
 //!   (from `.symtab`, `.dynsym` and a separate debug file, found the way gdb
 //!   finds it) and its bytes, so live code can be compared with the file;
-//! - [`demangle`](fn@demangle) turns C++ and Rust symbol names into readable ones.
+//! - [`demangle`](fn@demangle) turns C++ and Rust symbol names into readable ones;
+//! - [`browse`] shows a process's functions and instructions with the
+//!   engine's verdict on each, from the files alone; the engine resolves
+//!   specs with its code.
 //!
 //! The key design decision: every address stored here is a *file* virtual
 //! address, and a [`Module`] carries the bias. An [`ElfFile`] is therefore
@@ -22,6 +25,7 @@
 //! Nothing here writes to a process or needs privileges beyond reading
 //! `/proc/PID/maps` and `/proc/PID/root`.
 
+pub mod browse;
 mod debuginfo;
 mod demangle;
 mod elf;
