@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::creds::{self, Peer};
-use super::queue::{write_frames, Counters, EventQueue, Out};
+use super::queue::{write_frames, Counters, EventQueue, Out, Outbox};
 use super::{Config, Handle, Registry, Waker, TERMINATE};
 use crate::engine::{self, Engine, Hit, ProbeId, RunEnd, Sink};
 use crate::proto::{
@@ -77,6 +77,7 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
     let (verdict_tx, verdict_rx) = mpsc::channel::<(u64, Action)>();
     let (out_tx, out_rx) = mpsc::channel::<Out>();
     let queue = Arc::new(EventQueue::new(config.queue));
+    let out_tx = Outbox::new(out_tx, queue.clone());
     let counters = Arc::new(Counters::default());
 
     let conn_id = registry.as_ref().map(|r| {
@@ -151,7 +152,7 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
 struct Conn {
     peer: Peer,
     config: Config,
-    out: Sender<Out>,
+    out: Outbox,
     counters: Arc<Counters>,
     registry: Option<Arc<Registry>>,
     conn_id: Option<u64>,
@@ -269,7 +270,7 @@ struct ProbeEntry {
 /// client's verdict on sync probes.
 struct QueueSink {
     queue: Arc<EventQueue>,
-    out: Sender<Out>,
+    out: Outbox,
     counters: Arc<Counters>,
     verdicts: Receiver<(u64, Action)>,
     seq: u64,
@@ -434,7 +435,7 @@ fn read_frames(
     mut stream: UnixStream,
     ctl: Sender<Control>,
     verdicts: Sender<(u64, Action)>,
-    out: Sender<Out>,
+    out: Outbox,
     waker: Arc<Waker>,
 ) {
     let mut reader = proto::FrameReader::new();

@@ -29,6 +29,8 @@ struct State {
     /// How many of `items` are events: only they count against the bound.
     events: usize,
     closed: bool,
+    /// A control frame waits in the writer's channel: do not sleep.
+    poked: bool,
 }
 
 /// The bounded event queue of one connection. Events beyond `capacity` are
@@ -48,6 +50,7 @@ impl EventQueue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
                 events: 0,
+                poked: false,
                 closed: false,
             }),
             filled: Condvar::new(),
@@ -114,9 +117,10 @@ impl EventQueue {
     /// notice; waits up to `wait`. `None` when closed and empty.
     fn take(&self, wait: Duration) -> Option<Vec<Item>> {
         let mut s = self.state.lock().expect("queue");
-        if s.items.is_empty() && !s.closed {
+        if s.items.is_empty() && !s.closed && !s.poked {
             s = self.filled.wait_timeout(s, wait).expect("queue").0;
         }
+        s.poked = false;
         if s.items.is_empty() {
             return if s.closed { None } else { Some(Vec::new()) };
         }
@@ -192,6 +196,35 @@ impl Counters {
             .collect();
         v.sort_unstable();
         v
+    }
+}
+
+impl EventQueue {
+    /// Wakes the writer for a control frame. The flag is set under the
+    /// lock, so a poke between the writer's look at its channel and its
+    /// wait is not lost: replies go out at once, not after the wait.
+    fn poke(&self) {
+        self.state.lock().expect("queue").poked = true;
+        self.filled.notify_all();
+    }
+}
+
+/// The writer's channel for control frames; each send wakes the writer.
+#[derive(Clone)]
+pub(super) struct Outbox {
+    tx: mpsc::Sender<Out>,
+    queue: std::sync::Arc<EventQueue>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<Out>, queue: std::sync::Arc<EventQueue>) -> Outbox {
+        Outbox { tx, queue }
+    }
+
+    pub fn send(&self, out: Out) -> Result<(), mpsc::SendError<Out>> {
+        let r = self.tx.send(out);
+        self.queue.poke();
+        r
     }
 }
 
