@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one command that runs every test of wprobe on a fresh machine.
 # It installs what the machine lacks (a C compiler for the fixtures, the
-# wasm toolchains for the plugins), mounts tracefs for the kernel-uprobe cross-checks, then runs the tests.
+# wasm toolchains for the plugins, Chromium and playwright-core for the
+# browser test), mounts tracefs for the kernel-uprobe cross-checks, then
+# runs the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,10 @@ need=()
 command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v objcopy >/dev/null || need+=(binutils)
+# The web UI's browser test: Debian's Chromium, driven by playwright-core
+# from npm with the machine's Node.js.
+command -v chromium >/dev/null || need+=(chromium)
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -24,6 +30,12 @@ fi
 # The example plugins (wasm32, with Debian's clang and rustc 1.63; the
 # script installs them when missing): the plugin tests run them.
 bash plugins/build.sh
+# `wprobe demo`'s committed plugins are those sources built, byte for byte.
+bash plugins/check-demo.sh
+
+# playwright-core, as package-lock.json pins it (no browser download:
+# the test uses /usr/bin/chromium).
+npm ci --prefix web-ui/tests --no-audit --no-fund
 
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=2

@@ -1,10 +1,12 @@
 //! `wprobe`: the command a user runs.
 //!
-//! Today it has one subcommand, `trace`: spawn or attach, place probes,
-//! print every hit as one JSON object per line, detach cleanly. It is a
-//! client of the privileged `wprobe-core`, which it starts itself (or finds
-//! with `--core SOCKET`). `serve` runs the service (host/src/serve/): today
-//! its plugin store and REST API; targets, probes and events come next.
+//! `trace`: spawn or attach, place probes, print every hit as one JSON
+//! object per line, detach cleanly; a client of the privileged
+//! `wprobe-core`, which it starts itself (or finds with `--core SOCKET`).
+//! `serve` runs the service (host/src/serve/): REST API, live events,
+//! metrics, persistence. `demo` runs it with a workload already probed.
+//! `target`, `probe`, `plugin` and `events` drive a running service over
+//! its REST API (host/src/cli.rs).
 
 mod trace;
 mod trace_plugins;
@@ -30,6 +32,17 @@ enum Cmd {
     /// Run the service: a REST API (and, later, the web UI) on
     /// 127.0.0.1:7878 by default; prints its URL with the token.
     Serve(wprobe_host::serve::ServeArgs),
+    /// Run the service with a demo workload, probed with the example
+    /// plugins; prints the URL to open.
+    Demo(wprobe_host::demo::DemoArgs),
+    /// Targets of a running service: attach (--pid), spawn, list, detach.
+    Target(wprobe_host::cli::TargetArgs),
+    /// Probes of a running service: add, list, remove, enable, disable.
+    Probe(wprobe_host::cli::ProbeArgs),
+    /// Plugins of a running service: upload, list, remove.
+    Plugin(wprobe_host::cli::PluginArgs),
+    /// Follow a running service's events: each hit as a JSON line.
+    Events(wprobe_host::cli::EventsArgs),
 }
 
 fn main() {
@@ -37,6 +50,11 @@ fn main() {
     let code = match cli.cmd {
         Cmd::Trace(args) => trace::main(args),
         Cmd::Serve(args) => wprobe_host::serve::main(args),
+        Cmd::Demo(args) => wprobe_host::demo::main(args),
+        Cmd::Target(args) => wprobe_host::cli::target(args),
+        Cmd::Probe(args) => wprobe_host::cli::probe(args),
+        Cmd::Plugin(args) => wprobe_host::cli::plugin(args),
+        Cmd::Events(args) => wprobe_host::cli::events(args),
     };
     std::process::exit(code);
 }

@@ -18,8 +18,7 @@ use clap::Args;
 use serde_json::{json, Map, Value as Json};
 use wprobe_core::engine::{monotonic_ns, Engine};
 use wprobe_core::proto::{
-    Body, CaptureValue, Client, ClientError, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op,
-    ProbeOptions,
+    Body, Client, ClientError, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op, ProbeOptions,
 };
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
@@ -545,24 +544,6 @@ struct JsonOut {
     last_flush: u64,
 }
 
-fn value_json(v: &CaptureValue) -> Json {
-    match v {
-        CaptureValue::Unsigned(x) => json!(x),
-        CaptureValue::Signed(x) => json!(x),
-        CaptureValue::Hex(x) => json!(format!("{x:#x}")),
-        CaptureValue::String { bytes, truncated } => {
-            let s = String::from_utf8_lossy(bytes).into_owned();
-            if *truncated {
-                json!({"string": s, "truncated": true})
-            } else {
-                json!(s)
-            }
-        }
-        CaptureValue::Bytes(b) => json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
-        CaptureValue::Error(e) => json!({ "error": e }),
-    }
-}
-
 impl JsonOut {
     fn write(&mut self, v: &Json) {
         let _ = serde_json::to_writer(&mut self.out, v);
@@ -626,7 +607,7 @@ impl JsonOut {
             let caps: Map<String, Json> = e
                 .captures
                 .iter()
-                .map(|(k, v)| (k.clone(), value_json(v)))
+                .map(|(k, v)| (k.clone(), wprobe_host::json::capture_value(v)))
                 .collect();
             let _ = o.write_all(b",\"captures\":");
             let _ = serde_json::to_writer(&mut *o, &caps);

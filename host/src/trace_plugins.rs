@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::json;
-use wprobe_core::proto::{Action, Event, EventKind, RegSet, X86_64_NREGS};
-use wprobe_host::plugin::{Attachment, CallInfo, Limits, Runtime};
+use wprobe_core::proto::{Action, Event};
+use wprobe_host::plugin::{dispatch, Attachment, CallInfo, Limits, Runtime};
 
 /// Raised by SIGHUP.
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -134,12 +134,13 @@ impl Plugins {
             mutation,
             return_probe,
         };
-        // A copy of the registers only once a plugin changes one.
-        let mut regs: Option<[u64; X86_64_NREGS]> = None;
-        let mut set_return = None;
-        for (n, (arg, a)) in self.list.iter().enumerate() {
-            let o = a.handle(&self.rt, e, info);
-            for r in o.records {
+        let mut faults = Vec::new();
+        let action = dispatch(
+            &self.rt,
+            self.list.iter().map(|(_, a)| a),
+            e,
+            info,
+            |_, a, r| {
                 let line = json!({
                     "plugin": a.plugin().manifest.name,
                     "probe": e.probe,
@@ -150,39 +151,23 @@ impl Plugins {
                 });
                 let _ = serde_json::to_writer(&mut *out, &line);
                 let _ = out.write_all(b"\n");
+            },
+            |n, f| faults.push((n, f)),
+        );
+        for (n, f) in faults {
+            let (arg, a) = &self.list[n];
+            if self.faults_said < 10 {
+                eprintln!("wprobe: {f} ({})", arg.path);
+                self.faults_said += 1;
             }
-            for (i, v) in o.set_regs {
-                let RegSet::X86_64(now) = &e.regs;
-                regs.get_or_insert(*now)[i] = v;
-            }
-            if o.set_return.is_some() {
-                set_return = o.set_return;
-            }
-            if let Some(f) = o.fault {
-                if self.faults_said < 10 {
-                    eprintln!("wprobe: {f} ({})", arg.path);
-                    self.faults_said += 1;
-                }
-                if let Some(q) = a.stats().quarantined {
-                    if !self.quarantine_said[n] {
-                        eprintln!("wprobe: plugin {}: {q}", arg.path);
-                        self.quarantine_said[n] = true;
-                    }
+            if let Some(q) = a.stats().quarantined {
+                if !self.quarantine_said[n] {
+                    eprintln!("wprobe: plugin {}: {q}", arg.path);
+                    self.quarantine_said[n] = true;
                 }
             }
         }
-        if !e.sync {
-            return None;
-        }
-        Some(match (set_return, regs) {
-            (Some(v), None) if e.kind == EventKind::Return => Action::SetReturn(v),
-            (Some(v), Some(mut r)) if e.kind == EventKind::Return => {
-                r[10] = v; // rax
-                Action::SetRegs(RegSet::X86_64(r))
-            }
-            (_, Some(r)) => Action::SetRegs(RegSet::X86_64(r)),
-            _ => Action::Continue,
-        })
+        action
     }
 
     pub fn process_exited(&self, pid: i32) {

@@ -2,6 +2,10 @@
 //! time, the `wprobe` binary, and kernel uprobes through tracefs as the
 //! oracle for hit counts.
 
+pub mod openapi;
+pub mod prom;
+pub mod service;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -85,6 +85,22 @@ enum Value_ {
 struct Map {
     op: Op,
     entries: BTreeMap<Key, Value_>,
+    /// Histograms: the sum of the values recorded at each key (for
+    /// Prometheus' `_sum`).
+    sums: BTreeMap<Key, i64>,
+}
+
+/// One histogram of a plugin, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    pub map: String,
+    /// The key as text, `None` for the map's only value.
+    pub key: Option<String>,
+    /// `(low, high, count)`: values in `[low, high)`, empty buckets left
+    /// out, in order.
+    pub buckets: Vec<(i64, i64, u64)>,
+    pub sum: i64,
+    pub count: u64,
 }
 
 /// Why an update was refused.
@@ -140,6 +156,7 @@ impl Maps {
                 Map {
                     op,
                     entries: BTreeMap::new(),
+                    sums: BTreeMap::new(),
                 },
             );
         }
@@ -164,6 +181,10 @@ impl Maps {
                 }
             };
             map.entries.insert(key.clone(), fresh);
+        }
+        if matches!(op, Op::Hist | Op::Lhist { .. }) {
+            let sum = map.sums.entry(key.clone()).or_default();
+            *sum = sum.saturating_add(value);
         }
         let v = map.entries.get_mut(&key).expect("inserted");
         match (op, v) {
@@ -199,6 +220,30 @@ impl Maps {
 
     pub fn keys(&self) -> usize {
         self.keys
+    }
+
+    /// Every histogram (hist and lhist maps), by map and key.
+    pub fn histograms(&self) -> Vec<Histogram> {
+        let mut out = Vec::new();
+        for (name, m) in &self.maps {
+            for (k, v) in &m.entries {
+                if !matches!(v, Value_::Hist(_) | Value_::Lhist(_)) {
+                    continue;
+                }
+                let buckets = bucket_list(m.op, v);
+                out.push(Histogram {
+                    map: name.clone(),
+                    key: match k {
+                        Key::None => None,
+                        _ => Some(k.label()),
+                    },
+                    count: buckets.iter().map(|b| b.2).sum(),
+                    buckets,
+                    sum: m.sums.get(k).copied().unwrap_or(0),
+                });
+            }
+        }
+        out
     }
 
     /// The value of a count/sum/min/max map at `key` (for tests and

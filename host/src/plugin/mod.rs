@@ -3,10 +3,12 @@
 //! handlers in a sandbox.
 
 pub mod abi;
+mod dispatch;
 pub mod manifest;
 pub mod maps;
 mod runtime;
 
+pub use dispatch::dispatch;
 pub use runtime::{
     Attachment, CallInfo, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime, Stats,
     TargetMemory,

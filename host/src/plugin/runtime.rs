@@ -875,6 +875,10 @@ impl Attachment {
         self.shared.maps.lock().expect("maps").to_json()
     }
 
+    pub fn histograms(&self) -> Vec<super::maps::Histogram> {
+        self.shared.maps.lock().expect("maps").histograms()
+    }
+
     pub fn maps_text(&self) -> String {
         self.shared.maps.lock().expect("maps").to_text()
     }

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
+use super::error::{json_body, ApiError, ErrorBody};
 use super::store::{PluginDetail, PluginSummary, Target, Uploaded};
-use super::targets::{self, Command, Process};
+use super::targets::{self, Process};
 use super::AppState;
 
 /// The OpenAPI document of the routes below.
@@ -20,7 +20,12 @@ use super::AppState;
 #[openapi(
     info(title = "wprobe", description = "The REST API of `wprobe serve`."),
     paths(health, openapi_json, upload_plugin, list_plugins, get_plugin, delete_plugin,
-        list_processes, add_target, list_targets, get_target, delete_target),
+        list_processes, add_target, list_targets, get_target, delete_target,
+        super::symbols::symbols, super::symbols::disasm,
+        super::probes::create_probe, super::probes::create_batch, super::probes::list_probes,
+        super::probes::get_probe, super::probes::patch_probe, super::probes::delete_probe,
+        super::events::events, super::events::events_jsonl,
+        super::metrics::aggregations, super::metrics::metrics),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -67,6 +72,7 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 
 /// The query of `POST /api/plugins`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
     /// The plugin's name (1 to 64 of A-Z a-z 0-9 _ . -); by default the
     /// name in the module's manifest. Uploading under a name that exists
@@ -90,7 +96,8 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// module is validated before anything is stored.
 #[utoipa::path(post, path = "/api/plugins", params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/wasm",
-        description = "The module's bytes"),
+        description = "The module's bytes (or multipart/form-data with the module as the \
+            `file` field and optional `name` and `manifest` fields)"),
     responses(
         (status = 201, description = "Stored as a new version", body = Uploaded),
         (status = 400, description = "Bad name or query", body = ErrorBody),
@@ -104,20 +111,7 @@ pub async fn upload_plugin(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let base = ct.split(';').next().unwrap_or("").trim();
-        if base != "application/wasm" && base != "application/octet-stream" {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "content type `{ct}`: send the module as application/wasm or \
-                     application/octet-stream"
-                ),
-            ));
-        }
-    }
+    let Query(mut query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -131,6 +125,35 @@ pub async fn upload_plugin(
             ApiError::new(e.status(), e.body_text())
         }
     })?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .map(|ct| ct.to_str().unwrap_or("").to_string());
+    let base = ct.as_deref().map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let body = match base.as_deref() {
+        None | Some("application/wasm" | "application/octet-stream") => body,
+        Some("multipart/form-data") => {
+            let form = multipart_module(ct.as_deref().unwrap_or(""), body).await?;
+            query.name = query.name.or(form.name);
+            query.manifest = query.manifest.or(form.manifest);
+            form.module
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content type `{}`: send the module as application/wasm or \
+                     application/octet-stream, or as the `file` field of multipart/form-data",
+                    ct.unwrap_or_default()
+                ),
+            ))
+        }
+    };
     if body.len() > state.max_upload {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -155,13 +178,81 @@ pub async fn upload_plugin(
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let name = query.name.unwrap_or_else(|| plugin.manifest.name.clone());
     check_name(&name)?;
-    let uploaded = state.store().add_version(
+    let mut uploaded = state.store().add_version(
         &name,
         &body,
         &plugin.manifest.name,
         &plugin.manifest.version,
     )?;
+    // Probes running this plugin get the new version, maps kept.
+    let targets = state.targets.clone();
+    let id = uploaded.id;
+    let (replaced, errors) = tokio::task::spawn_blocking(move || targets.upgrade_plugin(id))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e}")))?;
+    uploaded.replaced = replaced;
+    uploaded.replace_errors = errors;
     Ok((StatusCode::CREATED, Json(uploaded)))
+}
+
+/// What a multipart upload carried.
+struct Form {
+    module: Bytes,
+    name: Option<String>,
+    manifest: Option<String>,
+}
+
+/// Reads a multipart/form-data upload: the module is the field `file` (or
+/// the first field with a file name); `name` and `manifest` fields stand
+/// for the query parameters of the same names.
+async fn multipart_module(content_type: &str, body: Bytes) -> Result<Form, ApiError> {
+    let bad = |m: String| ApiError::bad_request(m);
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| bad(format!("content type `{content_type}`: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut out = Form {
+        module: Bytes::new(),
+        name: None,
+        manifest: None,
+    };
+    let mut found = false;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("the multipart body: {e}")))?
+    {
+        let field_name = field.name().unwrap_or("").to_string();
+        let is_file = field_name == "file" || (field.file_name().is_some() && !found);
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| bad(format!("multipart field `{field_name}`: {e}")))?;
+        let text = || {
+            String::from_utf8(data.to_vec())
+                .map_err(|_| bad(format!("multipart field `{field_name}` is not UTF-8")))
+        };
+        match field_name.as_str() {
+            "name" => out.name = Some(text()?.trim().to_string()),
+            "manifest" => out.manifest = Some(text()?),
+            _ if is_file => {
+                out.module = data;
+                found = true;
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown multipart field `{other}`: send `file` (the module), and \
+                     optionally `name` and `manifest`"
+                )))
+            }
+        }
+    }
+    if !found {
+        return Err(bad(
+            "the multipart body has no `file` field: put the module there".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Every plugin with its latest version.
@@ -181,24 +272,98 @@ fn plugin_id(id: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("plugin id `{id}` is not a number")))
 }
 
-/// One plugin with all its versions.
+/// Where a plugin runs: one probe's attachment of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginUse {
+    pub probe: i64,
+    #[serde(flatten)]
+    pub plugin: super::probes::ProbePluginView,
+}
+
+/// A plugin: its versions, where it runs, and how that goes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginView {
+    #[serde(flatten)]
+    pub detail: PluginDetail,
+    /// "unused" (attached to no probe), "active", or "quarantined" (at
+    /// least one attachment is not called any more after repeated faults).
+    pub state: String,
+    /// Faults over all its attachments.
+    pub faults: u64,
+    pub attachments: Vec<PluginUse>,
+    /// The newest lines its attachments wrote (stdout, stderr, faults),
+    /// each prefixed with its probe.
+    pub log: Vec<String>,
+}
+
+/// One plugin with all its versions, where it is attached, its faults and
+/// its log.
 #[utoipa::path(get, path = "/api/plugins/{id}",
     params(("id" = i64, Path, description = "The plugin's id")),
     responses(
-        (status = 200, description = "The plugin", body = PluginDetail),
+        (status = 200, description = "The plugin", body = PluginView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody)))]
 pub async fn get_plugin(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<PluginDetail>, ApiError> {
+) -> Result<Json<PluginView>, ApiError> {
     let id = plugin_id(id)?;
-    state
+    let detail = state
         .store()
         .get(id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no plugin with id {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no plugin with id {id}")))?;
+    let uses: Vec<(i64, std::sync::Arc<targets::Attached>)> = {
+        let live = state
+            .targets
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = live
+            .iter()
+            .flat_map(|(&probe, l)| {
+                l.plugins
+                    .iter()
+                    .filter(|a| a.plugin == id)
+                    .map(move |a| (probe, a.clone()))
+            })
+            .collect();
+        v.sort_by_key(|(p, _)| *p);
+        v
+    };
+    let attachments: Vec<PluginUse> = uses
+        .iter()
+        .map(|(probe, a)| PluginUse {
+            probe: *probe,
+            plugin: super::probes::plugin_view(a),
+        })
+        .collect();
+    let mut log = Vec::new();
+    for (probe, a) in &uses {
+        log.extend(
+            a.att
+                .log()
+                .into_iter()
+                .map(|l| format!("probe {probe}: {l}")),
+        );
+    }
+    let keep = log.len().saturating_sub(200);
+    log.drain(..keep);
+    let state_name = if attachments.is_empty() {
+        "unused"
+    } else if attachments.iter().any(|a| a.plugin.quarantined.is_some()) {
+        "quarantined"
+    } else {
+        "active"
+    };
+    Ok(Json(PluginView {
+        detail,
+        state: state_name.into(),
+        faults: attachments.iter().map(|a| a.plugin.faults).sum(),
+        attachments,
+        log,
+    }))
 }
 
 /// Removes a plugin and every version of it.
@@ -208,12 +373,25 @@ pub async fn get_plugin(
         (status = 204, description = "Removed"),
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 404, description = "No such plugin", body = ErrorBody)))]
+        (status = 404, description = "No such plugin", body = ErrorBody),
+        (status = 409, description = "Probes use it", body = ErrorBody)))]
 pub async fn delete_plugin(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = plugin_id(id)?;
+    let users = state.store().probes_using(id)?;
+    if !users.is_empty() {
+        let list: Vec<String> = users.iter().map(|p| p.to_string()).collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "plugin {id} is attached to probe(s) {}: remove it from them (PATCH \
+                 /api/probes/ID with other plugins) or delete them first",
+                list.join(", ")
+            ),
+        ));
+    }
     if state.store().delete(id)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -254,6 +432,7 @@ pub struct NewTarget {
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No process with that pid", body = ErrorBody),
         (status = 409, description = "The pid is already a target", body = ErrorBody),
+        (status = 413, description = "The body is over --max-body", body = ErrorBody),
         (status = 422, description = "The core refused (permission, ptrace, exec)",
             body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
@@ -262,13 +441,17 @@ pub async fn add_target(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Target>), ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let req: NewTarget = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not a target: {e}")))?;
+    let req: NewTarget = json_body(body, "a target", state.max_body)?;
+    let targets = state.targets.clone();
+    let blocking = |f: Box<dyn FnOnce() -> Result<Target, ApiError> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::internal(format!("{e}")))?
+    };
     let target = match (req.pid, req.spawn) {
-        (Some(pid), None) => state.core.ask(|reply| Command::Attach(pid, reply)).await?,
+        (Some(pid), None) => blocking(Box::new(move || targets.attach(pid))).await?,
         (None, Some(argv)) if !argv.is_empty() => {
-            state.core.ask(|reply| Command::Spawn(argv, reply)).await?
+            blocking(Box::new(move || targets.spawn(argv))).await?
         }
         (None, Some(_)) => return Err(ApiError::bad_request("`spawn` is empty: name a program")),
         _ => {
@@ -332,7 +515,11 @@ pub async fn delete_target(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = target_id(id)?;
-    if state.core.ask(|reply| Command::Remove(id, reply)).await? {
+    let targets = state.targets.clone();
+    let removed = tokio::task::spawn_blocking(move || targets.remove(id))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e}")))??;
+    if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no target with id {id}")))

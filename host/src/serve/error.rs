@@ -1,6 +1,8 @@
 //! The one error type of the service's routes: a status and a message that
 //! names the offending value, sent as `{"error": "..."}`.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -58,4 +60,28 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
+}
+
+/// A request body that could not be read: over the cap (413, naming the
+/// cap and its option), or cut short.
+pub fn body_error(e: BytesRejection, cap: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            e.status(),
+            format!("the body is larger than the cap of {cap} bytes (--max-body)"),
+        )
+    } else {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+/// A JSON body of type `T`; `what` names it in the error ("a probe").
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    cap: usize,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| body_error(e, cap))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not {what}: {e}")))
 }

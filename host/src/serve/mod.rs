@@ -1,9 +1,11 @@
 //! `wprobe serve`: the service that makes probes manageable from a browser
-//! and from scripts (DESIGN.md, "Host service"). Today it has its
-//! foundation: the bearer token and the Host/Origin checks, the SQLite
-//! store, plugin uploads with versions, the OpenAPI document, and targets:
-//! a core of its own (or `--core SOCKET`) that attaches to and spawns
-//! processes ([`targets`]). Probes, events and metrics come next.
+//! and from scripts (DESIGN.md, "Host service"): the bearer token and the
+//! Host/Origin checks ([`auth`]), the SQLite store ([`store`]), plugin
+//! uploads with versions, targets with a core connection each and their
+//! probes with plugins ([`targets`], [`probes`]), live events over SSE and
+//! a bounded history ([`events`]), `/metrics` and the plugins' maps
+//! ([`metrics`]), symbols and disassembly of a target ([`symbols`]), and
+//! the OpenAPI document.
 //!
 //! The key decision: the service is a function, [`app`], of its state, and
 //! the routes are listed once, in [`routes`], from which both the router
@@ -11,21 +13,29 @@
 
 mod api;
 mod auth;
+mod core;
 mod error;
+mod events;
+mod metrics;
+mod probes;
 pub mod store;
+mod symbols;
 mod targets;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Router;
 use clap::Args;
 
 use crate::plugin::{Limits, Runtime};
+use events::Bus;
 use store::Store;
+use targets::Targets;
 
 pub use api::ApiDoc;
 
@@ -50,6 +60,36 @@ pub struct ServeArgs {
     /// one (same-user mode) of its own.
     #[arg(long, value_name = "SOCKET")]
     pub core: Option<PathBuf>,
+    /// The most probes one target may have (422 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_probes_per_target: usize,
+    /// The most event streams (GET /api/events) open at once (429 beyond).
+    #[arg(long, default_value_t = 16)]
+    pub max_sse_clients: usize,
+    /// How many recent events GET /api/events.jsonl keeps.
+    #[arg(long, default_value_t = 10_000)]
+    pub retain_events: usize,
+    /// How many events an event-stream client may fall behind before it
+    /// loses the oldest (and is told so).
+    #[arg(long, default_value_t = 4096)]
+    pub sse_buffer: usize,
+}
+
+impl ServeArgs {
+    /// The defaults, on `listen`, with the data in `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServeArgs {
+        ServeArgs {
+            listen,
+            data_dir: Some(data_dir),
+            max_upload: 8 << 20,
+            max_body: 1 << 20,
+            core: None,
+            max_probes_per_target: 64,
+            max_sse_clients: 16,
+            retain_events: 10_000,
+            sse_buffer: 4096,
+        }
+    }
 }
 
 /// What every route shares.
@@ -62,8 +102,9 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub max_upload: usize,
     pub max_body: usize,
-    /// The thread that talks to wprobe-core.
-    pub core: targets::Core,
+    /// The targets, their core connections and their probes.
+    pub targets: Arc<Targets>,
+    pub bus: Arc<Bus>,
 }
 
 impl AppState {
@@ -118,6 +159,48 @@ pub fn routes(max_upload: usize) -> Vec<Route> {
             false,
             delete(api::delete_target),
         ),
+        r(
+            "GET",
+            "/api/targets/{id}/symbols",
+            false,
+            get(symbols::symbols),
+        ),
+        r(
+            "GET",
+            "/api/targets/{id}/disasm",
+            false,
+            get(symbols::disasm),
+        ),
+        r("POST", "/api/probes", false, post(probes::create_probe)),
+        r(
+            "POST",
+            "/api/probes/batch",
+            false,
+            post(probes::create_batch),
+        ),
+        r("GET", "/api/probes", false, get(probes::list_probes)),
+        r("GET", "/api/probes/{id}", false, get(probes::get_probe)),
+        r(
+            "PATCH",
+            "/api/probes/{id}",
+            false,
+            patch(probes::patch_probe),
+        ),
+        r(
+            "DELETE",
+            "/api/probes/{id}",
+            false,
+            delete(probes::delete_probe),
+        ),
+        r("GET", "/api/events", false, get(events::events)),
+        r("GET", "/api/events.jsonl", false, get(events::events_jsonl)),
+        r(
+            "GET",
+            "/api/aggregations",
+            false,
+            get(metrics::aggregations),
+        ),
+        r("GET", "/metrics", false, get(metrics::metrics)),
     ]
 }
 
@@ -143,6 +226,7 @@ pub fn app(state: AppState) -> Router {
     ));
     public
         .merge(private)
+        .merge(ui::router())
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -184,7 +268,7 @@ fn accepted_hosts(addr: SocketAddr) -> Vec<String> {
 
 /// Runs `wprobe serve` until SIGINT or SIGTERM; the exit code.
 pub fn main(args: ServeArgs) -> i32 {
-    match run(args) {
+    match run(args, |_| Ok(())) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("wprobe serve: {e}");
@@ -193,7 +277,32 @@ pub fn main(args: ServeArgs) -> i32 {
     }
 }
 
-fn run(args: ServeArgs) -> Result<(), String> {
+/// The service once it listens: where, with which token.
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub data_dir: PathBuf,
+}
+
+impl Listening {
+    /// The URL to open, the token in its fragment (which browsers never
+    /// send).
+    pub fn url(&self) -> String {
+        format!("http://{}/#token={}", self.addr, self.token)
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM. `ready` runs on a thread of
+/// its own once the service listens (`wprobe demo` sets up its workload
+/// there, over the REST API); an error from it stops the service.
+///
+/// Call it from the main thread: the core it starts is told to end when
+/// the thread that started it ends (PR_SET_PDEATHSIG), so that a killed
+/// service never leaves a core holding its targets.
+pub fn run(
+    args: ServeArgs,
+    ready: impl FnOnce(&Listening) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
     let dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir()?,
@@ -201,22 +310,32 @@ fn run(args: ServeArgs) -> Result<(), String> {
     make_data_dir(&dir)?;
     let token = auth::load_or_create_token(&dir)?;
     let store = Arc::new(Mutex::new(Store::open(&dir.join("wprobe.db"))?));
-    let name = format!("wprobe serve {}", std::process::id());
-    let client = match &args.core {
-        Some(socket) => wprobe_core::proto::Client::connect(socket, &name),
-        None => wprobe_core::proto::Client::start_core(&targets::core_binary(), &name),
-    }
-    .map_err(|e| format!("wprobe-core: {e}"))?;
-    let core = targets::Core::start(client, store.clone());
-    let runtime = Runtime::new(Limits {
+    let link = match &args.core {
+        Some(socket) => core::CoreLink::external(socket)?,
+        None => core::CoreLink::start(&targets::core_binary(), &dir.join("core.sock"))?,
+    };
+    let runtime = Arc::new(Runtime::new(Limits {
         module_bytes: args.max_upload,
         ..Limits::default()
-    })?;
+    })?);
+    let bus = Arc::new(Bus::new(
+        args.sse_buffer,
+        args.retain_events,
+        args.max_sse_clients,
+    ));
+    let targets = Arc::new(Targets::new(
+        link,
+        store.clone(),
+        runtime.clone(),
+        bus.clone(),
+        args.max_probes_per_target,
+    ));
+    targets.restore();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
-    rt.block_on(async move {
+    let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
@@ -227,19 +346,52 @@ fn run(args: ServeArgs) -> Result<(), String> {
             hosts: Arc::new(accepted_hosts(addr)),
             token: Arc::new(token.clone()),
             store,
-            runtime: Arc::new(runtime),
+            runtime,
             max_upload: args.max_upload,
             max_body: args.max_body,
-            core,
+            targets: targets.clone(),
+            bus,
         };
-        // The token goes in the fragment, which browsers never send.
-        println!("http://{addr}/#token={token}");
+        let listening = Listening {
+            addr,
+            token,
+            data_dir: dir.clone(),
+        };
+        println!("{}", listening.url());
         eprintln!("wprobe serve: data in {}", dir.display());
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        std::thread::spawn(move || {
+            if let Err(e) = ready(&listening) {
+                let _ = failed_tx.send(e);
+            }
+        });
+        let failed = async move {
+            match failed_rx.await {
+                Ok(e) => e,
+                // Set up fine: wait for a signal only.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<String>();
+        let signal = async move {
+            tokio::select! {
+                _ = shutdown() => {}
+                e = failed => { let _ = stop_tx.send(e); }
+            }
+        };
         axum::serve(listener, app(state))
-            .with_graceful_shutdown(shutdown())
+            .with_graceful_shutdown(signal)
             .await
-            .map_err(|e| format!("serving on {addr}: {e}"))
-    })
+            .map_err(|e| format!("serving on {addr}: {e}"))?;
+        match stop_rx.await {
+            Ok(e) => Err(e),
+            Err(_) => Ok(()),
+        }
+    });
+    // Every target let go, restored, before the service exits.
+    targets.shutdown();
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 async fn shutdown() {
@@ -278,6 +430,16 @@ mod tests {
             .map(|(m, p)| (m.to_string(), p.to_string()))
             .collect();
         assert_eq!(documented, served);
+        // A path parameter is in its path; everything else is a query.
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("item") {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    let name = p["name"].as_str().expect("name");
+                    let in_path = path.contains(&format!("{{{name}}}"));
+                    assert_eq!(p["in"] == "path", in_path, "{method} {path}: {p}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 /// The schema this code writes. Older databases are migrated at open, step
 /// by step; a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE blobs (
@@ -51,6 +51,21 @@ CREATE TABLE targets (
 );
 ";
 
+/// Version 3: probe definitions, and the executable of each target.
+const SCHEMA_V3: &str = "
+ALTER TABLE targets ADD COLUMN exe TEXT NOT NULL DEFAULT '';
+CREATE TABLE probes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target_id INTEGER NOT NULL REFERENCES targets(id) ON DELETE CASCADE,
+    spec TEXT NOT NULL,
+    enabled INTEGER NOT NULL,
+    allow_mutation INTEGER NOT NULL,
+    plugins TEXT NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE INDEX probes_by_target ON probes(target_id);
+";
+
 /// How a target ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TargetExit {
@@ -69,8 +84,11 @@ pub struct Target {
     pub kind: String,
     /// The command line, its arguments separated by spaces.
     pub cmdline: String,
+    /// The executable (/proc/PID/exe when it became a target).
+    pub exe: String,
     /// "running"; "exited" once it ended; "gone" when it was a target of a
-    /// previous run of the service (it is not traced any more).
+    /// previous run of the service that ended meanwhile (a running one is
+    /// attached again at start-up, with its probes).
     pub state: String,
     /// How it ended, when it did.
     pub exit: Option<TargetExit>,
@@ -89,6 +107,7 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
         pid: row.get("pid")?,
         kind: row.get("kind")?,
         cmdline: row.get("cmdline")?,
+        exe: row.get("exe")?,
         state: row.get("state")?,
         exit: (code.is_some() || signal.is_some()).then_some(TargetExit { code, signal }),
         start_time: row.get::<_, i64>("start_time")? as u64,
@@ -97,7 +116,61 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
 }
 
 const TARGET_COLUMNS: &str =
-    "id, pid, start_time, cmdline, kind, state, exit_code, exit_signal, created";
+    "id, pid, start_time, cmdline, exe, kind, state, exit_code, exit_signal, created";
+
+/// A probe's plugin, as stored: which plugin, with which configuration.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProbePlugin {
+    /// The plugin's id; its latest version runs.
+    pub plugin: i64,
+    /// The configuration handed to the plugin's `wprobe_init` (JSON; `{}`
+    /// when absent).
+    #[serde(default = "empty_config")]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+fn empty_config() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// A probe definition as stored.
+#[derive(Debug, Clone)]
+pub struct ProbeRow {
+    pub id: i64,
+    pub target: i64,
+    pub spec: String,
+    pub enabled: bool,
+    pub allow_mutation: bool,
+    pub plugins: Vec<ProbePlugin>,
+    pub created: i64,
+}
+
+fn probe_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ProbeRow> {
+    let plugins: String = row.get("plugins")?;
+    Ok(ProbeRow {
+        id: row.get("id")?,
+        target: row.get("target_id")?,
+        spec: row.get("spec")?,
+        enabled: row.get("enabled")?,
+        allow_mutation: row.get("allow_mutation")?,
+        plugins: serde_json::from_str(&plugins).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        created: row.get("created")?,
+    })
+}
+
+const PROBE_COLUMNS: &str = "id, target_id, spec, enabled, allow_mutation, plugins, created";
+
+/// The newest version of a plugin, with its bytes.
+pub struct LatestModule {
+    pub name: String,
+    pub version: i64,
+    pub sha256: String,
+    pub bytes: Vec<u8>,
+}
 
 /// One stored version of a plugin.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -151,6 +224,12 @@ pub struct Uploaded {
     /// Whether the bytes were new; false when a blob with the same SHA-256
     /// was already stored (then it is shared).
     pub new_blob: bool,
+    /// Probes that ran an older version of this plugin now run this one
+    /// (their maps kept): how many attachments were replaced.
+    pub replaced: usize,
+    /// Attachments the new version could not replace (its init refused
+    /// their configuration); they run the old version still.
+    pub replace_errors: Vec<String>,
 }
 
 /// The database. One connection, used under the service's lock.
@@ -171,6 +250,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+fn plugins_json(plugins: &[ProbePlugin]) -> String {
+    serde_json::to_string(plugins).unwrap_or_else(|_| "[]".into())
 }
 
 fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PluginVersion> {
@@ -225,12 +308,9 @@ impl Store {
         if current < 2 {
             tx.execute_batch(SCHEMA_V2).map_err(fail)?;
         }
-        // Targets of a previous run are not traced any more.
-        tx.execute(
-            "UPDATE targets SET state = 'gone' WHERE state = 'running'",
-            [],
-        )
-        .map_err(fail)?;
+        if current < 3 {
+            tx.execute_batch(SCHEMA_V3).map_err(fail)?;
+        }
         if current == 0 {
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
@@ -296,6 +376,8 @@ impl Store {
                 created,
             },
             new_blob,
+            replaced: 0,
+            replace_errors: Vec::new(),
         })
     }
 
@@ -305,12 +387,13 @@ impl Store {
         pid: i32,
         start_time: u64,
         cmdline: &str,
+        exe: &str,
         kind: &str,
     ) -> rusqlite::Result<Target> {
         self.conn.execute(
-            "INSERT INTO targets (pid, start_time, cmdline, kind, state, created)
-             VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
-            params![pid, start_time as i64, cmdline, kind, now()],
+            "INSERT INTO targets (pid, start_time, cmdline, exe, kind, state, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            params![pid, start_time as i64, cmdline, exe, kind, now()],
         )?;
         let id = self.conn.last_insert_rowid();
         self.target(id).map(|t| t.expect("just inserted"))
@@ -356,6 +439,114 @@ impl Store {
             params![pid, exit.code, exit.signal],
         )?;
         Ok(())
+    }
+
+    /// A target of an earlier run that could not be attached again.
+    pub fn target_gone(&mut self, id: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE targets SET state = 'gone' WHERE id = ?1 AND state = 'running'",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    /// Adds probe definitions, all in one transaction; their ids in order.
+    pub fn add_probes(&mut self, probes: &[ProbeRow]) -> rusqlite::Result<Vec<i64>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ids = Vec::new();
+        for p in probes {
+            tx.execute(
+                "INSERT INTO probes (target_id, spec, enabled, allow_mutation, plugins, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    p.target,
+                    p.spec,
+                    p.enabled,
+                    p.allow_mutation,
+                    plugins_json(&p.plugins),
+                    p.created
+                ],
+            )?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// Every probe, by id; only those of `target` when given.
+    pub fn probes(&self, target: Option<i64>) -> rusqlite::Result<Vec<ProbeRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {PROBE_COLUMNS} FROM probes
+             WHERE ?1 IS NULL OR target_id = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([target], probe_from_row)?;
+        rows.collect()
+    }
+
+    pub fn probe(&self, id: i64) -> rusqlite::Result<Option<ProbeRow>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {PROBE_COLUMNS} FROM probes WHERE id = ?1"),
+                [id],
+                probe_from_row,
+            )
+            .optional()
+    }
+
+    pub fn set_probe_enabled(&mut self, id: i64, enabled: bool) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE probes SET enabled = ?2 WHERE id = ?1",
+            params![id, enabled],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_probe_plugins(&mut self, id: i64, plugins: &[ProbePlugin]) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE probes SET plugins = ?2 WHERE id = ?1",
+            params![id, plugins_json(plugins)],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_probe(&mut self, id: i64) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM probes WHERE id = ?1", [id])?
+            == 1)
+    }
+
+    /// The probes whose plugin lists name plugin `id`.
+    pub fn probes_using(&self, plugin: i64) -> rusqlite::Result<Vec<i64>> {
+        Ok(self
+            .probes(None)?
+            .into_iter()
+            .filter(|p| p.plugins.iter().any(|pp| pp.plugin == plugin))
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// The newest version of plugin `id`, with its bytes.
+    pub fn latest_module(&self, id: i64) -> rusqlite::Result<Option<LatestModule>> {
+        self.conn
+            .query_row(
+                "SELECT p.name, v.version, v.sha256, b.bytes FROM plugins p
+                 JOIN plugin_versions v ON v.plugin_id = p.id
+                 JOIN blobs b ON b.sha256 = v.sha256
+                 WHERE p.id = ?1 ORDER BY v.version DESC LIMIT 1",
+                [id],
+                |r| {
+                    Ok(LatestModule {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        sha256: r.get(2)?,
+                        bytes: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
     }
 
     pub fn delete_target(&mut self, id: i64) -> rusqlite::Result<bool> {
@@ -478,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn v1_migrates_and_running_targets_are_gone_after_reopen() {
+    fn v1_migrates_and_targets_keep_their_state_over_reopen() {
         let path = temp_db("targets");
         {
             let c = Connection::open(&path).expect("open");
@@ -490,8 +681,24 @@ mod tests {
             .expect("version 1");
         }
         let mut s = Store::open(&path).expect("migrate");
-        let a = s.add_target(10, 5, "a b", "attached").expect("add");
-        let b = s.add_target(11, 6, "c", "spawned").expect("add");
+        let a = s
+            .add_target(10, 5, "a b", "/bin/a", "attached")
+            .expect("add");
+        let b = s.add_target(11, 6, "c", "/bin/c", "spawned").expect("add");
+        let row = ProbeRow {
+            id: 0,
+            target: a.id,
+            spec: "uprobe:libc:malloc".into(),
+            enabled: true,
+            allow_mutation: false,
+            plugins: vec![ProbePlugin {
+                plugin: 7,
+                config: serde_json::json!({"arg": 1}),
+            }],
+            created: 1,
+        };
+        let ids = s.add_probes(&[row.clone(), row]).expect("probes");
+        assert_eq!(s.probes_using(7).expect("using"), ids);
         let exit = TargetExit {
             code: Some(3),
             signal: None,
@@ -499,12 +706,23 @@ mod tests {
         s.target_exited(11, exit).expect("exited");
         assert_eq!(s.running_target(10).expect("get").expect("some").id, a.id);
         drop(s);
-        let s = Store::open(&path).expect("reopen");
+        let mut s = Store::open(&path).expect("reopen");
         let list = s.targets().expect("list");
-        assert_eq!(list[0].state, "gone");
+        // Still "running": the service decides at start-up whether it is.
+        assert_eq!(
+            (list[0].state.as_str(), list[0].exe.as_str()),
+            ("running", "/bin/a")
+        );
         assert_eq!((list[1].id, list[1].state.as_str()), (b.id, "exited"));
         assert_eq!(list[1].exit, Some(exit));
+        let probes = s.probes(Some(a.id)).expect("probes");
+        assert_eq!(probes.len(), 2);
+        assert_eq!(probes[0].plugins[0].config["arg"], 1);
+        s.target_gone(a.id).expect("gone");
         assert!(s.running_target(10).expect("get").is_none());
+        // Probes go with their target.
+        assert!(s.delete_target(a.id).expect("delete"));
+        assert!(s.probes(None).expect("probes").is_empty());
         let v: i64 = s
             .conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))

@@ -1,71 +1,142 @@
-//! The service's side of the core: one thread owns the blocking
-//! [`Client`]; handlers send it [`Command`]s and await the answer on a
-//! oneshot. Between commands the thread reads the core's frames and applies
-//! the notices (a target that exits is marked so in the store). Also the
-//! list of processes that can be attached, from /proc.
+//! The service's targets and their probes, live. Each traced process has a
+//! thread of its own that owns its connection to wprobe-core (see
+//! [`super::core`] for why one connection per target): handlers send it
+//! [`Cmd`]s, and between commands it reads the core's frames, runs the
+//! probes' plugins on each event, answers sync events with their verdict,
+//! and publishes the events on the bus. What handlers show of a probe
+//! (state, placements, counters, plugins) is kept in [`ProbeLive`].
+//!
+//! Also the list of processes that can be attached, from /proc.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use serde_json::Value;
 use utoipa::ToSchema;
 use wprobe_core::proto::client::{Client, ClientError};
-use wprobe_core::proto::{Body, ErrorKind, ExitStatus, Frame, Notice, Op};
+use wprobe_core::proto::{
+    Action, Body, ErrorKind, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op, ProbeOptions,
+};
 
+use super::core::{CoreLink, Wake};
 use super::error::ApiError;
-use super::store::{Store, Target, TargetExit};
+use super::events::{event_json, Bus, Item};
+use super::store::{ProbePlugin, ProbeRow, Store, Target, TargetExit};
+use crate::plugin::{dispatch, Attachment, CallInfo, Plugin, Runtime};
 
-/// What a handler asks of the core's thread.
-pub enum Command {
-    Attach(i32, oneshot::Sender<Result<Target, ApiError>>),
-    /// Spawn, then let it run at once.
-    Spawn(Vec<String>, oneshot::Sender<Result<Target, ApiError>>),
-    /// Let a target go (its row is removed); `Ok(false)` for an unknown id.
-    Remove(i64, oneshot::Sender<Result<bool, ApiError>>),
+/// The state of a probe just added, until the core says where it went.
+const ARMING: &str = "arming";
+
+/// Frames a target's thread handles between two looks at its commands.
+const FRAMES_PER_TURN: usize = 16;
+
+/// How long a sync hit waits for the plugins' verdict.
+const SYNC_DEADLINE_US: u32 = 50_000;
+
+/// A plugin attached to a probe.
+pub struct Attached {
+    pub plugin: i64,
+    pub name: String,
+    /// The version running now (an upload replaces it in place).
+    pub version: AtomicI64,
+    pub config: Value,
+    pub att: Attachment,
 }
 
-/// The handle handlers use.
+/// One place a probe is armed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Placement {
+    pub pid: i32,
+    /// The address in the process.
+    pub address: u64,
+    /// The symbol and offset, and the module.
+    pub location: String,
+}
+
+/// What the service knows of a probe beyond its stored definition.
+pub struct ProbeLive {
+    pub target: i64,
+    /// "armed", "pending", "refused", "gone", "inactive" (see
+    /// [`ProbeLive::state`]).
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub placements: Vec<Placement>,
+    pub hits: u64,
+    pub nmissed: u64,
+    pub dropped: u64,
+    pub plugins: Vec<Arc<Attached>>,
+}
+
+/// A probe to create: its definition and its plugins, attached already.
+pub struct NewProbe {
+    pub row: ProbeRow,
+    pub plugins: Vec<Arc<Attached>>,
+}
+
+/// What a handler asks of a target's thread. Each carries where to answer.
+pub enum Cmd {
+    /// Creates probes, all or none; the error names the index of the one
+    /// that failed.
+    AddProbes(
+        Vec<NewProbe>,
+        mpsc::Sender<Result<Vec<i64>, (usize, ApiError)>>,
+    ),
+    /// Arms again stored probes (after a restart): each on its own.
+    Restore(Vec<NewProbe>),
+    SetEnabled(i64, bool, mpsc::Sender<Result<(), ApiError>>),
+    SetPlugins(
+        i64,
+        Vec<ProbePlugin>,
+        Vec<Arc<Attached>>,
+        mpsc::Sender<Result<(), ApiError>>,
+    ),
+    Remove(i64, mpsc::Sender<Result<(), ApiError>>),
+    /// Refreshes the probes' counters from the core.
+    Counters(mpsc::Sender<()>),
+    /// Lets the process go and ends the connection.
+    Detach(mpsc::Sender<Result<(), ApiError>>),
+}
+
 #[derive(Clone)]
-pub struct Core {
-    tx: mpsc::Sender<Command>,
+struct Handle {
+    tx: mpsc::Sender<Cmd>,
+    wake: Arc<Wake>,
 }
 
-impl Core {
-    /// Starts the thread that owns `client`.
-    pub fn start(client: Client, store: Arc<Mutex<Store>>) -> Core {
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("wprobe-core client".into())
-            .spawn(move || run(client, store, rx))
-            .expect("start the core thread");
-        Core { tx }
-    }
-
-    /// Sends a command made with a fresh oneshot and awaits its answer.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> Command,
-    ) -> Result<T, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| core_gone())?;
-        answer.await.map_err(|_| core_gone())?
-    }
+/// Every target's thread, the probes' live state, and compiled plugins.
+pub struct Targets {
+    link: CoreLink,
+    store: Arc<Mutex<Store>>,
+    pub runtime: Arc<Runtime>,
+    pub bus: Arc<Bus>,
+    threads: Mutex<HashMap<i64, Handle>>,
+    pub probes: Mutex<HashMap<i64, ProbeLive>>,
+    /// Compiled modules by SHA-256: attaching a plugin to a second probe
+    /// does not compile it again.
+    modules: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// The most probes one target may have.
+    pub max_probes: usize,
 }
 
-fn core_gone() -> ApiError {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn not_traced(target: i64) -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the connection to wprobe-core is closed",
+        StatusCode::CONFLICT,
+        format!("target {target} is not traced any more (it exited, or the service restarted after it ended)"),
     )
 }
 
 /// The `wprobe-core` binary: $WPROBE_CORE, else the one beside this
 /// executable, else from PATH (as `wprobe trace` finds it).
-pub fn core_binary() -> PathBuf {
+pub fn core_binary() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("WPROBE_CORE") {
         return p.into();
     }
@@ -76,93 +147,158 @@ pub fn core_binary() -> PathBuf {
         .unwrap_or_else(|| "wprobe-core".into())
 }
 
-struct Thread {
-    client: Client,
-    store: Arc<Mutex<Store>>,
-    closed: bool,
-}
-
-fn run(client: Client, store: Arc<Mutex<Store>>, rx: mpsc::Receiver<Command>) {
-    let mut t = Thread {
-        client,
-        store,
-        closed: false,
-    };
-    loop {
-        loop {
-            match rx.try_recv() {
-                Ok(cmd) => t.command(cmd),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return,
-            }
-        }
-        if t.closed {
-            match rx.recv() {
-                Ok(cmd) => t.command(cmd),
-                Err(_) => return,
-            }
-            continue;
-        }
-        match t.client.next(Some(Duration::from_millis(20))) {
-            Ok(Some(frame)) => t.frame(frame),
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("wprobe serve: wprobe-core: {e}");
-                t.closed = true;
-            }
-        }
-    }
-}
-
-impl Thread {
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn frame(&mut self, frame: Frame) {
-        if let Frame::Notice(Notice::Exited { pid, status }) = frame {
-            let exit = match status {
-                ExitStatus::Code(c) => TargetExit {
-                    code: Some(c),
-                    signal: None,
-                },
-                ExitStatus::Signal(s) => TargetExit {
-                    code: None,
-                    signal: Some(s),
-                },
-            };
-            if let Err(e) = self.store().target_exited(pid, exit) {
-                eprintln!("wprobe serve: recording the exit of pid {pid}: {e}");
-            }
+impl Targets {
+    pub fn new(
+        link: CoreLink,
+        store: Arc<Mutex<Store>>,
+        runtime: Arc<Runtime>,
+        bus: Arc<Bus>,
+        max_probes: usize,
+    ) -> Targets {
+        Targets {
+            link,
+            store,
+            runtime,
+            bus,
+            threads: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            max_probes,
         }
     }
 
-    fn call(&mut self, op: Op) -> Result<Body, ClientError> {
-        if self.closed {
-            return Err(ClientError::Closed);
-        }
-        let r = self.client.call(op);
-        if matches!(r, Err(ClientError::Closed | ClientError::Io(_))) {
-            self.closed = true;
-        }
-        r
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
     }
 
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Attach(pid, reply) => {
-                let _ = reply.send(self.attach(pid));
-            }
-            Command::Spawn(argv, reply) => {
-                let _ = reply.send(self.spawn(argv));
-            }
-            Command::Remove(id, reply) => {
-                let _ = reply.send(self.remove(id));
-            }
+    /// Stops the core this service started (every target let go).
+    pub fn shutdown(&self) {
+        self.link.stop();
+    }
+
+    /// Whether target `id` has a live connection.
+    pub fn is_live(&self, id: i64) -> bool {
+        lock(&self.threads).contains_key(&id)
+    }
+
+    /// Sends a command to target `id`'s thread and waits for its answer.
+    pub fn ask<T>(
+        &self,
+        id: i64,
+        make: impl FnOnce(mpsc::Sender<T>) -> Cmd,
+    ) -> Result<T, ApiError> {
+        let handle = lock(&self.threads)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| not_traced(id))?;
+        let (tx, rx) = mpsc::channel();
+        handle.tx.send(make(tx)).map_err(|_| not_traced(id))?;
+        handle.wake.ring();
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| not_traced(id))
+    }
+
+    /// Asks every live target to refresh its probes' counters.
+    pub fn refresh_counters(&self) {
+        let handles: Vec<Handle> = lock(&self.threads).values().cloned().collect();
+        let waits: Vec<mpsc::Receiver<()>> = handles
+            .iter()
+            .filter_map(|h| {
+                let (tx, rx) = mpsc::channel();
+                h.tx.send(Cmd::Counters(tx)).ok()?;
+                h.wake.ring();
+                Some(rx)
+            })
+            .collect();
+        for rx in waits {
+            let _ = rx.recv_timeout(Duration::from_secs(5));
         }
     }
 
-    fn attach(&mut self, pid: i32) -> Result<Target, ApiError> {
+    /// The compiled newest version of plugin `id`, and its name and version.
+    fn module(&self, id: i64) -> Result<(Arc<Plugin>, String, i64), ApiError> {
+        let latest = self.store().latest_module(id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("there is no plugin with id {id}: upload it first (POST /api/plugins)"),
+            )
+        })?;
+        if let Some(p) = lock(&self.modules).get(&latest.sha256) {
+            return Ok((p.clone(), latest.name, latest.version));
+        }
+        let plugin = self
+            .runtime
+            .load(&latest.bytes, None, &latest.name)
+            .map_err(|e| ApiError::internal(format!("plugin {id} no longer loads: {e}")))?;
+        let plugin = Arc::new(plugin);
+        lock(&self.modules).insert(latest.sha256, plugin.clone());
+        Ok((plugin, latest.name, latest.version))
+    }
+
+    /// Compiles (once) and instantiates each plugin with its configuration.
+    /// A configuration the plugin refuses is a 422 naming the plugin.
+    pub fn attach_plugins(&self, plugins: &[ProbePlugin]) -> Result<Vec<Arc<Attached>>, ApiError> {
+        plugins
+            .iter()
+            .map(|pp| {
+                let (plugin, name, version) = self.module(pp.plugin)?;
+                let config = serde_json::to_string(&pp.config).unwrap_or_else(|_| "{}".into());
+                let att = self.runtime.attach(plugin, &config).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "plugin {} (`{name}`) refused the configuration {config}: {e}",
+                            pp.plugin
+                        ),
+                    )
+                })?;
+                Ok(Arc::new(Attached {
+                    plugin: pp.plugin,
+                    name,
+                    version: AtomicI64::new(version),
+                    config: pp.config.clone(),
+                    att,
+                }))
+            })
+            .collect()
+    }
+
+    /// Replaces plugin `id` by its newest version wherever it is attached;
+    /// how many attachments were replaced, and the failures.
+    pub fn upgrade_plugin(&self, id: i64) -> (usize, Vec<String>) {
+        let attached: Vec<(i64, Arc<Attached>)> = lock(&self.probes)
+            .iter()
+            .flat_map(|(pid, p)| {
+                p.plugins
+                    .iter()
+                    .filter(|a| a.plugin == id)
+                    .map(|a| (*pid, a.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if attached.is_empty() {
+            return (0, Vec::new());
+        }
+        let (plugin, _, version) = match self.module(id) {
+            Ok(m) => m,
+            Err(e) => return (0, vec![e.message]),
+        };
+        let mut done = 0;
+        let mut failed = Vec::new();
+        for (probe, a) in attached {
+            match a.att.replace(&self.runtime, plugin.clone()) {
+                Ok(()) => {
+                    a.version.store(version, Ordering::Relaxed);
+                    done += 1;
+                }
+                Err(e) => failed.push(format!("probe {probe}: {e}")),
+            }
+        }
+        (done, failed)
+    }
+
+    /// Attaches to `pid` with a connection of its own.
+    pub fn attach(self: &Arc<Self>, pid: i32) -> Result<Target, ApiError> {
         if self.store().running_target(pid)?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -173,50 +309,689 @@ impl Thread {
             return Err(ApiError::not_found(format!("no process with pid {pid}")));
         };
         let cmdline = cmdline(pid).unwrap_or_default();
-        match self.call(Op::Attach { pid }) {
+        let exe = exe(pid);
+        let mut client = self.connect()?;
+        match client.call(Op::Attach { pid }) {
             Ok(Body::Target { .. }) => {}
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &format!("attaching to pid {pid}"))),
         }
-        Ok(self
+        let target = self
             .store()
-            .add_target(pid, start_time, &cmdline, "attached")?)
+            .add_target(pid, start_time, &cmdline, &exe, "attached")?;
+        self.start_thread(target.id, pid, client);
+        Ok(target)
     }
 
-    fn spawn(&mut self, argv: Vec<String>) -> Result<Target, ApiError> {
+    /// Starts `argv` under the core, then lets it run.
+    pub fn spawn(self: &Arc<Self>, argv: Vec<String>) -> Result<Target, ApiError> {
         let what = format!("spawning {argv:?}");
-        let pid = match self.call(Op::Spawn { argv: argv.clone() }) {
+        let mut client = self.connect()?;
+        let pid = match client.call(Op::Spawn { argv: argv.clone() }) {
             Ok(Body::Target { pid }) => pid,
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &what)),
         };
         let start_time = start_time(pid).unwrap_or(0);
-        // Stored before it runs, so that its exit finds the row.
+        let exe = exe(pid);
         let target = self
             .store()
-            .add_target(pid, start_time, &argv.join(" "), "spawned")?;
-        if let Err(e) = self.call(Op::Resume { pid }) {
+            .add_target(pid, start_time, &argv.join(" "), &exe, "spawned")?;
+        if let Err(e) = client.call(Op::Resume { pid }) {
             return Err(core_error(e, &format!("resuming pid {pid}")));
         }
+        self.start_thread(target.id, pid, client);
         Ok(target)
     }
 
-    fn remove(&mut self, id: i64) -> Result<bool, ApiError> {
-        let Some(target) = self.store().target(id)? else {
-            return Ok(false);
+    fn connect(&self) -> Result<Client, ApiError> {
+        let mut client = self
+            .link
+            .connect(&format!("wprobe serve {}", std::process::id()))
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        // Children of a target are traced with its probes, and an exec
+        // resolves them again in the new program, as uprobes on a binary
+        // follow it wherever it runs.
+        client
+            .call(Op::Configure {
+                follow_fork: true,
+                follow_exec: true,
+            })
+            .map_err(|e| core_error(e, "configuring the connection"))?;
+        Ok(client)
+    }
+
+    fn start_thread(self: &Arc<Self>, id: i64, pid: i32, client: Client) {
+        let (tx, rx) = mpsc::channel();
+        let wake = match Wake::new() {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                eprintln!("wprobe serve: target {id}: eventfd: {e}");
+                return;
+            }
         };
-        if target.state == "running" {
-            match self.call(Op::Detach { pid: target.pid }) {
-                // Gone meanwhile: its Exited notice is on its way.
-                Ok(_)
-                | Err(ClientError::Core {
-                    kind: ErrorKind::NoTarget,
-                    ..
-                }) => {}
-                Err(e) => return Err(core_error(e, &format!("detaching from pid {}", target.pid))),
+        lock(&self.threads).insert(
+            id,
+            Handle {
+                tx,
+                wake: wake.clone(),
+            },
+        );
+        let conn = Conn {
+            targets: self.clone(),
+            id,
+            pid,
+            client,
+            wake,
+            by_core: HashMap::new(),
+            done: false,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("target {id}"))
+            .spawn(move || conn.run(rx));
+        if let Err(e) = spawned {
+            eprintln!("wprobe serve: target {id}: starting its thread: {e}");
+            lock(&self.threads).remove(&id);
+        }
+    }
+
+    /// Lets target `id` go (if it is traced) and forgets it with its
+    /// probes. `Ok(false)` for an unknown id.
+    pub fn remove(&self, id: i64) -> Result<bool, ApiError> {
+        if self.store().target(id)?.is_none() {
+            return Ok(false);
+        }
+        if self.is_live(id) {
+            // An error of `ask` means it ended meanwhile.
+            if let Ok(r) = self.ask(id, Cmd::Detach) {
+                r?
             }
         }
-        Ok(self.store().delete_target(id)?)
+        let probes: Vec<i64> = self
+            .store()
+            .probes(Some(id))?
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        let gone = self.store().delete_target(id)?;
+        let mut live = lock(&self.probes);
+        for p in probes {
+            live.remove(&p);
+        }
+        Ok(gone)
+    }
+
+    /// At start-up: targets of the previous run that still run (same pid,
+    /// same start time) are attached again and their probes re-armed; the
+    /// others are "gone". Nothing is respawned.
+    pub fn restore(self: &Arc<Self>) {
+        let targets = match self.store().targets() {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("wprobe serve: reading targets: {e}");
+                return;
+            }
+        };
+        for t in targets.into_iter().filter(|t| t.state == "running") {
+            let alive = start_time(t.pid) == Some(t.start_time);
+            let attached = if alive {
+                self.reattach(&t)
+            } else {
+                Err("it is not running any more".into())
+            };
+            if let Err(why) = attached {
+                eprintln!(
+                    "wprobe serve: target {} (pid {}, {}) not traced again: {why}",
+                    t.id, t.pid, t.cmdline
+                );
+                if let Err(e) = self.store().target_gone(t.id) {
+                    eprintln!("wprobe serve: target {}: {e}", t.id);
+                }
+            }
+        }
+    }
+
+    fn reattach(self: &Arc<Self>, t: &Target) -> Result<(), String> {
+        let mut client = self.connect().map_err(|e| e.message)?;
+        client
+            .call(Op::Attach { pid: t.pid })
+            .map_err(|e| e.to_string())?;
+        let rows = self.store().probes(Some(t.id)).map_err(|e| e.to_string())?;
+        self.start_thread(t.id, t.pid, client);
+        let mut restore = Vec::new();
+        for row in rows {
+            match self.attach_plugins(&row.plugins) {
+                Ok(plugins) => restore.push(NewProbe { row, plugins }),
+                Err(e) => {
+                    lock(&self.probes)
+                        .insert(row.id, ProbeLive::new(t.id, "refused", Some(e.message)));
+                }
+            }
+        }
+        let handle = lock(&self.threads).get(&t.id).cloned();
+        if let Some(h) = handle {
+            let _ = h.tx.send(Cmd::Restore(restore));
+            h.wake.ring();
+        }
+        Ok(())
+    }
+}
+
+impl ProbeLive {
+    fn new(target: i64, state: &'static str, reason: Option<String>) -> ProbeLive {
+        ProbeLive {
+            target,
+            state,
+            reason,
+            placements: Vec::new(),
+            hits: 0,
+            nmissed: 0,
+            dropped: 0,
+            plugins: Vec::new(),
+        }
+    }
+}
+
+/// A probe as its target's thread knows it.
+struct Local {
+    id: i64,
+    core: u32,
+    return_probe: bool,
+    mutation: bool,
+    plugins: Vec<Arc<Attached>>,
+    /// The last place it was armed, for the events' `symbol`.
+    symbol: String,
+}
+
+/// A target's thread.
+struct Conn {
+    targets: Arc<Targets>,
+    id: i64,
+    pid: i32,
+    client: Client,
+    wake: Arc<Wake>,
+    by_core: HashMap<u32, Local>,
+    /// The connection is over (the target ended or was let go).
+    done: bool,
+}
+
+impl Conn {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        while !self.done {
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    // The service is going away: let go of the process.
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        let _ = self.client.call(Op::Detach { pid: self.pid });
+                        self.done = true;
+                        break;
+                    }
+                }
+            }
+            // Frames (a reply may have left some in the client's backlog),
+            // a bounded number before commands are looked at again: under
+            // a flood of events a request still gets its answer at once.
+            let mut read = 0;
+            while !self.done && read < FRAMES_PER_TURN {
+                match self.client.next(Some(Duration::from_millis(1))) {
+                    Ok(Some(f)) => {
+                        self.frame(f);
+                        read += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.closed(&format!("the connection to wprobe-core ended: {e}"));
+                        break;
+                    }
+                }
+            }
+            if !self.done && read < FRAMES_PER_TURN {
+                self.wake
+                    .wait(self.client.stream(), Duration::from_millis(500));
+                self.wake.clear();
+            }
+        }
+        lock(&self.targets.threads).remove(&self.id);
+        // Answer what is still queued, so that no handler waits in vain.
+        while let Ok(cmd) = rx.try_recv() {
+            self.refuse(cmd);
+        }
+    }
+
+    fn refuse(&self, cmd: Cmd) {
+        let e = || not_traced(self.id);
+        match cmd {
+            Cmd::AddProbes(_, r) => drop(r.send(Err((0, e())))),
+            Cmd::SetEnabled(.., r) | Cmd::SetPlugins(.., r) | Cmd::Remove(_, r) => {
+                drop(r.send(Err(e())))
+            }
+            Cmd::Detach(r) => drop(r.send(Ok(()))),
+            Cmd::Counters(r) => drop(r.send(())),
+            Cmd::Restore(_) => {}
+        }
+    }
+
+    /// The connection is over: the probes stay listed, inactive.
+    fn closed(&mut self, why: &str) {
+        self.done = true;
+        let ids: Vec<i64> = self.by_core.values().map(|l| l.id).collect();
+        let mut live = lock(&self.targets.probes);
+        for id in ids {
+            if let Some(p) = live.get_mut(&id) {
+                p.state = "inactive";
+                p.reason = Some(why.to_string());
+                p.placements.clear();
+            }
+        }
+    }
+
+    fn call(&mut self, op: Op) -> Result<Body, ClientError> {
+        self.client.call(op)
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::AddProbes(list, reply) => {
+                let r = self.add_probes(list);
+                let _ = reply.send(r);
+            }
+            Cmd::Restore(list) => self.restore(list),
+            Cmd::SetEnabled(id, on, reply) => {
+                let r = self.set_enabled(id, on);
+                let _ = reply.send(r);
+            }
+            Cmd::SetPlugins(id, rows, plugins, reply) => {
+                let r = self.set_plugins(id, rows, plugins);
+                let _ = reply.send(r);
+            }
+            Cmd::Remove(id, reply) => {
+                let r = self.remove(id);
+                let _ = reply.send(r);
+            }
+            Cmd::Counters(reply) => {
+                self.counters();
+                let _ = reply.send(());
+            }
+            Cmd::Detach(reply) => {
+                let r = match self.call(Op::Detach { pid: self.pid }) {
+                    Ok(_)
+                    | Err(ClientError::Core {
+                        kind: ErrorKind::NoTarget,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(core_error(e, &format!("detaching from pid {}", self.pid))),
+                };
+                if r.is_ok() {
+                    self.counters();
+                    self.closed("its target was let go");
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// Creates one probe in the core; its core id.
+    fn add_one(&mut self, row: &ProbeRow) -> Result<u32, ApiError> {
+        let options = ProbeOptions {
+            mode: if row.allow_mutation {
+                Mode::Sync
+            } else {
+                Mode::Async
+            },
+            allow_mutation: row.allow_mutation,
+            sync_deadline_us: SYNC_DEADLINE_US,
+        };
+        let core = match self.call(Op::AddProbe {
+            spec: row.spec.clone(),
+            options,
+        }) {
+            Ok(Body::Probe { id }) => id,
+            Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
+            Err(e) => return Err(core_error(e, &format!("probe `{}`", row.spec))),
+        };
+        if !row.enabled {
+            if let Err(e) = self.call(Op::DisableProbe { id: core }) {
+                let _ = self.call(Op::RemoveProbe { id: core });
+                return Err(core_error(e, &format!("disabling probe `{}`", row.spec)));
+            }
+        }
+        Ok(core)
+    }
+
+    fn add_probes(&mut self, list: Vec<NewProbe>) -> Result<Vec<i64>, (usize, ApiError)> {
+        let mut cores = Vec::new();
+        for (i, np) in list.iter().enumerate() {
+            match self.add_one(&np.row) {
+                Ok(c) => cores.push(c),
+                Err(e) => {
+                    self.undo(&cores);
+                    return Err((i, e));
+                }
+            }
+        }
+        let rows: Vec<ProbeRow> = list.iter().map(|np| np.row.clone()).collect();
+        let stored = self.targets.store().add_probes(&rows);
+        let ids = match stored {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.undo(&cores);
+                return Err((0, e.into()));
+            }
+        };
+        for ((np, core), id) in list.into_iter().zip(cores).zip(&ids) {
+            self.register(*id, core, np);
+        }
+        self.await_placement(&ids);
+        Ok(ids)
+    }
+
+    /// Reads frames until the core has said where each new probe went
+    /// (armed, pending, refused): its reply to AddProbe may overtake those
+    /// notices, and the answer to the request should show them. Two
+    /// seconds at most; after that the probe shows "pending".
+    fn await_placement(&mut self, ids: &[i64]) {
+        let undecided = |t: &Targets| {
+            let live = lock(&t.probes);
+            ids.iter()
+                .any(|id| live.get(id).is_some_and(|p| p.state == ARMING))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while undecided(&self.targets) && std::time::Instant::now() < deadline && !self.done {
+            match self.client.next(Some(Duration::from_millis(10))) {
+                Ok(Some(f)) => self.frame(f),
+                Ok(None) => {}
+                Err(e) => self.closed(&format!("the connection to wprobe-core ended: {e}")),
+            }
+        }
+        let mut live = lock(&self.targets.probes);
+        for id in ids {
+            if let Some(p) = live.get_mut(id).filter(|p| p.state == ARMING) {
+                p.state = "pending";
+                p.reason = Some("the core has not said where it is armed yet".into());
+            }
+        }
+    }
+
+    fn undo(&mut self, cores: &[u32]) {
+        for &id in cores {
+            let _ = self.call(Op::RemoveProbe { id });
+        }
+    }
+
+    fn register(&mut self, id: i64, core: u32, np: NewProbe) {
+        let return_probe = np.row.spec.trim_start().starts_with("uretprobe:")
+            || np.row.spec.trim_start().starts_with("ur:")
+            || np.row.spec.trim_start().starts_with("r:");
+        let mut live = ProbeLive::new(self.id, ARMING, None);
+        live.plugins = np.plugins.clone();
+        // Notices of this probe read while it was added wait in the
+        // backlog: they find the entry made here.
+        lock(&self.targets.probes).insert(id, live);
+        self.by_core.insert(
+            core,
+            Local {
+                id,
+                core,
+                return_probe,
+                mutation: np.row.allow_mutation,
+                plugins: np.plugins,
+                symbol: String::new(),
+            },
+        );
+    }
+
+    fn restore(&mut self, list: Vec<NewProbe>) {
+        let mut ids = Vec::new();
+        for np in list {
+            let id = np.row.id;
+            match self.add_one(&np.row) {
+                Ok(core) => {
+                    self.register(id, core, np);
+                    ids.push(id);
+                }
+                Err(e) => {
+                    lock(&self.targets.probes)
+                        .insert(id, ProbeLive::new(self.id, "refused", Some(e.message)));
+                }
+            }
+        }
+        self.await_placement(&ids);
+    }
+
+    fn local(&self, id: i64) -> Result<u32, ApiError> {
+        self.by_core
+            .values()
+            .find(|l| l.id == id)
+            .map(|l| l.core)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("probe {id} is not armed in its target (it was refused at start-up)"),
+                )
+            })
+    }
+
+    fn set_enabled(&mut self, id: i64, on: bool) -> Result<(), ApiError> {
+        let core = self.local(id)?;
+        let op = if on {
+            Op::EnableProbe { id: core }
+        } else {
+            Op::DisableProbe { id: core }
+        };
+        self.call(op)
+            .map_err(|e| core_error(e, &format!("probe {id}")))?;
+        let stored = self.targets.store().set_probe_enabled(id, on);
+        if let Err(e) = stored {
+            // Back as it was: the request changes nothing.
+            let undo = if on {
+                Op::DisableProbe { id: core }
+            } else {
+                Op::EnableProbe { id: core }
+            };
+            let _ = self.call(undo);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn set_plugins(
+        &mut self,
+        id: i64,
+        rows: Vec<ProbePlugin>,
+        plugins: Vec<Arc<Attached>>,
+    ) -> Result<(), ApiError> {
+        let core = self.local(id)?;
+        self.targets.store().set_probe_plugins(id, &rows)?;
+        if let Some(l) = self.by_core.get_mut(&core) {
+            l.plugins = plugins.clone();
+        }
+        if let Some(p) = lock(&self.targets.probes).get_mut(&id) {
+            p.plugins = plugins;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: i64) -> Result<(), ApiError> {
+        // A probe refused at start-up is in the store only.
+        if let Ok(core) = self.local(id) {
+            match self.call(Op::RemoveProbe { id: core }) {
+                Ok(_)
+                | Err(ClientError::Core {
+                    kind: ErrorKind::NoProbe,
+                    ..
+                }) => {}
+                Err(e) => return Err(core_error(e, &format!("removing probe {id}"))),
+            }
+            self.by_core.remove(&core);
+        }
+        self.targets.store().delete_probe(id)?;
+        lock(&self.targets.probes).remove(&id);
+        Ok(())
+    }
+
+    fn counters(&mut self) {
+        let Ok(Body::Stats(stats)) = self.call(Op::Stats) else {
+            return;
+        };
+        let mut live = lock(&self.targets.probes);
+        for c in stats.probes {
+            let Some(l) = self.by_core.get(&c.id) else {
+                continue;
+            };
+            if let Some(p) = live.get_mut(&l.id) {
+                p.hits = c.hits;
+                p.nmissed = c.nmissed;
+                p.dropped = c.dropped;
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Events(batch) => {
+                for e in batch {
+                    self.event(e);
+                }
+            }
+            Frame::Loss { probe, count } => {
+                let probe = self.by_core.get(&probe).map(|l| l.id);
+                self.targets.bus.publish(Item::Loss {
+                    target: self.id,
+                    probe,
+                    count,
+                });
+            }
+            Frame::Notice(n) => self.notice(n),
+            _ => {}
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        let Some(local) = self.by_core.get(&e.probe) else {
+            if e.sync {
+                let _ = self.client.verdict(e.seq, Action::Continue);
+            }
+            return;
+        };
+        let info = CallInfo {
+            sync: e.sync,
+            mutation: local.mutation,
+            return_probe: local.return_probe && e.kind != EventKind::Return,
+        };
+        let mut records = Vec::new();
+        let action = dispatch(
+            &self.targets.runtime,
+            local.plugins.iter().map(|a| &a.att),
+            &e,
+            info,
+            |n, _, r| {
+                records.push(serde_json::json!({"plugin": local.plugins[n].plugin, "record": r}))
+            },
+            |_, _| {},
+        );
+        let json = event_json(self.id, local.id, &local.symbol, &e, &records);
+        let probe = local.id;
+        if let Some(action) = action {
+            // The thread waits: the verdict before anything else.
+            let _ = self.client.verdict(e.seq, action);
+        }
+        self.targets.bus.publish(Item::Hit {
+            target: self.id,
+            probe,
+            json,
+        });
+    }
+
+    fn id_of(&self, core: u32) -> Option<i64> {
+        self.by_core.get(&core).map(|l| l.id)
+    }
+
+    fn notice(&mut self, n: Notice) {
+        match n {
+            Notice::Armed {
+                probe,
+                pid,
+                addr,
+                location,
+            } => {
+                let Some(id) = self.id_of(probe) else { return };
+                if let Some(l) = self.by_core.get_mut(&probe) {
+                    l.symbol = location.clone();
+                }
+                if let Some(p) = lock(&self.targets.probes).get_mut(&id) {
+                    p.placements
+                        .retain(|pl| (pl.pid, pl.address) != (pid, addr));
+                    p.placements.push(Placement {
+                        pid,
+                        address: addr,
+                        location,
+                    });
+                    p.state = "armed";
+                    p.reason = None;
+                }
+            }
+            Notice::Pending { probe, reason, .. } => {
+                self.set_state(self.id_of(probe), "pending", reason, None);
+            }
+            Notice::Refused { probe, pid, reason } => {
+                self.set_state(self.id_of(probe), "refused", reason, Some(pid));
+            }
+            Notice::Gone { probe, pid, reason } => {
+                self.set_state(self.id_of(probe), "gone", reason, Some(pid));
+            }
+            Notice::Exited { pid, status } => {
+                for l in self.by_core.values() {
+                    for a in &l.plugins {
+                        a.att.process_exited(pid);
+                    }
+                }
+                {
+                    let mut live = lock(&self.targets.probes);
+                    for l in self.by_core.values() {
+                        if let Some(p) = live.get_mut(&l.id) {
+                            p.placements.retain(|pl| pl.pid != pid);
+                        }
+                    }
+                }
+                if pid == self.pid {
+                    let exit = match status {
+                        ExitStatus::Code(c) => TargetExit {
+                            code: Some(c),
+                            signal: None,
+                        },
+                        ExitStatus::Signal(s) => TargetExit {
+                            code: None,
+                            signal: Some(s),
+                        },
+                    };
+                    if let Err(e) = self.targets.store().target_exited(pid, exit) {
+                        eprintln!("wprobe serve: recording the exit of pid {pid}: {e}");
+                    }
+                }
+            }
+            Notice::Idle => {
+                self.counters();
+                self.closed("its target exited");
+            }
+            Notice::Warning { text } => eprintln!("wprobe serve: target {}: {text}", self.id),
+        }
+    }
+
+    /// A probe left a process (or could not be placed in it): its state
+    /// when no placement is left.
+    fn set_state(&self, id: Option<i64>, state: &'static str, reason: String, pid: Option<i32>) {
+        let Some(id) = id else { return };
+        if let Some(p) = lock(&self.targets.probes).get_mut(&id) {
+            if let Some(pid) = pid {
+                p.placements.retain(|pl| pl.pid != pid);
+            }
+            if p.placements.is_empty() {
+                p.state = state;
+                p.reason = Some(reason);
+            }
+        }
     }
 }
 
@@ -256,6 +1031,13 @@ pub fn cmdline(pid: i32) -> Option<String> {
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
     (!args.is_empty()).then(|| args.join(" "))
+}
+
+/// /proc/PID/exe, or "" when it cannot be read.
+pub fn exe(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 /// A process that could be attached.

@@ -1,0 +1,1258 @@
+//! `wprobe serve` under load: how many events per second reach a
+//! Server-Sent Events client while a target calls a probed function as
+//! fast as it can, and how many API requests per second the service
+//! answers.
+//!
+//! Run it with
+//!
+//! ```text
+//! cargo build --release -p wprobe -p wprobe-core
+//! cargo bench -p wprobe-tests --bench serve_load
+//! ```
+//!
+//! It measures the release binaries beside it (`target/release/wprobe`,
+//! which starts the `wprobe-core` beside it) and does not build them: it
+//! stops with a message when they are missing and warns when they are
+//! older than the sources.
+//!
+//! Each repetition, round-robin so that a noisy neighbour hurts every case
+//! alike:
+//!
+//! 1. The ceiling: the `gated` fixture in `spin` mode (a thread calling
+//!    `work()` without end) under the kernel's uprobe on `work`, no wprobe,
+//!    its hits per second read from tracefs `uprobe_profile`.
+//! 2. SSE: the same fixture (another copy of the file, so that no kernel
+//!    uprobe can be left on it) attached with `POST /api/targets`, an entry
+//!    probe on `work` (`POST /api/probes`); then one client, and then four
+//!    at once, read `GET /api/events` as fast as they can. After a second
+//!    of warm-up, a window of `WPROBE_BENCH_SSE_SECS` (default 5) counts
+//!    what each client received (hit events, loss records and the events
+//!    they stand for), beside the probe's hit counter
+//!    (`GET /api/probes/{id}`) and the service's event counter
+//!    (`/metrics`) over the same window: what the core produced, what
+//!    reached the service, what reached each client.
+//! 3. API: 1 and 4 client threads, each on one keep-alive HTTP/1.1
+//!    connection, send `GET /api/probes` (with an idle target and its probe
+//!    attached, so that the route does its real work: a store query and a
+//!    counter refresh from the target's thread) and `GET /api/health` (the
+//!    cheapest route, the baseline) back to back for
+//!    `WPROBE_BENCH_API_SECS` (default 3): requests per second and latency
+//!    percentiles.
+//!
+//! `WPROBE_BENCH_REPS` (default 5) sets the number of repetitions; each
+//! number is given as median (min..max) over them. The results are printed
+//! and written into `docs/benchmarks.md` between the markers of its own
+//! generated section (`WPROBE_BENCH_NO_DOC=1` leaves the file alone).
+//!
+//! Every process it starts (the service, through it the core, the
+//! fixtures) is ended by a drop guard, also when the bench panics.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wprobe_tests::service::Server;
+use wprobe_tests::{build, scratch_dir, tracefs_available, KernelProbes};
+
+/// How long a control request (attach, probe, counters) may take before
+/// the bench gives up: longer than the service's own 60 s wait for a
+/// target's thread.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn main() {
+    let reps = env_u64("WPROBE_BENCH_REPS", 5).max(1) as usize;
+    let sse_secs = env_u64("WPROBE_BENCH_SSE_SECS", 5).max(1);
+    let api_secs = env_u64("WPROBE_BENCH_API_SECS", 3).max(1);
+
+    check_binaries();
+    let load_before = loadavg();
+    let bin = build("gated", "serve-load", &["-O2", "-pthread"]);
+    let bin_kernel = build("gated", "serve-load-kernel", &["-O2", "-pthread"]);
+    let kernel = tracefs_available();
+
+    let dir = scratch_dir().join("serve-load");
+    let _ = std::fs::remove_dir_all(&dir);
+    let svc = Service::start(&dir);
+    let health = svc.call("GET", "/api/health", None);
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // The target of the API cases: idle, one probe, attached all along.
+    let idle = Fixture::start(&bin, false);
+    let idle_target = svc.attach(idle.pid());
+    let idle_probe = svc.probe(idle_target, &bin);
+
+    let started = Instant::now();
+    let mut kernel_rates: Vec<f64> = Vec::new();
+    let mut sse: [Vec<SseRun>; 2] = [Vec::new(), Vec::new()];
+    let api_cases: [(&str, usize); 4] = [
+        ("/api/health", 1),
+        ("/api/probes", 1),
+        ("/api/health", 4),
+        ("/api/probes", 4),
+    ];
+    let mut api: Vec<Vec<ApiRun>> = vec![Vec::new(); api_cases.len()];
+    for rep in 0..reps {
+        eprintln!("repetition {}/{reps}", rep + 1);
+        if kernel {
+            let r = kernel_rate(&bin_kernel, sse_secs);
+            eprintln!("  kernel uprobe: {r:.0} hits/s");
+            kernel_rates.push(r);
+        }
+        {
+            let spin = Fixture::start(&bin, true);
+            let target = svc.attach(spin.pid());
+            let probe = svc.probe(target, &bin);
+            std::thread::sleep(Duration::from_secs(1));
+            for (i, clients) in [1usize, 4].into_iter().enumerate() {
+                let run = sse_window(&svc, probe, clients, sse_secs);
+                eprintln!("  {}", run.line(clients));
+                sse[i].push(run);
+            }
+            // The process first: its thread then has nothing more to
+            // read, and letting the target go is only bookkeeping.
+            drop(spin);
+            svc.call_status("DELETE", &format!("/api/targets/{target}"), None, 204);
+        }
+        for (i, (path, threads)) in api_cases.iter().enumerate() {
+            let run = api_run(&svc, path, *threads, api_secs);
+            eprintln!(
+                "  GET {path}, {threads} thread(s): {:.0} requests/s, p50 {:.0} µs, p99 {:.0} µs",
+                run.rate, run.p50_us, run.p99_us
+            );
+            api[i].push(run);
+        }
+    }
+    let elapsed = started.elapsed();
+    // The idle target's probe still counts nothing: the API cases only
+    // read it.
+    let p = svc.call("GET", &format!("/api/probes/{idle_probe}"), None);
+    assert_eq!(p["hits"], 0, "the idle target's probe: {p}");
+    drop(idle);
+    drop(svc);
+
+    let report = Report {
+        reps,
+        sse_secs,
+        api_secs,
+        load_before,
+        load_after: loadavg(),
+        kernel: kernel_rates,
+        sse,
+        api: api_cases
+            .iter()
+            .zip(api)
+            .map(|(&(path, threads), runs)| (path, threads, runs))
+            .collect(),
+    };
+    let md = report.markdown();
+    print!("{md}");
+    eprintln!("measured in {:.1} s", elapsed.as_secs_f64());
+    if std::env::var("WPROBE_BENCH_NO_DOC").as_deref() != Ok("1") {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace above tests/")
+            .join("docs/benchmarks.md");
+        write_doc(&doc, &md);
+        eprintln!("wrote {}", doc.display());
+    }
+}
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The directory of the binaries this bench measures: target/release when
+/// run by `cargo bench` (target/release/deps/serve_load-<hash> → its
+/// grandparent).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Stops with what to do when `wprobe` or `wprobe-core` is missing; warns
+/// when they are not release builds or older than the sources.
+fn check_binaries() {
+    let dir = bin_dir();
+    const BUILD: &str = "cargo build --release -p wprobe -p wprobe-core";
+    for name in ["wprobe", "wprobe-core"] {
+        let bin = dir.join(name);
+        if !bin.exists() {
+            eprintln!(
+                "\nserve_load: {} is missing.\nBuild the binaries this bench measures first:\n\n    \
+                 {BUILD}\n\nthen run `cargo bench -p wprobe-tests --bench serve_load` again.\n",
+                bin.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    if dir.file_name().is_none_or(|n| n != "release") {
+        eprintln!(
+            "warning: not a release build ({}); numbers from debug binaries say little — \
+             use `cargo bench`",
+            dir.display()
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace above tests/")
+        .to_path_buf();
+    let newest_source = ["host/src", "kernel-core/src"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
+    let oldest_bin = ["wprobe", "wprobe-core"]
+        .iter()
+        .filter_map(|b| {
+            std::fs::metadata(dir.join(b))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .min();
+    if let (Some(src), Some(bin)) = (newest_source, oldest_bin) {
+        if src > bin {
+            eprintln!(
+                "warning: {} or wprobe-core is older than the newest source file: \
+                 run `{BUILD}` to measure the tree as it is",
+                dir.join("wprobe").display()
+            );
+        }
+    }
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// A `wprobe serve` of the release build with its own wprobe-core. On
+/// drop: SIGTERM (it lets its targets go and stops its core), SIGKILL if
+/// it has not ended within 10 s, and then the core too if it is somehow
+/// still there.
+struct Service {
+    server: Option<Server>,
+    addr: String,
+    token: String,
+    core: Option<i32>,
+}
+
+impl Service {
+    fn start(dir: &Path) -> Service {
+        let server = Server::start(dir, &[]);
+        let pid = server.child.id() as i32;
+        // The core it started, to be sure it ends with the service.
+        let core = children(pid).into_iter().find(|&c| {
+            std::fs::read_link(format!("/proc/{c}/exe"))
+                .is_ok_and(|e| e.file_name().is_some_and(|n| n == "wprobe-core"))
+        });
+        if core.is_none() {
+            eprintln!("warning: no wprobe-core among the service's children");
+        }
+        Service {
+            addr: server.addr.clone(),
+            token: server.token.clone(),
+            server: Some(server),
+            core,
+        }
+    }
+
+    /// A request on a connection of its own; the status and the body.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
+        let mut c = Conn::open(&self.addr, &self.token, Some(CONTROL_TIMEOUT))
+            .unwrap_or_else(|e| panic!("connect to the service: {e}"));
+        let body = body.map(|b| b.to_string());
+        c.send(method, path, body.as_deref())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A request that must succeed; its JSON.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, text) = self.request(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&text)
+        );
+        serde_json::from_slice(&text).unwrap_or(Value::Null)
+    }
+
+    fn call_status(&self, method: &str, path: &str, body: Option<&Value>, want: u16) {
+        let (status, text) = self.request(method, path, body);
+        assert_eq!(
+            status,
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+
+    fn attach(&self, pid: i32) -> i64 {
+        let t = self.call("POST", "/api/targets", Some(&json!({ "pid": pid })));
+        t["id"].as_i64().unwrap_or_else(|| panic!("no id in {t}"))
+    }
+
+    /// An entry probe on `work` of `bin` in `target`, armed.
+    fn probe(&self, target: i64, bin: &Path) -> i64 {
+        let spec = format!("uprobe:{}:work", bin.display());
+        let p = self.call(
+            "POST",
+            "/api/probes",
+            Some(&json!({ "target": target, "spec": spec })),
+        );
+        assert_eq!(p["state"], "armed", "{p}");
+        p["id"].as_i64().unwrap_or_else(|| panic!("no id in {p}"))
+    }
+
+    /// The probe's hit counter, when it was read, and how long reading it
+    /// took. The target's thread reads the counter from the core when it
+    /// gets to the request, just before the reply: the value is of the
+    /// reply's time, however long the request waited. After 60 s the
+    /// service gives up waiting and answers the last value it had (stale).
+    fn hits(&self, probe: i64) -> (u64, Instant, Duration) {
+        let t = Instant::now();
+        let p = self.call("GET", &format!("/api/probes/{probe}"), None);
+        let at = Instant::now();
+        let hits = p["hits"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no hits in {p}"));
+        (hits, at, at - t)
+    }
+
+    /// (events the service received from the core, events the core
+    /// dropped, events SSE clients missed), from /metrics.
+    fn bus_counters(&self) -> [u64; 3] {
+        let (status, text) = self.request("GET", "/metrics", None);
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(status, 200, "/metrics: {text}");
+        let scrape = wprobe_tests::prom::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        [
+            "wprobe_events_total",
+            "wprobe_events_dropped_total",
+            "wprobe_sse_lost_total",
+        ]
+        .map(|name| {
+            wprobe_tests::prom::value(&scrape, name, &[])
+                .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
+        })
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let pid = server.child.id() as i32;
+            // SAFETY: a plain signal to our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Server's own drop: SIGKILL if still running, and the wait.
+            drop(server);
+        }
+        if let Some(core) = self.core {
+            end_orphan_core(core);
+        }
+    }
+}
+
+/// The pids of `pid`'s children, from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Ends the service's core if it outlived the service (it should not: it
+/// gets SIGTERM when the service dies). Only while that pid is still a
+/// wprobe-core, so that a reused pid is left alone.
+fn end_orphan_core(core: i32) {
+    let is_core = || {
+        std::fs::read_link(format!("/proc/{core}/exe"))
+            .is_ok_and(|e| e.file_name().is_some_and(|n| n == "wprobe-core"))
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while is_core() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_core() {
+        eprintln!("warning: wprobe-core {core} outlived the service: SIGTERM, then SIGKILL");
+        // SAFETY: a plain signal to the core the service started.
+        unsafe { libc::kill(core, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while is_core() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if is_core() {
+            // SAFETY: as above.
+            unsafe { libc::kill(core, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The `gated` fixture, waiting on its stdin (which is never written: no
+/// round runs); with `spin`, its second thread calls `work()` without
+/// end. Killed on drop.
+struct Fixture {
+    child: Child,
+    _stdin: ChildStdin,
+}
+
+impl Fixture {
+    fn start(bin: &Path, spin: bool) -> Fixture {
+        let mut cmd = Command::new(bin);
+        cmd.arg("1");
+        if spin {
+            cmd.arg("spin");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut fixture = Fixture {
+            child,
+            _stdin: stdin,
+        };
+        let mut ready = [0u8; 6];
+        fixture
+            .child
+            .stdout
+            .as_mut()
+            .expect("piped stdout")
+            .read_exact(&mut ready)
+            .expect("the fixture says ready");
+        assert_eq!(&ready, b"ready\n");
+        fixture
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Hits per second of the kernel's uprobe on `work` of a spinning fixture,
+/// no wprobe anywhere: what the function's call rate is under the
+/// cheapest breakpoint there is.
+fn kernel_rate(bin: &Path, secs: u64) -> f64 {
+    let fixture = Fixture::start(bin, true);
+    let k = KernelProbes::new(bin, &[('p', "work", 0)]);
+    std::thread::sleep(Duration::from_secs(1));
+    let (c0, t0) = (k.counts()[0], Instant::now());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, t1) = (k.counts()[0], Instant::now());
+    drop(k);
+    drop(fixture);
+    assert!(c1 > c0, "the kernel uprobe counted no hit");
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// One keep-alive HTTP/1.1 connection: requests one after the other,
+/// replies read by their Content-Length (or chunks).
+struct Conn {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+    head: String,
+}
+
+impl Conn {
+    fn open(addr: &str, token: &str, timeout: Option<Duration>) -> std::io::Result<Conn> {
+        let w = TcpStream::connect(addr)?;
+        w.set_nodelay(true)?;
+        w.set_read_timeout(timeout)?;
+        let r = BufReader::with_capacity(64 << 10, w.try_clone()?);
+        Ok(Conn {
+            w,
+            r,
+            head: format!(
+                "Host: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: keep-alive\r\n"
+            ),
+        })
+    }
+
+    /// Sends one request and reads its reply: (status, body).
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n{}", self.head);
+        if let Some(b) = body {
+            let _ = write!(
+                req,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            );
+        } else {
+            req.push_str("\r\n");
+        }
+        self.w.write_all(req.as_bytes())?;
+        self.read_reply()
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
+        use std::io::{Error, ErrorKind};
+        let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let mut length: Option<usize> = None;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            if self.r.read_line(&mut line)? == 0 {
+                return Err(Error::new(ErrorKind::UnexpectedEof, "inside the headers"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let v = v.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = Some(v.parse().map_err(|_| bad(format!("bad length {v:?}")))?);
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = v.eq_ignore_ascii_case("chunked");
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.r.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
+                let start = body.len();
+                body.resize(start + size, 0);
+                self.r.read_exact(&mut body[start..])?;
+                line.clear();
+                self.r.read_line(&mut line)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.r.read_exact(&mut body)?;
+        }
+        Ok((status, body))
+    }
+}
+
+/// What an SSE client has received so far.
+#[derive(Default)]
+struct SseStats {
+    /// `hit` events.
+    hits: AtomicU64,
+    /// `loss` records, and the events they stand for: lost because this
+    /// client read too slowly, or because the core's queue was full.
+    loss_records: AtomicU64,
+    lost_client: AtomicU64,
+    lost_core: AtomicU64,
+    /// Bytes of the stream (chunk framing included).
+    bytes: AtomicU64,
+    /// The longest time between two records, since it was last reset.
+    max_gap_ns: AtomicU64,
+    /// What went wrong in the reader, if anything.
+    error: Mutex<Option<String>>,
+}
+
+/// A client reading `GET /api/events` on a thread of its own, as fast as
+/// it can; closed and joined on drop.
+struct SseClient {
+    stats: Arc<SseStats>,
+    sock: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SseClient {
+    fn open(svc: &Service, probe: i64) -> SseClient {
+        let mut sock = TcpStream::connect(&svc.addr).expect("connect for SSE");
+        write!(
+            sock,
+            "GET /api/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Accept: text/event-stream\r\n\r\n",
+            svc.addr, svc.token
+        )
+        .expect("send the SSE request");
+        sock.set_read_timeout(Some(CONTROL_TIMEOUT))
+            .expect("read timeout");
+        let mut r = BufReader::with_capacity(256 << 10, sock.try_clone().expect("clone"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("the SSE status line");
+        assert!(
+            line.starts_with("HTTP/1.1 200"),
+            "GET /api/events: {line:?}"
+        );
+        loop {
+            line.clear();
+            r.read_line(&mut line).expect("an SSE header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let stats = Arc::new(SseStats::default());
+        let s = stats.clone();
+        let thread = std::thread::spawn(move || read_events(r, &s, probe));
+        SseClient {
+            stats,
+            sock,
+            thread: Some(thread),
+        }
+    }
+
+    fn snap(&self) -> ClientSnap {
+        let s = &self.stats;
+        if let Some(e) = s.error.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            panic!("an SSE client failed: {e}");
+        }
+        ClientSnap {
+            at: Instant::now(),
+            hits: s.hits.load(Ordering::Relaxed),
+            loss_records: s.loss_records.load(Ordering::Relaxed),
+            lost_client: s.lost_client.load(Ordering::Relaxed),
+            lost_core: s.lost_core.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            max_gap_ns: s.max_gap_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for SseClient {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads the stream until it ends: counts `hit` events without parsing
+/// them (but for the first, which must be of `probe`), parses `loss`
+/// records. Chunk-size lines of the transfer encoding are skipped by
+/// looking only at `event:` and `data:` lines.
+fn read_events(mut r: BufReader<TcpStream>, s: &SseStats, probe: i64) {
+    let mut line = Vec::with_capacity(4096);
+    let mut loss = false;
+    let mut checked = false;
+    let mut last = Instant::now();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => s.bytes.fetch_add(n as u64, Ordering::Relaxed),
+        };
+        let record = if line.starts_with(b"event: hit") {
+            s.hits.fetch_add(1, Ordering::Relaxed);
+            loss = false;
+            true
+        } else if line.starts_with(b"event: loss") {
+            s.loss_records.fetch_add(1, Ordering::Relaxed);
+            loss = true;
+            true
+        } else {
+            false
+        };
+        if record {
+            let now = Instant::now();
+            s.max_gap_ns
+                .fetch_max((now - last).as_nanos() as u64, Ordering::Relaxed);
+            last = now;
+            continue;
+        }
+        let Some(data) = line.strip_prefix(b"data: ") else {
+            continue;
+        };
+        if !loss && checked {
+            continue;
+        }
+        let v: Value = match serde_json::from_slice(data.trim_ascii_end()) {
+            Ok(v) => v,
+            Err(e) => {
+                *s.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                    "bad SSE data {:?}: {e}",
+                    String::from_utf8_lossy(data)
+                ));
+                return;
+            }
+        };
+        if loss {
+            let n = v["lost"].as_u64().unwrap_or(0);
+            // The core's losses name their target; a slow client's do not.
+            if v.get("target").is_some_and(|t| !t.is_null()) {
+                s.lost_core.fetch_add(n, Ordering::Relaxed);
+            } else {
+                s.lost_client.fetch_add(n, Ordering::Relaxed);
+            }
+        } else {
+            checked = true;
+            if v["probe"] != probe || v["kind"] != "entry" {
+                *s.error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("an event not of entry probe {probe}: {v}"));
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ClientSnap {
+    at: Instant,
+    hits: u64,
+    loss_records: u64,
+    lost_client: u64,
+    lost_core: u64,
+    bytes: u64,
+    max_gap_ns: u64,
+}
+
+/// The counters at one end of a window.
+struct Snap {
+    clients: Vec<ClientSnap>,
+    hits: u64,
+    hits_at: Instant,
+    hits_took: Duration,
+    bus: [u64; 3],
+    bus_at: Instant,
+}
+
+/// The hit counter first (its read may wait long, see [`Service::hits`]),
+/// the clients' counts at once after it, so that both are of the same
+/// moment, then the service's counters (read at the reply too).
+fn snap(svc: &Service, probe: i64, clients: &[SseClient]) -> Snap {
+    let (hits, hits_at, hits_took) = svc.hits(probe);
+    let c = clients.iter().map(SseClient::snap).collect();
+    let bus = svc.bus_counters();
+    Snap {
+        clients: c,
+        hits,
+        hits_at,
+        hits_took,
+        bus,
+        bus_at: Instant::now(),
+    }
+}
+
+/// One window of SSE reading.
+struct SseRun {
+    /// Hits per second of the probe, by its counter; NaN when a read of
+    /// the counter timed out in the service (its value was stale).
+    hits: f64,
+    /// The window's length, from counter read to counter read.
+    secs: f64,
+    /// Events per second the service received from the core.
+    published: f64,
+    /// Events per second each client received.
+    per_client: Vec<f64>,
+    loss_records: u64,
+    lost_client: u64,
+    /// Events the core dropped, by its counter (/metrics) and by the loss
+    /// records the first client received.
+    lost_core: u64,
+    lost_core_records: u64,
+    bytes_per_event: f64,
+    max_gap_ms: f64,
+    /// The slowest read of the hit counter at either end.
+    counter_ms: f64,
+}
+
+impl SseRun {
+    fn total(&self) -> f64 {
+        self.per_client.iter().sum()
+    }
+
+    fn mean_client(&self) -> f64 {
+        self.total() / self.per_client.len() as f64
+    }
+
+    fn line(&self, clients: usize) -> String {
+        format!(
+            "{clients} SSE client(s): hits {:.0}/s, received by the service {:.0}/s, per client \
+             {}/s, {} loss records ({} events lost by slow clients, {} in the core), \
+             longest pause {:.0} ms, counter read {:.0} ms, window {:.1} s",
+            self.hits,
+            self.published,
+            self.per_client
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            self.loss_records,
+            self.lost_client,
+            self.lost_core,
+            self.max_gap_ms,
+            self.counter_ms,
+            self.secs
+        )
+    }
+}
+
+/// `clients` clients read the stream; after a second of warm-up, a window
+/// of `secs` seconds.
+fn sse_window(svc: &Service, probe: i64, clients: usize, secs: u64) -> SseRun {
+    let open: Vec<SseClient> = (0..clients).map(|_| SseClient::open(svc, probe)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    for c in &open {
+        c.stats.max_gap_ns.store(0, Ordering::Relaxed);
+    }
+    let a = snap(svc, probe, &open);
+    std::thread::sleep(Duration::from_secs(secs));
+    let b = snap(svc, probe, &open);
+    drop(open);
+    let per_s = |n0: u64, n1: u64, t0: Instant, t1: Instant| {
+        n1.saturating_sub(n0) as f64 / (t1 - t0).as_secs_f64()
+    };
+    let pairs: Vec<(&ClientSnap, &ClientSnap)> = a.clients.iter().zip(&b.clients).collect();
+    let sum = |f: fn(&ClientSnap) -> u64| -> u64 {
+        pairs.iter().map(|(x, y)| f(y).saturating_sub(f(x))).sum()
+    };
+    let received = sum(|c| c.hits);
+    let stale = a.hits_took.max(b.hits_took) >= Duration::from_secs(59);
+    SseRun {
+        hits: if stale {
+            f64::NAN
+        } else {
+            per_s(a.hits, b.hits, a.hits_at, b.hits_at)
+        },
+        secs: (b.hits_at - a.hits_at).as_secs_f64(),
+        published: per_s(a.bus[0], b.bus[0], a.bus_at, b.bus_at),
+        per_client: pairs
+            .iter()
+            .map(|(x, y)| per_s(x.hits, y.hits, x.at, y.at))
+            .collect(),
+        loss_records: sum(|c| c.loss_records),
+        lost_client: sum(|c| c.lost_client),
+        lost_core: b.bus[1].saturating_sub(a.bus[1]),
+        lost_core_records: pairs
+            .first()
+            .map_or(0, |(x, y)| y.lost_core.saturating_sub(x.lost_core)),
+        bytes_per_event: sum(|c| c.bytes) as f64 / received.max(1) as f64,
+        max_gap_ms: pairs.iter().map(|(_, y)| y.max_gap_ns).max().unwrap_or(0) as f64 / 1e6,
+        counter_ms: a.hits_took.max(b.hits_took).as_secs_f64() * 1e3,
+    }
+}
+
+/// One API case.
+#[derive(Clone)]
+struct ApiRun {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// `threads` threads, each on one keep-alive connection, send `GET path`
+/// back to back for `secs` seconds.
+fn api_run(svc: &Service, path: &str, threads: usize, secs: u64) -> ApiRun {
+    let barrier = Barrier::new(threads);
+    let results: Vec<(Vec<u32>, Duration)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut c =
+                        Conn::open(&svc.addr, &svc.token, Some(CONTROL_TIMEOUT)).expect("connect");
+                    // One request first: the connection is up, the reply
+                    // is what it should be.
+                    let (status, body) = c.send("GET", path, None).expect("request");
+                    assert_eq!(
+                        status,
+                        200,
+                        "GET {path}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    let v: Value = serde_json::from_slice(&body).expect("a JSON reply");
+                    if path == "/api/probes" {
+                        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+                    } else {
+                        assert_eq!(v["status"], "ok", "{v}");
+                    }
+                    let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+                    barrier.wait();
+                    let start = Instant::now();
+                    let end = start + Duration::from_secs(secs);
+                    loop {
+                        let t = Instant::now();
+                        if t >= end {
+                            break;
+                        }
+                        let (status, body) = c.send("GET", path, None).expect("request");
+                        lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        assert_eq!(
+                            status,
+                            200,
+                            "GET {path}: {}",
+                            String::from_utf8_lossy(&body)
+                        );
+                    }
+                    (lat, start.elapsed())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an API client thread"))
+            .collect()
+    });
+    let took = results
+        .iter()
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64();
+    let mut lat: Vec<u32> = results.into_iter().flat_map(|(l, _)| l).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1e3
+    };
+    ApiRun {
+        rate: lat.len() as f64 / took,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// (min, median, max).
+fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    // NaN: not measured.
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    Some((s[0], s[s.len() / 2], s[s.len() - 1]))
+}
+
+/// "median (min..max)".
+fn mmm(v: &[f64], digits: usize) -> String {
+    match spread(v) {
+        None => "—".into(),
+        Some((lo, med, hi)) if lo == hi => format!("{med:.digits$}"),
+        Some((lo, med, hi)) => format!("{med:.digits$} ({lo:.digits$}..{hi:.digits$})"),
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    spread(v).map(|(_, m, _)| m)
+}
+
+struct Report {
+    reps: usize,
+    sse_secs: u64,
+    api_secs: u64,
+    load_before: String,
+    load_after: String,
+    kernel: Vec<f64>,
+    /// One client, four clients.
+    sse: [Vec<SseRun>; 2],
+    api: Vec<(&'static str, usize, Vec<ApiRun>)>,
+}
+
+impl Report {
+    fn api_rates(&self, path: &str, threads: usize) -> Vec<f64> {
+        self.api
+            .iter()
+            .find(|(p, t, _)| *p == path && *t == threads)
+            .map(|(_, _, runs)| runs.iter().map(|r| r.rate).collect())
+            .unwrap_or_default()
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let _ = writeln!(s, "- Machine: {cpu}, {cores} cores, Linux {kernel}");
+        let _ = writeln!(
+            s,
+            "- Date: {} (UTC); load average before the run: {}, after: {}",
+            today(),
+            self.load_before,
+            self.load_after
+        );
+        let _ = writeln!(
+            s,
+            "- Run: {} repetitions round-robin, each number median (min..max) over them; \
+             release `wprobe serve` with its default options (`--sse-buffer 4096`) and its \
+             own `wprobe-core`; target `gated 1 spin` (a thread calling `work()` without \
+             end) with one entry probe `uprobe:…/gated:work` (default event: arguments and \
+             registers); SSE windows of {} s after 1 s of warm-up, API cases of {} s each",
+            self.reps, self.sse_secs, self.api_secs
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Events through SSE, busy target:\n");
+        let _ = writeln!(
+            s,
+            "| case | probe hits/s | events/s into the service | events/s received, per \
+             client | received ÷ hits | events/s received, all clients | loss records | \
+             events lost: slow client / core queue | longest pause |"
+        );
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        if !self.kernel.is_empty() {
+            let _ = writeln!(
+                s,
+                "| kernel uprobe on `work`, no wprobe (the ceiling) | {} | — | — | — | — | — | — | — |",
+                mmm(&self.kernel, 0)
+            );
+        }
+        for (runs, clients) in self.sse.iter().zip([1, 4]) {
+            if runs.is_empty() {
+                continue;
+            }
+            let col = |f: &dyn Fn(&SseRun) -> f64| -> Vec<f64> { runs.iter().map(f).collect() };
+            let per_client = if clients == 1 {
+                mmm(&col(&|r| r.mean_client()), 0)
+            } else {
+                // Every client of every window.
+                let all: Vec<f64> = runs.iter().flat_map(|r| r.per_client.clone()).collect();
+                mmm(&all, 0)
+            };
+            let records: u64 = runs.iter().map(|r| r.loss_records).sum();
+            let lost_client: u64 = runs.iter().map(|r| r.lost_client).sum();
+            let lost_core: u64 = runs.iter().map(|r| r.lost_core).sum();
+            let max_gap = runs.iter().map(|r| r.max_gap_ms).fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "| wprobe serve, {clients} SSE client{} | {} | {} | {} | {} | {} | {records} | \
+                 {lost_client} / {lost_core} | {max_gap:.0} ms |",
+                if clients == 1 { "" } else { "s" },
+                mmm(&col(&|r| r.hits), 0),
+                mmm(&col(&|r| r.published), 0),
+                per_client,
+                mmm(&col(&|r| r.mean_client() / r.hits), 3),
+                mmm(&col(&|r| r.total()), 0),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nProbe hits/s: the probe's hit counter (`GET /api/probes/{{id}}`) over the \
+             window (see below for what reading it costs); events/s into the service: `wprobe_events_total` of `/metrics`; \
+             received: `event: hit` records each client read. Loss records, events lost \
+             (by the records: a slow client's; by `wprobe_events_dropped_total`: the \
+             core's) and the longest pause between two records a client saw are over all \
+             {} windows of the row; spread of the per-client rate with 4 clients is over \
+             every client of every window.",
+            self.reps
+        );
+        let one = &self.sse[0];
+        let bpe = median(&one.iter().map(|r| r.bytes_per_event).collect::<Vec<_>>());
+        let mbps = median(
+            &one.iter()
+                .map(|r| r.mean_client() * r.bytes_per_event / 1e6)
+                .collect::<Vec<_>>(),
+        );
+        if let (Some(bpe), Some(mbps)) = (bpe, mbps) {
+            let _ = writeln!(
+                s,
+                "An event is {bpe:.0} bytes of stream (the `event:` line, the JSON, chunk \
+                 framing): {mbps:.1} MB/s to one client."
+            );
+        }
+        let counter_ms = self
+            .sse
+            .iter()
+            .flatten()
+            .map(|r| r.counter_ms)
+            .fold(0.0, f64::max);
+        let reads: Vec<f64> = self.sse.iter().flatten().map(|r| r.counter_ms).collect();
+        let windows: Vec<f64> = self.sse.iter().flatten().map(|r| r.secs).collect();
+        let stale = self
+            .sse
+            .iter()
+            .flatten()
+            .filter(|r| r.hits.is_nan())
+            .count();
+        let core_records: u64 = self.sse.iter().flatten().map(|r| r.lost_core_records).sum();
+        let _ = writeln!(
+            s,
+            "**Reading the hit counter during the flood stalls**: one `GET /api/probes/{{id}}` \
+             took {} ms (median over the windows' slower read; longest {counter_ms:.0} ms), \
+             so a window — from the reply of one counter read to the reply of the next, \
+             the clients' counts taken at the same moments — lasted {} s instead of {}. \
+             {stale} of {} windows had a read that hit the service's 60 s limit and answered \
+             a stale counter: their hits/s are left out (—). The core's loss records a \
+             client received name {core_records} events.",
+            mmm(&reads, 0),
+            mmm(&windows, 1),
+            self.sse_secs,
+            windows.len()
+        );
+
+        let _ = writeln!(s, "\nAPI requests, keep-alive HTTP/1.1, one connection per client thread (an idle target with one probe attached):\n");
+        let _ = writeln!(
+            s,
+            "| route | client threads | requests/s | ÷ /api/health | latency p50 µs | p99 µs |"
+        );
+        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+        for (path, threads, runs) in &self.api {
+            let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+            let ratio = match (
+                *path != "/api/health",
+                median(&rates),
+                median(&self.api_rates("/api/health", *threads)),
+            ) {
+                (true, Some(r), Some(h)) => format!("{:.4}", r / h),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| `GET {path}` | {threads} | {} | {ratio} | {} | {} |",
+                mmm(&rates, 0),
+                mmm(&runs.iter().map(|r| r.p50_us).collect::<Vec<_>>(), 0),
+                mmm(&runs.iter().map(|r| r.p99_us).collect::<Vec<_>>(), 0),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nLatency: per request, from sending it to its whole reply, pooled over the \
+             client threads of a case; the median (min..max) of the {} repetitions' \
+             percentiles.",
+            self.reps
+        );
+
+        // The ratios, in one place.
+        let ratio = |runs: &[SseRun], f: fn(&SseRun) -> f64| {
+            median(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let fmt = |v: Option<f64>, d: usize| v.map_or_else(|| "—".into(), |x| format!("{x:.d$}"));
+        let hits1 = ratio(&self.sse[0], |r| r.hits);
+        let kernel_med = median(&self.kernel);
+        let api_ratio = |t: usize| {
+            median(&self.api_rates("/api/probes", t))
+                .zip(median(&self.api_rates("/api/health", t)))
+                .map(|(p, h)| p / h)
+        };
+        let _ = writeln!(
+            s,
+            "\nRatios: SSE received ÷ probe hits, 1 client {}, 4 clients {} per client; \
+             probe hits ÷ kernel uprobe hits {} (1 client); `/api/probes` ÷ `/api/health` \
+             {} with 1 thread, {} with 4.",
+            fmt(ratio(&self.sse[0], |r| r.mean_client() / r.hits), 3),
+            fmt(ratio(&self.sse[1], |r| r.mean_client() / r.hits), 3),
+            fmt(hits1.zip(kernel_med).map(|(w, k)| w / k), 3),
+            fmt(api_ratio(1), 4),
+            fmt(api_ratio(4), 4),
+        );
+        s
+    }
+}
+
+/// Today's date, from the system clock (days since the epoch to a civil
+/// date, Howard Hinnant's algorithm).
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+const BEGIN: &str = "<!-- BEGIN serve_load: generated by `cargo bench -p wprobe-tests --bench serve_load`; edits inside are overwritten -->";
+const END: &str = "<!-- END serve_load -->";
+
+/// Replaces the generated section of `docs/benchmarks.md`, keeping what
+/// people wrote around it; appends it at the end, under a heading of its
+/// own, when it is not there yet.
+fn write_doc(path: &Path, body: &str) {
+    let section = format!("{BEGIN}\n{body}{END}\n");
+    let intro = "## wprobe serve under load\n\nRun `cargo build --release -p wprobe -p \
+                 wprobe-core`, then `cargo bench -p wprobe-tests --bench serve_load` (see the \
+                 doc comment of `tests/benches/serve_load.rs`).\n\n";
+    let text = match std::fs::read_to_string(path) {
+        Ok(old) => match (old.find(BEGIN), old.find(END)) {
+            (Some(b), Some(e)) if b < e => {
+                let after = old[e + END.len()..].trim_start_matches('\n');
+                let gap = if after.is_empty() { "" } else { "\n" };
+                format!("{}{section}{gap}{after}", &old[..b])
+            }
+            _ => format!("{}\n\n{intro}{section}", old.trim_end()),
+        },
+        Err(_) => format!("# Benchmarks\n\n{intro}{section}"),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("create docs/");
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}

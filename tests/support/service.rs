@@ -1,0 +1,131 @@
+//! A `wprobe serve` for tests: the real binary on 127.0.0.1:0 with a
+//! scratch data directory, and a few lines of HTTP/1.1 over a `TcpStream`
+//! rather than an HTTP crate, because the tests must send forged `Host`
+//! headers and oversized bodies that a client library would correct or
+//! refuse.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::{scratch_dir, wprobe_bin};
+
+/// A running `wprobe serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub token: String,
+    /// Held open: processes the service spawns write to it.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(wprobe_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wprobe serve");
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        stdout.read_line(&mut line).expect("read the URL");
+        // http://127.0.0.1:PORT/#token=TOKEN
+        let rest = line
+            .trim()
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        let (addr, token) = rest
+            .split_once("/#token=")
+            .unwrap_or_else(|| panic!("no token in {line:?}"));
+        Server {
+            addr: addr.to_string(),
+            token: token.to_string(),
+            child,
+            _stdout: stdout,
+        }
+    }
+
+    /// A request with the token and the right Host, unless `headers` give
+    /// others.
+    pub fn call(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        self.raw(method, path, &[("Authorization", &auth)], body)
+    }
+
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        request(&self.addr, method, path, headers, body)
+    }
+
+    pub fn plugins(&self) -> Vec<Value> {
+        let r = self.call("GET", "/api/plugins", b"");
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json.as_array().expect("a list").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub text: String,
+    pub json: Value,
+}
+
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head += &format!("Host: {addr}\r\n");
+    }
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += &format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("send the head");
+    // A refused body may be cut off by the server: what counts is the reply.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply to {method} {path}: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let json = serde_json::from_str(body).unwrap_or(Value::Null);
+    Reply {
+        status,
+        text: body.to_string(),
+        json,
+    }
+}
+
+/// A fresh data directory for one test.
+pub fn data_dir(tag: &str) -> PathBuf {
+    let dir = scratch_dir().join(format!("serve-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
