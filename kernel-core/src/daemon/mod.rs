@@ -122,10 +122,16 @@ impl Waker {
         std::thread::spawn(move || {
             while !poker.done.load(Ordering::SeqCst) {
                 let p = poker.pending.lock().expect("waker lock");
-                let (p, _) = poker
+                let (mut p, _) = poker
                     .cv
                     .wait_timeout_while(p, Duration::from_millis(50), |p| !*p)
                     .expect("waker lock");
+                // Taken now, under the lock: a wake that comes while the
+                // engine is being signalled below raises it again and is
+                // served at the next turn. (Clearing it after the loop
+                // lost such a wake: the engine then slept in waitpid for
+                // up to the 50 ms timeout.)
+                *p = false;
                 drop(p);
                 if TERMINATE.load(Ordering::SeqCst) {
                     poker.flag.store(true, Ordering::SeqCst);
@@ -138,7 +144,6 @@ impl Waker {
                     };
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                *poker.pending.lock().expect("waker lock") = false;
             }
         });
         w
