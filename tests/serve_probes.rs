@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -116,67 +116,6 @@ impl Api {
             .raw("GET", "/metrics", &[("Authorization", &auth)], b"");
         assert_eq!(r.status, 200, "{}", r.text);
         wprobe_tests::prom::parse(&r.text).unwrap_or_else(|e| panic!("{e}\n{}", r.text))
-    }
-}
-
-/// The `gated` fixture: one round of `work` calls per `round()`.
-struct Gated {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    n: u64,
-}
-
-impl Gated {
-    fn start(bin: &Path, n: u64, spin: bool) -> Gated {
-        let mut cmd = Command::new(bin);
-        cmd.arg(n.to_string());
-        if spin {
-            cmd.arg("spin");
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start gated");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("ready");
-        assert_eq!(line, "ready\n");
-        Gated {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            n,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Runs a round; checks its sum (the program computed what it should).
-    fn round(&mut self) {
-        writeln!(self.stdin.as_mut().expect("open"), "go").expect("start a round");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("round done");
-        let sum: u64 = (0..self.n).map(|i| i * 3 + 1).sum();
-        assert!(line.ends_with(&format!(" sum={sum}\n")), "{line:?}");
-    }
-
-    /// Ends its input: it exits.
-    fn end(&mut self) {
-        self.stdin.take();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "{status}");
-    }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

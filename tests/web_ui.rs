@@ -11,69 +11,11 @@
 //! Needs node, chromium and `npm ci --prefix web-ui/tests`. Without node or
 //! chromium the test says so and passes, unless WPROBE_REQUIRE_BROWSER=1.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use wprobe_tests::service::Server;
+use wprobe_tests::service::{Gated, Server};
 use wprobe_tests::*;
-
-/// The `gated` fixture: one round of `work` calls per line on its stdin.
-struct Gated {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    n: u64,
-}
-
-impl Gated {
-    fn start(bin: &Path, n: u64) -> Gated {
-        let mut child = Command::new(bin)
-            .arg(n.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start gated");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("ready");
-        assert_eq!(line, "ready\n");
-        Gated {
-            child,
-            stdin: Some(stdin),
-            stdout,
-            n,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Runs a round; checks its sum (the program computed what it should).
-    fn round(&mut self) {
-        writeln!(self.stdin.as_mut().expect("open"), "go").expect("start a round");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("round done");
-        let sum: u64 = (0..self.n).map(|i| i * 3 + 1).sum();
-        assert!(line.ends_with(&format!(" sum={sum}\n")), "{line:?}");
-    }
-
-    /// Ends its input: it exits, successfully.
-    fn end(&mut self) {
-        self.stdin.take();
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "{status}");
-    }
-}
-
-impl Drop for Gated {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A process the service spawned for the UI, killed at the end.
 struct Spawned(i32);
@@ -129,7 +71,7 @@ fn web_ui_in_a_browser() {
     let spin = build("spin", "web_ui", &["-O2", "-pthread"]);
     let gated_bin = build("gated", "web_ui", &["-O2", "-pthread"]);
     let plugin = example_plugin("latency.c.wasm");
-    let mut gated = Gated::start(&gated_bin, 1000);
+    let mut gated = Gated::start(&gated_bin, 1000, false);
     gated.round();
 
     let dir = scratch_dir().join("data");

@@ -8,3 +8,16 @@ pub mod demo;
 pub mod json;
 pub mod plugin;
 pub mod serve;
+
+/// The `wprobe-core` binary: `$WPROBE_CORE`, else the one beside this
+/// executable, else the one in `PATH`.
+pub fn core_binary() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("WPROBE_CORE") {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("wprobe-core"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "wprobe-core".into())
+}

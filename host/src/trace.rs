@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 use wprobe_core::engine::{monotonic_ns, Engine};
 use wprobe_core::proto::{
     Body, Client, ClientError, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op, ProbeOptions,
@@ -23,6 +23,7 @@ use wprobe_core::proto::{
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
 use wprobe_core::target::ptrace::Ptrace;
+use wprobe_host::json::{write_captures, write_regs, write_u64s};
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -110,19 +111,6 @@ fn fail(msg: impl std::fmt::Display) -> i32 {
     2
 }
 
-/// The `wprobe-core` binary: `$WPROBE_CORE`, or the one next to this
-/// program, or the one in `PATH`.
-fn core_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("WPROBE_CORE") {
-        return p.into();
-    }
-    std::env::current_exe()
-        .ok()
-        .map(|e| e.with_file_name("wprobe-core"))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| "wprobe-core".into())
-}
-
 pub fn main(args: TraceArgs) -> i32 {
     if let Some(spec) = &args.list {
         return list(spec, args.pid);
@@ -176,7 +164,7 @@ pub fn main(args: TraceArgs) -> i32 {
     let name = format!("wprobe trace {}", env!("CARGO_PKG_VERSION"));
     let client = match &args.core {
         Some(socket) => Client::connect(socket, &name),
-        None => Client::start_core(&core_binary(), &name),
+        None => Client::start_core(&wprobe_host::core_binary(), &name),
     };
     let mut client = match client {
         Ok(c) => c,
@@ -582,42 +570,25 @@ impl JsonOut {
         let o = &mut self.out;
         let _ = write!(
             o,
-            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":[",
+            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":",
             e.probe, e.pid, e.tid, e.time_ns, e.addr
         );
-        for (i, a) in regs.args().iter().enumerate() {
-            let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
-        }
-        let _ = o.write_all(b"]");
+        write_u64s(o, &regs.args());
         if let Some(r) = &e.ret {
             let _ = write!(
                 o,
-                ",\"retval\":{},\"return_address\":\"{:#x}\",\"entry_time_ns\":{},\"latency_ns\":{},\"entry_args\":[",
+                ",\"retval\":{},\"return_address\":\"{:#x}\",\"entry_time_ns\":{},\"latency_ns\":{},\"entry_args\":",
                 r.value,
                 r.return_address,
                 r.entry_time_ns,
                 e.time_ns.saturating_sub(r.entry_time_ns)
             );
-            for (i, a) in r.entry_args.iter().enumerate() {
-                let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
-            }
-            let _ = o.write_all(b"]");
+            write_u64s(o, &r.entry_args);
         }
-        if !e.captures.is_empty() {
-            let caps: Map<String, Json> = e
-                .captures
-                .iter()
-                .map(|(k, v)| (k.clone(), wprobe_host::json::capture_value(v)))
-                .collect();
-            let _ = o.write_all(b",\"captures\":");
-            let _ = serde_json::to_writer(&mut *o, &caps);
-        }
+        write_captures(o, &e.captures);
         if self.regs {
-            let _ = o.write_all(b",\"regs\":{");
-            for (i, (k, v)) in regs.named().iter().enumerate() {
-                let _ = write!(o, "{}\"{k}\":{v}", if i == 0 { "" } else { "," });
-            }
-            let _ = o.write_all(b"}");
+            let _ = o.write_all(b",\"regs\":");
+            write_regs(o, &regs);
         }
         let _ = o.write_all(b"}\n");
         self.maybe_flush();

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use serde_json::Value;
 
@@ -128,4 +128,68 @@ pub fn data_dir(tag: &str) -> PathBuf {
     let dir = scratch_dir().join(format!("serve-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The `gated` fixture (tests/fixtures/gated.c): one round of `work` calls
+/// per `round()`, so that a probe sees an exact number of calls.
+pub struct Gated {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    n: u64,
+}
+
+impl Gated {
+    /// Starts `gated N` (with `spin`, a thread also calls `work` without
+    /// end) and waits for its "ready".
+    pub fn start(bin: &Path, n: u64, spin: bool) -> Gated {
+        let mut cmd = Command::new(bin);
+        cmd.arg(n.to_string());
+        if spin {
+            cmd.arg("spin");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start gated");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready");
+        assert_eq!(line, "ready\n");
+        Gated {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            n,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Runs a round; checks its sum (the program computed what it should).
+    pub fn round(&mut self) {
+        writeln!(self.stdin.as_mut().expect("open"), "go").expect("start a round");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("round done");
+        let sum: u64 = (0..self.n).map(|i| i * 3 + 1).sum();
+        assert!(line.ends_with(&format!(" sum={sum}\n")), "{line:?}");
+    }
+
+    /// Ends its input: it exits.
+    pub fn end(&mut self) {
+        self.stdin.take();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "{status}");
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -20,13 +20,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::Stream;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use utoipa::IntoParams;
 use wprobe_core::proto::{Event, EventKind};
 
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::json;
 
 /// What goes over the bus.
 #[derive(Debug)]
@@ -119,18 +120,28 @@ impl EventFilter {
     }
 }
 
-fn loss_json(item: &Item) -> Option<String> {
-    match item {
-        Item::Loss {
-            target,
-            probe,
-            count,
-        } => Some(
-            json!({"lost": count, "target": target, "probe": probe,
+impl Item {
+    /// The SSE event type: "hit" or "loss".
+    fn kind(&self) -> &'static str {
+        match self {
+            Item::Hit { .. } => "hit",
+            Item::Loss { .. } => "loss",
+        }
+    }
+
+    /// Its JSON: the event's, or a loss record.
+    fn json(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Item::Hit { json, .. } => json.as_str().into(),
+            Item::Loss {
+                target,
+                probe,
+                count,
+            } => json!({"lost": count, "target": target, "probe": probe,
                 "reason": "the core's event queue for this target was full"})
-            .to_string(),
-        ),
-        Item::Hit { .. } => None,
+            .to_string()
+            .into(),
+        }
     }
 }
 
@@ -188,12 +199,7 @@ fn stream(
         loop {
             match rx.recv().await {
                 Ok(item) if filter.wants(&item) => {
-                    let ev = match &*item {
-                        Item::Hit { json, .. } => SseEvent::default().event("hit").data(json),
-                        Item::Loss { .. } => SseEvent::default()
-                            .event("loss")
-                            .data(loss_json(&item).unwrap_or_default()),
-                    };
+                    let ev = SseEvent::default().event(item.kind()).data(item.json());
                     return Some((Ok(ev), (rx, filter, slot)));
                 }
                 Ok(_) => {}
@@ -233,12 +239,7 @@ pub async fn events_jsonl(
         .map_or(0, |limit| items.len().saturating_sub(limit));
     let mut body = Vec::new();
     for item in &items[skip..] {
-        match &**item {
-            Item::Hit { json, .. } => body.extend_from_slice(json.as_bytes()),
-            Item::Loss { .. } => {
-                body.extend_from_slice(loss_json(item).unwrap_or_default().as_bytes())
-            }
-        }
+        body.extend_from_slice(item.json().as_bytes());
         body.push(b'\n');
     }
     Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
@@ -263,39 +264,24 @@ pub fn event_json(target: i64, probe: i64, symbol: &str, e: &Event, records: &[V
         e.seq, e.sync, e.pid, e.tid, e.time_ns, e.addr
     );
     let _ = serde_json::to_writer(&mut o, symbol);
-    o.extend_from_slice(b",\"args\":[");
-    for (i, a) in regs.args().iter().enumerate() {
-        let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
-    }
-    o.extend_from_slice(b"],\"regs\":{");
-    for (i, (k, v)) in regs.named().iter().enumerate() {
-        let _ = write!(o, "{}\"{k}\":{v}", if i == 0 { "" } else { "," });
-    }
-    o.extend_from_slice(b"}");
+    o.extend_from_slice(b",\"args\":");
+    json::write_u64s(&mut o, &regs.args());
+    o.extend_from_slice(b",\"regs\":");
+    json::write_regs(&mut o, &regs);
     if let Some(r) = &e.ret {
         let _ = write!(
             o,
             ",\"ret\":{{\"value\":{},\"return_address\":{},\"entry_time_ns\":{},\
-             \"latency_ns\":{},\"entry_args\":[",
+             \"latency_ns\":{},\"entry_args\":",
             r.value,
             r.return_address,
             r.entry_time_ns,
             e.time_ns.saturating_sub(r.entry_time_ns)
         );
-        for (i, a) in r.entry_args.iter().enumerate() {
-            let _ = write!(o, "{}{a}", if i == 0 { "" } else { "," });
-        }
-        o.extend_from_slice(b"]}");
+        json::write_u64s(&mut o, &r.entry_args);
+        o.extend_from_slice(b"}");
     }
-    if !e.captures.is_empty() {
-        let caps: Map<String, Value> = e
-            .captures
-            .iter()
-            .map(|(k, v)| (k.clone(), crate::json::capture_value(v)))
-            .collect();
-        o.extend_from_slice(b",\"captures\":");
-        let _ = serde_json::to_writer(&mut o, &caps);
-    }
+    json::write_captures(&mut o, &e.captures);
     if !records.is_empty() {
         o.extend_from_slice(b",\"records\":");
         let _ = serde_json::to_writer(&mut o, records);

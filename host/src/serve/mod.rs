@@ -312,7 +312,7 @@ pub fn run(
     let store = Arc::new(Mutex::new(Store::open(&dir.join("wprobe.db"))?));
     let link = match &args.core {
         Some(socket) => core::CoreLink::external(socket)?,
-        None => core::CoreLink::start(&targets::core_binary(), &dir.join("core.sock"))?,
+        None => core::CoreLink::start(&crate::core_binary(), &dir.join("core.sock"))?,
     };
     let runtime = Arc::new(Runtime::new(Limits {
         module_bytes: args.max_upload,

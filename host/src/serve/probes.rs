@@ -277,7 +277,7 @@ fn create(
     list: Vec<NewProbeBody>,
     batch: bool,
     dry_run: bool,
-) -> Result<Result<Vec<Probe>, DryRun>, ApiError> {
+) -> Result<Created, ApiError> {
     if list.is_empty() {
         return Err(ApiError::bad_request(
             "`probes` is empty: give at least one",
@@ -315,7 +315,7 @@ fn create(
                 placements,
             });
         }
-        return Ok(Err(DryRun {
+        return Ok(Created::DryRun(DryRun {
             dry_run: true,
             probes,
         }));
@@ -370,14 +370,24 @@ fn create(
             rows.push(r);
         }
     }
-    Ok(Ok(views(&state.targets, rows)))
+    Ok(Created::Probes(views(&state.targets, rows)))
 }
 
-fn created(r: Result<Vec<Probe>, DryRun>, one: bool) -> Response {
+/// What a create request made: probes, or, for a dry run, where they
+/// would go.
+enum Created {
+    Probes(Vec<Probe>),
+    DryRun(DryRun),
+}
+
+/// 201 with the probe (`one`) or the list; 200 with a dry run.
+fn created(r: Created, one: bool) -> Response {
     match r {
-        Ok(mut probes) if one => (StatusCode::CREATED, Json(probes.remove(0))).into_response(),
-        Ok(probes) => (StatusCode::CREATED, Json(probes)).into_response(),
-        Err(dry) => (StatusCode::OK, Json(dry)).into_response(),
+        Created::Probes(mut probes) if one => {
+            (StatusCode::CREATED, Json(probes.remove(0))).into_response()
+        }
+        Created::Probes(probes) => (StatusCode::CREATED, Json(probes)).into_response(),
+        Created::DryRun(dry) => (StatusCode::OK, Json(dry)).into_response(),
     }
 }
 

@@ -23,6 +23,8 @@ use wprobe_core::proto::{
     Action, Body, ErrorKind, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op, ProbeOptions,
 };
 
+use wprobe_core::spec::{Kind, ProbeSpec};
+
 use super::core::{CoreLink, Wake};
 use super::error::ApiError;
 use super::events::{event_json, Bus, Item};
@@ -132,19 +134,6 @@ fn not_traced(target: i64) -> ApiError {
         StatusCode::CONFLICT,
         format!("target {target} is not traced any more (it exited, or the service restarted after it ended)"),
     )
-}
-
-/// The `wprobe-core` binary: $WPROBE_CORE, else the one beside this
-/// executable, else from PATH (as `wprobe trace` finds it).
-pub fn core_binary() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("WPROBE_CORE") {
-        return p.into();
-    }
-    std::env::current_exe()
-        .ok()
-        .map(|e| e.with_file_name("wprobe-core"))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| "wprobe-core".into())
 }
 
 impl Targets {
@@ -587,10 +576,6 @@ impl Conn {
         }
     }
 
-    fn call(&mut self, op: Op) -> Result<Body, ClientError> {
-        self.client.call(op)
-    }
-
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::AddProbes(list, reply) => {
@@ -615,7 +600,7 @@ impl Conn {
                 let _ = reply.send(());
             }
             Cmd::Detach(reply) => {
-                let r = match self.call(Op::Detach { pid: self.pid }) {
+                let r = match self.client.call(Op::Detach { pid: self.pid }) {
                     Ok(_)
                     | Err(ClientError::Core {
                         kind: ErrorKind::NoTarget,
@@ -643,7 +628,7 @@ impl Conn {
             allow_mutation: row.allow_mutation,
             sync_deadline_us: SYNC_DEADLINE_US,
         };
-        let core = match self.call(Op::AddProbe {
+        let core = match self.client.call(Op::AddProbe {
             spec: row.spec.clone(),
             options,
         }) {
@@ -652,8 +637,8 @@ impl Conn {
             Err(e) => return Err(core_error(e, &format!("probe `{}`", row.spec))),
         };
         if !row.enabled {
-            if let Err(e) = self.call(Op::DisableProbe { id: core }) {
-                let _ = self.call(Op::RemoveProbe { id: core });
+            if let Err(e) = self.client.call(Op::DisableProbe { id: core }) {
+                let _ = self.client.call(Op::RemoveProbe { id: core });
                 return Err(core_error(e, &format!("disabling probe `{}`", row.spec)));
             }
         }
@@ -716,14 +701,13 @@ impl Conn {
 
     fn undo(&mut self, cores: &[u32]) {
         for &id in cores {
-            let _ = self.call(Op::RemoveProbe { id });
+            let _ = self.client.call(Op::RemoveProbe { id });
         }
     }
 
     fn register(&mut self, id: i64, core: u32, np: NewProbe) {
-        let return_probe = np.row.spec.trim_start().starts_with("uretprobe:")
-            || np.row.spec.trim_start().starts_with("ur:")
-            || np.row.spec.trim_start().starts_with("r:");
+        // The core accepted the spec, so it parses.
+        let return_probe = ProbeSpec::parse(&np.row.spec).is_ok_and(|s| s.kind == Kind::Return);
         let mut live = ProbeLive::new(self.id, ARMING, None);
         live.plugins = np.plugins.clone();
         // Notices of this probe read while it was added wait in the
@@ -780,7 +764,8 @@ impl Conn {
         } else {
             Op::DisableProbe { id: core }
         };
-        self.call(op)
+        self.client
+            .call(op)
             .map_err(|e| core_error(e, &format!("probe {id}")))?;
         let stored = self.targets.store().set_probe_enabled(id, on);
         if let Err(e) = stored {
@@ -790,7 +775,7 @@ impl Conn {
             } else {
                 Op::EnableProbe { id: core }
             };
-            let _ = self.call(undo);
+            let _ = self.client.call(undo);
             return Err(e.into());
         }
         Ok(())
@@ -816,7 +801,7 @@ impl Conn {
     fn remove(&mut self, id: i64) -> Result<(), ApiError> {
         // A probe refused at start-up is in the store only.
         if let Ok(core) = self.local(id) {
-            match self.call(Op::RemoveProbe { id: core }) {
+            match self.client.call(Op::RemoveProbe { id: core }) {
                 Ok(_)
                 | Err(ClientError::Core {
                     kind: ErrorKind::NoProbe,
@@ -832,7 +817,7 @@ impl Conn {
     }
 
     fn counters(&mut self) {
-        let Ok(Body::Stats(stats)) = self.call(Op::Stats) else {
+        let Ok(Body::Stats(stats)) = self.client.call(Op::Stats) else {
             return;
         };
         let mut live = lock(&self.targets.probes);
