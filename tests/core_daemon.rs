@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wprobe_core::proto::{
-    self, Body, ErrorKind, Frame, Hello, Mode, Op, ProbeOptions, Request, PROTOCOL_VERSION,
+    self, Body, ErrorKind, Frame, Hello, Mode, Op, ProbeOptions, Request, SpawnStdio,
+    PROTOCOL_VERSION,
 };
 use wprobe_tests::*;
 
@@ -195,9 +196,21 @@ struct CoreClient {
 
 impl CoreClient {
     fn start(bin: &std::path::Path, sock: &std::path::Path, uid: Option<u32>) -> CoreClient {
+        CoreClient::start_env(bin, sock, uid, &[])
+    }
+
+    fn start_env(
+        bin: &std::path::Path,
+        sock: &std::path::Path,
+        uid: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> CoreClient {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(bin);
-        cmd.arg(sock).stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.arg(sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .envs(env.iter().copied());
         if let Some(uid) = uid {
             // std drops root's supplementary groups along with the uid.
             cmd.uid(uid).gid(uid).current_dir("/");
@@ -367,6 +380,8 @@ fn a_slow_client_gets_loss_records_and_control_first() {
     let mut c = core.client();
     let pid = match c.ok(Op::Spawn {
         argv: vec![bin.to_string_lossy().into_owned(), "150000".into()],
+        env: None,
+        stdio: SpawnStdio::Inherit,
     }) {
         Body::Target { pid } => pid,
         other => panic!("Spawn: {other:?}"),
@@ -532,6 +547,8 @@ impl Conn {
     ) -> u32 {
         let pid = match self.ok(Op::Spawn {
             argv: argv.to_vec(),
+            env: None,
+            stdio: SpawnStdio::Inherit,
         }) {
             Body::Target { pid } => pid,
             other => panic!("Spawn: {other:?}"),
@@ -786,4 +803,536 @@ fn system_mode_lets_each_user_trace_only_what_it_could() {
     assert_eq!(finish(roots), sum);
     assert_eq!(finish(alices), sum);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the tests run as root (system mode and other users need it).
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: this test needs to run as root");
+    }
+    root
+}
+
+/// The user the security tests act as.
+const NOBODY: u32 = 65534;
+
+/// `setpriv` running `argv` as nobody with `extra` options (capabilities).
+fn as_nobody(extra: &[&str], argv: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(extra)
+        .args(argv)
+        .current_dir("/");
+    cmd
+}
+
+/// Reads "ready\n" from a child's stdout.
+fn ready(child: &mut Child) {
+    use std::io::Read;
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n");
+}
+
+/// The permitted capability set of a process.
+fn cap_permitted(pid: i32) -> u64 {
+    u64::from_str_radix(&proc_status(pid, "CapPrm:").unwrap(), 16).unwrap()
+}
+
+#[test]
+fn system_mode_refuses_a_process_holding_capabilities_its_user_lacks() {
+    if !root() {
+        return;
+    }
+    let built = build("spin", "core-caps", &["-O2"]);
+    let dir = shared_dir("caps", &[&built, &core_client_bin()]);
+    let bin = dir.join(built.file_name().unwrap());
+    let core = Core::start_at(dir.join("core.sock"), &["--system"]);
+    let b = bin.to_str().unwrap();
+
+    // nobody's process that holds CAP_DAC_READ_SEARCH (ambient): nobody
+    // could not ptrace it (the kernel's cap_ptrace_access_check).
+    let caps = [
+        "--inh-caps",
+        "+dac_read_search",
+        "--ambient-caps",
+        "+dac_read_search",
+    ];
+    let mut capped = as_nobody(&caps, &[b, "20000", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    ready(&mut capped);
+    let capped_pid = capped.id() as i32;
+    assert_ne!(
+        cap_permitted(capped_pid),
+        0,
+        "the process holds a capability"
+    );
+    let mut plain = as_nobody(&[], &[b, "20000", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    ready(&mut plain);
+    let plain_pid = plain.id() as i32;
+
+    let mut c = CoreClient::start(&dir.join("core-client"), &core.sock, Some(NOBODY));
+    let r = c.ask(&format!("attach {capped_pid}"));
+    assert_eq!(r["error"], "Permission", "{r}");
+    let m = r["message"].as_str().unwrap();
+    assert!(
+        m.contains("cap_dac_read_search") && m.contains(&format!("process {capped_pid}")),
+        "{m}"
+    );
+    assert_eq!(proc_status(capped_pid, "TracerPid:").as_deref(), Some("0"));
+    // Its own process without capabilities: yes.
+    assert_eq!(c.ask(&format!("attach {plain_pid}"))["ok"], plain_pid);
+    assert!(c.ask(&format!("detach {plain_pid}"))["ok"].is_null());
+
+    let sum = format!("sum={}\n", (0..20000).map(|i: i64| i * 3 + 1).sum::<i64>());
+    assert_eq!(finish(capped), sum);
+    assert_eq!(finish(plain), sum);
+    drop(c);
+    core.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn system_mode_lets_go_a_process_whose_execve_gained_capabilities() {
+    if !root() {
+        return;
+    }
+    let built = build("spin", "core-execcaps", &["-O2"]);
+    let dir = shared_dir("execcaps", &[&built, &core_client_bin()]);
+    let bin = dir.join(built.file_name().unwrap());
+    // A program with a file capability: whoever runs it gains it.
+    let status = Command::new("setcap")
+        .arg("cap_dac_read_search+ep")
+        .arg(&bin)
+        .status()
+        .expect("setcap (libcap2-bin)");
+    assert!(status.success());
+    let core = Core::start_at(dir.join("core.sock"), &["--system"]);
+
+    // nobody's shell, which runs the program when told to.
+    let script = format!("read go; exec {} 20000 1", bin.display());
+    let mut sh = as_nobody(&[], &["/bin/sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("setpriv");
+    let pid = sh.id() as i32;
+    // The shell is nobody's, without capabilities: nobody may trace it,
+    // and follows it through execve.
+    let mut c = CoreClient::start(&dir.join("core-client"), &core.sock, Some(NOBODY));
+    assert_eq!(c.ask(&format!("attach {pid}"))["ok"], pid);
+    assert!(c.ask("follow")["ok"].is_null());
+    assert_ne!(proc_status(pid, "TracerPid:").as_deref(), Some("0"));
+    {
+        use std::io::Write;
+        writeln!(sh.stdin.as_mut().unwrap(), "go").unwrap();
+    }
+    ready(&mut sh);
+    assert_ne!(
+        cap_permitted(pid),
+        0,
+        "the new image holds the file's capability"
+    );
+    // At the exec stop the core checked again: nobody could not trace
+    // this process now, so it was let go.
+    assert!(
+        untraced(pid),
+        "let go after an execve that gained capabilities"
+    );
+    let sum = format!("sum={}\n", (0..20000).map(|i: i64| i * 3 + 1).sum::<i64>());
+    assert_eq!(finish(sh), sum);
+    drop(c);
+    core.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The lines of a selfreport file once it is complete.
+fn report(path: &std::path::Path) -> Vec<String> {
+    assert!(
+        wait_until(20, || std::fs::read_to_string(path)
+            .is_ok_and(|t| t.ends_with("end\n"))),
+        "{} was written",
+        path.display()
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn lines_with<'a>(report: &'a [String], prefix: &str) -> Vec<&'a str> {
+    report
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .collect()
+}
+
+/// What every spawned program must be given, whoever asked: default
+/// signal dispositions, nothing blocked, descriptors 0–2 only.
+fn assert_clean_start(report: &[String]) {
+    assert_eq!(
+        lines_with(report, "ignored "),
+        Vec::<&str>::new(),
+        "SIG_IGN inherited"
+    );
+    assert_eq!(
+        lines_with(report, "blocked "),
+        Vec::<&str>::new(),
+        "signals blocked"
+    );
+    let fds: Vec<&str> = lines_with(report, "fd ")
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "descriptors: {report:?}");
+}
+
+#[test]
+fn a_program_spawned_for_a_user_gets_nothing_of_the_system_core() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !root() {
+        return;
+    }
+    let built = build("selfreport", "core-selfreport", &[]);
+    let dir = shared_dir("spawnclean", &[&built, &core_client_bin()]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let bin = dir.join(built.file_name().unwrap());
+    // The root core has a secret in its environment, a terminal-like
+    // stdin (a pipe here), a log as stdout, and a stray descriptor 9.
+    let sock = dir.join("core.sock");
+    let stray = std::fs::File::create(dir.join("stray")).unwrap();
+    let stray_fd = std::os::fd::AsRawFd::as_raw_fd(&stray);
+    let mut cmd = Command::new(core_bin());
+    cmd.arg("--socket")
+        .arg(&sock)
+        .arg("--system")
+        .env("WPROBE_SECRET", "hunter2")
+        .env("HOME", "/root")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(dir.join("core.log")).unwrap());
+    // SAFETY: dup2 is async-signal-safe; the descriptor is open.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::dup2(stray_fd, 9);
+            Ok(())
+        })
+    };
+    let mut core_child = cmd.spawn().expect("start wprobe-core");
+    assert!(wait_until(10, || sock.exists()));
+
+    let mut c = CoreClient::start_env(
+        &dir.join("core-client"),
+        &sock,
+        Some(NOBODY),
+        &[("WPROBE_SECRET_OF_THE_CLIENT", "not-root")],
+    );
+    // Nothing said: /dev/null and a clean environment.
+    let out = dir.join("unsaid.txt");
+    let pid = c.ask(&format!("spawn {} {}", bin.display(), out.display()))["ok"]
+        .as_i64()
+        .unwrap();
+    assert!(c.ask(&format!("resume {pid}"))["ok"].is_null());
+    let r = report(&out);
+    assert_eq!(
+        lines_with(&r, "env "),
+        ["PATH=/usr/local/bin:/usr/bin:/bin"],
+        "only a clean PATH"
+    );
+    let targets: Vec<&str> = lines_with(&r, "fd ")
+        .into_iter()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    assert_eq!(targets, ["/dev/null"; 3]);
+    assert!(r.contains(&"session LEADER".to_string()), "{r:?}");
+    assert!(r.contains(&"tty NO".to_string()), "{r:?}");
+    assert_clean_start(&r);
+
+    // The client's own descriptors and environment, passed over the
+    // socket.
+    let out = dir.join("passed.txt");
+    let pid = c.ask(&format!("spawn_here {} {}", bin.display(), out.display()))["ok"]
+        .as_i64()
+        .unwrap();
+    assert!(c.ask(&format!("resume {pid}"))["ok"].is_null());
+    let r = report(&out);
+    let client_out = std::fs::read_link(format!("/proc/{}/fd/1", c.child.id())).unwrap();
+    assert!(
+        r.contains(&format!("fd 1 {}", client_out.display())),
+        "stdout is the client's {client_out:?}: {r:?}"
+    );
+    let env = lines_with(&r, "env ");
+    assert!(!env.iter().any(|v| v.contains("hunter2")), "{env:?}");
+    assert!(
+        env.contains(&"WPROBE_SECRET_OF_THE_CLIENT=not-root"),
+        "{env:?}"
+    );
+    assert!(r.contains(&"session LEADER".to_string()), "{r:?}");
+    assert_clean_start(&r);
+
+    drop(c);
+    // SAFETY: signalling the core we started.
+    unsafe { libc::kill(core_child.id() as i32, libc::SIGTERM) };
+    assert!(core_child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wprobe_trace_starts_its_command_with_default_signals_and_no_stray_descriptors() {
+    let bin = build("selfreport", "trace-selfreport", &[]);
+    let out = scratch_dir().join("trace-selfreport.txt");
+    let _ = std::fs::remove_file(&out);
+    let t = trace(&[
+        "-e",
+        &format!("uprobe:{}:main", bin.display()),
+        "--",
+        bin.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(t.hits(1), 1);
+    let r = report(&out);
+    assert_clean_start(&r);
+    // Like a shell's command: in the terminal's session, with the
+    // environment of the command that ran it.
+    assert!(r.contains(&"session MEMBER".to_string()), "{r:?}");
+    assert!(lines_with(&r, "env ")
+        .iter()
+        .any(|v| v.starts_with("PATH=")));
+}
+
+#[test]
+fn a_failed_spawn_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let core = Core::start("spawnfail");
+    let mut c = core.client();
+    let dir = scratch_dir().join("spawnfail");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("script");
+    std::fs::write(&script, "#!/nonexistent/interpreter\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = build("spin", "spawnfail", &["-O2"]);
+    let spawn = |argv: Vec<String>| Op::Spawn {
+        argv,
+        env: None,
+        stdio: SpawnStdio::Inherit,
+    };
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![s(&script)],
+            "No such file or directory (os error 2): the interpreter `/nonexistent/interpreter` \
+             named on its #! line does not exist",
+        ),
+        // One argument longer than the kernel's MAX_ARG_STRLEN (128 KiB).
+        (vec![s(&bin), "x".repeat(200_000)], "Argument list too long"),
+    ];
+    for (argv, want) in cases {
+        let (kind, m) = c.refused(spawn(argv));
+        assert_eq!(kind, ErrorKind::Target, "{m}");
+        assert!(m.contains(want), "{m}");
+        assert!(!m.contains("Exec format error"), "{m}");
+    }
+    // And a file that is no program at all is said to be one.
+    let junk = dir.join("junk");
+    std::fs::write(&junk, [0u8; 64]).unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_, m) = c.refused(spawn(vec![s(&junk)]));
+    assert!(m.contains("Exec format error"), "{m}");
+    drop(c);
+    core.stop();
+}
+
+#[test]
+fn a_reply_too_large_for_a_frame_is_an_error_reply_and_the_connection_goes_on() {
+    let bin = build("spin", "core-bigreply", &["-O2"]);
+    let core = Core::start("bigreply");
+    let mut c = core.client();
+    // A reply that never comes would hang the test: fail instead.
+    c.conn
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let child = start_ready(&bin, &["100000", "1"]);
+    let pid = child.id() as i32;
+    assert!(matches!(c.ok(Op::Attach { pid }), Body::Target { .. }));
+    // A 600 KB spec naming a missing symbol: its error would quote it.
+    let name = "x".repeat(600_000);
+    let (kind, m) = c.refused(async_probe(format!("uprobe:{}:{name}", bin.display())));
+    assert_eq!(kind, ErrorKind::Spec, "{m}");
+    assert!(m.len() < 8192, "the message is bounded: {} bytes", m.len());
+    assert!(
+        m.contains("the longest spec accepted is 16384 bytes"),
+        "{m}"
+    );
+    // A long name the spec limit lets through: the suggestion work is
+    // bounded too, and the answer comes.
+    let (kind, m) = c.refused(async_probe(format!(
+        "uprobe:{}:{}",
+        bin.display(),
+        "y".repeat(15_000)
+    )));
+    assert_ne!(kind, ErrorKind::Limit, "{m}");
+    assert!(m.len() < 8192, "{}", m.len());
+    // Still served.
+    assert!(matches!(c.ok(Op::Ping), Body::Empty));
+    let probe = c.probe(format!("uprobe:{}:work", bin.display()));
+    c.events_until(1);
+    assert!(matches!(c.ok(Op::RemoveProbe { id: probe }), Body::Empty));
+    drop(c);
+    assert!(untraced(pid));
+    assert_untouched(pid, &bin, "work");
+    let _ = finish(child);
+    core.stop();
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_its_targets_let_go() {
+    let bin = build("spin", "core-deaf", &["-O2"]);
+    let core = Core::start_with("deaf", &["--client-timeout", "1", "--queue", "100000"]);
+    let mut c = core.client();
+    let child = start_ready(&bin, &["100000000", "1"]);
+    let pid = child.id() as i32;
+    assert!(matches!(c.ok(Op::Attach { pid }), Body::Target { .. }));
+    c.probe(format!("uprobe:{}:work", bin.display()));
+    // From here on the client reads nothing: events fill the socket, the
+    // core's writer blocks, and after --client-timeout the connection
+    // ends — with the target let go and restored, though the client
+    // never closed anything.
+    assert!(
+        untraced(pid)
+            || wait_until(60, || proc_status(pid, "TracerPid:").as_deref()
+                == Some("0")),
+        "the target is let go"
+    );
+    assert_untouched(pid, &bin, "work");
+    // The connection is closed: what is left to read ends.
+    c.conn
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let ended = loop {
+        match proto::read_frame(&mut c.conn) {
+            Ok(Some(_)) => continue,
+            Ok(None) => break true,
+            Err(proto::ProtoError::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(ended, "the core closed the connection");
+    let mut child = child;
+    child.kill().unwrap();
+    let _ = child.wait();
+    core.stop();
+}
+
+#[test]
+fn connections_beyond_the_limits_are_refused_and_counted_back() {
+    let core = Core::start_with("connlimit", &["--max-connections", "2"]);
+    let a = core.client();
+    let _b = core.client();
+    // The core answers a connection too many at once, without waiting
+    // for its Hello.
+    let mut c = core.connect();
+    match proto::read_frame(&mut c.conn).unwrap() {
+        Some(Frame::Error { kind, message, .. }) => {
+            assert_eq!(kind, ErrorKind::Limit);
+            assert!(message.contains("--max-connections 2"), "{message}");
+        }
+        other => panic!("a third connection: {other:?}"),
+    }
+    drop(a);
+    // Its place is free once the core has seen it go.
+    assert!(wait_until(20, || {
+        let mut d = core.connect();
+        let hello = Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client: "core_daemon test".into(),
+        });
+        proto::write_frame(&mut d.conn, &hello).is_ok()
+            && matches!(proto::read_frame(&mut d.conn), Ok(Some(Frame::Welcome(_))))
+    }));
+    drop(_b);
+    core.stop();
+
+    if !root() {
+        return;
+    }
+    let dir = shared_dir("uidlimit", &[&core_client_bin()]);
+    let core = Core::start_at(
+        dir.join("core.sock"),
+        &["--system", "--max-connections-per-uid", "2"],
+    );
+    let client = dir.join("core-client");
+    let mut one = CoreClient::start(&client, &core.sock, Some(NOBODY));
+    let mut two = CoreClient::start(&client, &core.sock, Some(NOBODY));
+    assert!(one.ask("ping")["ok"].is_null());
+    assert!(two.ask("ping")["ok"].is_null());
+    let mut three = CoreClient::start(&client, &core.sock, Some(NOBODY));
+    let r = three.ask("ping");
+    assert_eq!(r["error"], "connect", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-connections-per-uid 2"),
+        "{r}"
+    );
+    // Root is not counted against a user's limit.
+    let mut root_conn = core.client();
+    assert!(matches!(root_conn.ok(Op::Ping), Body::Empty));
+    drop(one);
+    drop(two);
+    core.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The state letter of /proc/PID/stat ('Z' for a zombie), if it exists.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn a_spawned_program_let_go_is_reaped_after_its_client_left() {
+    let bin = build("spin", "core-orphan", &["-O2"]);
+    let core = Core::start("orphan");
+    let mut c = core.client();
+    let pid = match c.ok(Op::Spawn {
+        argv: vec![bin.to_string_lossy().into_owned(), "100000000".into()],
+        env: None,
+        stdio: SpawnStdio::Null,
+    }) {
+        Body::Target { pid } => pid,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(c.ok(Op::Resume { pid }), Body::Empty));
+    assert!(matches!(c.ok(Op::Detach { pid }), Body::Empty));
+    // The client goes; its program runs on, untraced, then ends.
+    drop(c);
+    assert!(untraced(pid));
+    // SAFETY: killing the program this test had spawned.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        wait_until(30, || proc_state(pid).is_none()),
+        "reaped, not left a zombie: state {:?}",
+        proc_state(pid)
+    );
+    core.stop();
 }

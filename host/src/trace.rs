@@ -223,12 +223,12 @@ impl Session<'_> {
             follow_exec: args.follow_exec,
         })?;
         let started = match args.pid {
-            Some(pid) => Op::Attach { pid },
-            None => Op::Spawn {
-                argv: args.command.clone(),
-            },
+            Some(pid) => self.client.call(Op::Attach { pid }),
+            // As from a shell: this command's environment and terminal,
+            // whether the core is its own or a system core.
+            None => self.client.spawn_here(args.command.clone()),
         };
-        self.pid = match self.client.call(started)? {
+        self.pid = match started? {
             Body::Target { pid } => pid,
             other => return Err(unexpected(&other)),
         };

@@ -101,8 +101,31 @@ pub struct SpecError {
     pub reason: String,
 }
 
+/// The longest spec accepted, in bytes: far beyond any real one, and a
+/// bound on the work (symbol lookups, suggestions) one spec can cause.
+pub const MAX_SPEC_LEN: usize = 16 * 1024;
+
 impl ProbeSpec {
     pub fn parse(text: &str) -> Result<ProbeSpec, SpecError> {
+        if text.len() > MAX_SPEC_LEN {
+            let head: String = text.chars().take(64).collect();
+            return Err(SpecError {
+                spec: format!("{head}…"),
+                reason: format!(
+                    "{} bytes long; the longest spec accepted is {MAX_SPEC_LEN} bytes",
+                    text.len()
+                ),
+            });
+        }
+        if let Some(at) = text.find(|c: char| c.is_control() && !c.is_whitespace()) {
+            return Err(SpecError {
+                spec: text.escape_debug().to_string(),
+                reason: format!(
+                    "a control character ({:?}) at byte {at}; a spec is printable text",
+                    text[at..].chars().next().unwrap_or_default()
+                ),
+            });
+        }
         let err = |reason: String| SpecError {
             spec: text.to_string(),
             reason,

@@ -3,6 +3,9 @@
 //! one command per line on stdin, one answer per line on stdout:
 //!
 //! - `attach PID`, `detach PID`, `spawn ARG...`, `resume PID`
+//! - `spawn_here ARG...`: spawn with this process's environment and
+//!   descriptors 0–2 passed over the socket
+//! - `follow`: follow exec (and fork) from now on
 //! - `probe SPEC` (async), `list`, `ping`
 //! - `events N`: wait until N events have arrived in all
 //!
@@ -12,7 +15,7 @@
 use std::io::{BufRead, Write};
 
 use serde_json::{json, Value};
-use wprobe_core::proto::{Body, Client, ClientError, Frame, Mode, Op, ProbeOptions};
+use wprobe_core::proto::{Body, Client, ClientError, Frame, Mode, Op, ProbeOptions, SpawnStdio};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -39,7 +42,19 @@ fn main() {
             Some("resume") => Op::Resume { pid: pid(1) },
             Some("spawn") => Op::Spawn {
                 argv: words[1..].iter().map(|s| s.to_string()).collect(),
+                env: None,
+                stdio: SpawnStdio::Inherit,
             },
+            Some("follow") => Op::Configure {
+                follow_fork: true,
+                follow_exec: true,
+            },
+            Some("spawn_here") => {
+                let argv = words[1..].iter().map(|s| s.to_string()).collect();
+                println!("{}", answer(client.spawn_here(argv)));
+                std::io::stdout().flush().expect("stdout");
+                continue;
+            }
             Some("probe") => Op::AddProbe {
                 spec: line["probe".len()..].trim().to_string(),
                 options: ProbeOptions {
@@ -71,18 +86,22 @@ fn main() {
                 continue;
             }
         };
-        let answer = match client.call(op) {
-            Ok(body) => json!({ "ok": body_json(body) }),
-            Err(ClientError::Core { kind, message }) => {
-                json!({"error": format!("{kind:?}"), "message": message})
-            }
-            Err(e) => {
-                println!("{}", json!({"error": "closed", "message": e.to_string()}));
-                std::process::exit(1);
-            }
-        };
-        println!("{answer}");
+        println!("{}", answer(client.call(op)));
         std::io::stdout().flush().expect("stdout");
+    }
+}
+
+/// A reply as a JSON line; a closed connection ends this client.
+fn answer(reply: Result<Body, ClientError>) -> Value {
+    match reply {
+        Ok(body) => json!({ "ok": body_json(body) }),
+        Err(ClientError::Core { kind, message }) => {
+            json!({"error": format!("{kind:?}"), "message": message})
+        }
+        Err(e) => {
+            println!("{}", json!({"error": "closed", "message": e.to_string()}));
+            std::process::exit(1);
+        }
     }
 }
 

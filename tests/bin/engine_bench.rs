@@ -14,7 +14,7 @@
 use std::sync::atomic::AtomicBool;
 
 use wprobe_core::engine::{Engine, ExitStatus, Hit, Notice, Sink};
-use wprobe_core::proto::{self, Body, Client, Frame, Mode, Op, ProbeOptions};
+use wprobe_core::proto::{self, Body, Client, Frame, Mode, Op, ProbeOptions, SpawnStdio};
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::target::ptrace::Ptrace;
 
@@ -75,7 +75,14 @@ fn core(spec: &str, cmd: &[String]) -> (u64, Option<ExitStatus>) {
         .expect("own path")
         .with_file_name("wprobe-core");
     let mut c = Client::start_core(&core, "engine-bench").expect("start the core");
-    let pid = match c.call(Op::Spawn { argv: cmd.to_vec() }).expect("spawn") {
+    let pid = match c
+        .call(Op::Spawn {
+            argv: cmd.to_vec(),
+            env: None,
+            stdio: SpawnStdio::Inherit,
+        })
+        .expect("spawn")
+    {
         Body::Target { pid } => pid,
         other => panic!("{other:?}"),
     };

@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use wprobe_core::proto::client::{Client, ClientError};
 use wprobe_core::proto::{
     Action, Body, ErrorKind, Event, EventKind, ExitStatus, Frame, Mode, Notice, Op, ProbeOptions,
+    SpawnStdio,
 };
 
 use wprobe_core::spec::{Kind, ProbeSpec};
@@ -316,7 +317,11 @@ impl Targets {
     pub fn spawn(self: &Arc<Self>, argv: Vec<String>) -> Result<Target, ApiError> {
         let what = format!("spawning {argv:?}");
         let mut client = self.connect()?;
-        let pid = match client.call(Op::Spawn { argv: argv.clone() }) {
+        let pid = match client.call(Op::Spawn {
+            argv: argv.clone(),
+            env: None,
+            stdio: SpawnStdio::Inherit,
+        }) {
             Ok(Body::Target { pid }) => pid,
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &what)),

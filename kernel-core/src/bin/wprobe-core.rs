@@ -18,7 +18,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use wprobe_core::daemon::{self, Config};
 
-const USAGE: &str = "usage: wprobe-core (--fd N | --socket PATH [--system]) [--queue EVENTS]";
+const USAGE: &str = "usage: wprobe-core (--fd N | --socket PATH [--system]) [--queue EVENTS] \
+                     [--max-connections N] [--max-connections-per-uid N] \
+                     [--client-timeout SECONDS]";
 
 fn fail(msg: String) -> ! {
     eprintln!("wprobe-core: {msg}");
@@ -60,6 +62,32 @@ fn main() {
                     .unwrap_or_else(|| {
                         fail(format!("--queue `{q}` must be a positive number of events"))
                     });
+            }
+            "--max-connections" | "--max-connections-per-uid" => {
+                let v = value();
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .unwrap_or_else(|| {
+                        fail(format!(
+                            "{a} `{v}` must be a positive number of connections"
+                        ))
+                    });
+                if a == "--max-connections" {
+                    config.max_connections = n;
+                } else {
+                    config.max_connections_per_uid = n;
+                }
+            }
+            "--client-timeout" => {
+                let v = value();
+                let secs = v.parse::<u64>().ok().filter(|&n| n > 0).unwrap_or_else(|| {
+                    fail(format!(
+                        "--client-timeout `{v}` must be a positive number of seconds"
+                    ))
+                });
+                config.client_timeout = std::time::Duration::from_secs(secs);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");

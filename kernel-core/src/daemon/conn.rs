@@ -1,7 +1,8 @@
 //! One client connection: its engine, on this thread; a reader thread; a
 //! writer thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -18,11 +19,13 @@ use crate::proto::{
 };
 use crate::spec::ProbeSpec;
 use crate::target::ptrace::Ptrace;
-use crate::target::TargetError;
+use crate::target::{SpawnConfig, TargetError};
 
 /// What the reader thread and other connections hand the engine thread.
 pub(super) enum Control {
-    Request(proto::Request),
+    /// A request, with the descriptors the client sent for it (a Spawn
+    /// with `SpawnStdio::Passed`).
+    Request(proto::Request, Vec<OwnedFd>),
     /// Root's client on another connection asks for this one's probes.
     Snapshot(Sender<Vec<ProbeInfo>>),
     /// The client closed the connection, died, or broke the protocol.
@@ -94,13 +97,22 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
     };
     // A client that stops reading must not hold the core (and its targets)
     // forever: a write that cannot go on for this long ends the connection.
-    let _ = writer_stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let _ = writer_stream.set_write_timeout(Some(config.client_timeout));
     let w = waker.clone();
     let ctl = ctl_tx.clone();
     let o = out_tx.clone();
     std::thread::spawn(move || read_frames(reader, ctl, verdict_tx, o, w));
     let (q, c) = (queue.clone(), counters.clone());
-    let writer = std::thread::spawn(move || write_frames(writer_stream, out_rx, &q, &c));
+    let (w, ctl) = (waker.clone(), ctl_tx.clone());
+    let writer = std::thread::spawn(move || {
+        // A writer that cannot write (the client stopped reading for the
+        // write timeout, or the socket broke) ends the connection: its
+        // targets are let go now, not kept traced for a client that
+        // hears nothing.
+        write_frames(writer_stream, out_rx, &q, &c);
+        let _ = ctl.send(Control::Gone);
+        w.wake();
+    });
 
     let mut conn = Conn {
         peer,
@@ -137,6 +149,12 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
     // The client is gone or we were told to stop: leave every target as it
     // was found.
     let _ = engine.detach_all();
+    // Programs it spawned that still run are reaped by the core when they
+    // end (this thread, their parent, is ending).
+    conn.reap_children(&engine, &queue);
+    if let Some(r) = &registry {
+        r.adopt(std::mem::take(&mut conn.children));
+    }
     let _ = conn.out.send(Out::Close);
     drop(sink);
     // The targets are safe now; what is left is telling the client. One
@@ -246,8 +264,8 @@ fn serve(
 /// Serves one control item; true when the client is gone.
 fn control(engine: &mut Engine<Ptrace>, sink: &mut QueueSink, conn: &mut Conn, c: Control) -> bool {
     match c {
-        Control::Request(r) => {
-            let frame = handle(engine, sink, conn, r);
+        Control::Request(r, fds) => {
+            let frame = bounded_error(handle(engine, sink, conn, r, fds));
             let _ = conn.out.send(Out::Frame(Box::new(frame)));
             false
         }
@@ -427,18 +445,26 @@ fn handshake(stream: &UnixStream) -> std::io::Result<bool> {
     Ok(false)
 }
 
+/// Descriptors the reader keeps for requests still to come; beyond, the
+/// oldest are closed (a client that sends descriptors for no request only
+/// wastes its own).
+const PENDING_FDS: usize = 6;
+
 /// Decodes the client's frames: requests go to the engine thread, verdicts
 /// to the sink waiting for them. A malformed frame is answered with a
 /// BadRequest (through the writer, which owns the socket's write side)
-/// and ends the connection.
+/// and ends the connection. Descriptors that came with the bytes are kept
+/// in order and handed to the request that asks for them.
 fn read_frames(
-    mut stream: UnixStream,
+    stream: UnixStream,
     ctl: Sender<Control>,
     verdicts: Sender<(u64, Action)>,
     out: Outbox,
     waker: Arc<Waker>,
 ) {
     let mut reader = proto::FrameReader::new();
+    let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+    let mut buf = vec![0u8; 64 * 1024];
     let gone = |message: Option<String>| {
         if let Some(message) = message {
             let _ = out.send(Out::Frame(Box::new(Frame::Error {
@@ -451,14 +477,32 @@ fn read_frames(
         waker.wake();
     };
     loop {
-        match reader.read_from(&mut stream) {
-            Ok(0) | Err(_) => return gone(None),
-            Ok(_) => {}
+        match proto::scm::recv_with_fds(&stream, &mut buf) {
+            Ok((0, _)) | Err(_) => return gone(None),
+            Ok((n, new)) => {
+                reader.push(&buf[..n]);
+                fds.extend(new);
+                while fds.len() > PENDING_FDS {
+                    fds.pop_front();
+                }
+            }
         }
         loop {
             match reader.next_frame() {
                 Ok(Some(Frame::Request(r))) if r.id != 0 => {
-                    let _ = ctl.send(Control::Request(r));
+                    let passed = if matches!(
+                        r.op,
+                        Op::Spawn {
+                            stdio: proto::SpawnStdio::Passed,
+                            ..
+                        }
+                    ) {
+                        let n = fds.len().min(3);
+                        fds.drain(..n).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let _ = ctl.send(Control::Request(r, passed));
                     waker.wake();
                 }
                 Ok(Some(Frame::Request(_))) => {
@@ -479,6 +523,99 @@ fn read_frames(
             }
         }
     }
+}
+
+/// Error messages longer than this are cut (a message may quote a spec of
+/// any length the client sent).
+const MAX_MESSAGE: usize = 4096;
+
+/// `frame`, with an error message cut to [`MAX_MESSAGE`] bytes.
+fn bounded_error(frame: Frame) -> Frame {
+    match frame {
+        Frame::Error { id, kind, message } if message.len() > MAX_MESSAGE => Frame::Error {
+            id,
+            kind,
+            message: cut(&message, MAX_MESSAGE),
+        },
+        f => f,
+    }
+}
+
+/// The first `max` bytes of `s` (at a character boundary), saying how much
+/// was left out.
+pub(super) fn cut(s: &str, max: usize) -> String {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &s[..end], s.len() - end)
+}
+
+/// The environment a program spawned in system mode gets when its client
+/// gives none.
+const CLEAN_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
+
+/// What a spawned program gets besides its argv. In same-user mode the
+/// core is the client's own process, so what the client leaves unsaid is
+/// the core's. In system mode nothing of the root core reaches it: its
+/// descriptors 0–2 are the client's (passed over the socket) or
+/// /dev/null, its environment is the client's or a clean one, and it runs
+/// in a session of its own, with no terminal to push keystrokes into.
+fn spawn_config(
+    conn: &Conn,
+    env: Option<Vec<String>>,
+    stdio: proto::SpawnStdio,
+    fds: Vec<OwnedFd>,
+) -> Result<SpawnConfig, (ErrorKind, String)> {
+    let system = conn.config.system;
+    if system && conn.peer.uid == 0 && !conn.peer.is_root() {
+        // Root's programs get every capability at execve; dropping them
+        // for this client is not done here.
+        return Err((
+            ErrorKind::Permission,
+            "a client running as uid 0 without CAP_SYS_PTRACE may not spawn through the system \
+             core (its programs would run with all of root's capabilities); start the program \
+             yourself and Attach to it"
+                .into(),
+        ));
+    }
+    let null = || -> Result<[OwnedFd; 3], (ErrorKind, String)> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| (ErrorKind::Target, format!("cannot open /dev/null: {e}")))
+        };
+        Ok([open()?, open()?, open()?])
+    };
+    let stdio = match stdio {
+        proto::SpawnStdio::Inherit if !system => None,
+        proto::SpawnStdio::Inherit | proto::SpawnStdio::Null => Some(null()?),
+        proto::SpawnStdio::Passed => match <[OwnedFd; 3]>::try_from(fds) {
+            Ok(three) => Some(three),
+            Err(got) => {
+                return Err((
+                    ErrorKind::BadRequest,
+                    format!(
+                        "Spawn with stdio Passed needs 3 descriptors sent with the request \
+                         (SCM_RIGHTS), and {} came; send stdin, stdout and stderr with it",
+                        got.len()
+                    ),
+                ))
+            }
+        },
+    };
+    let env = match env {
+        None if system => Some(vec![CLEAN_PATH.to_string()]),
+        env => env,
+    };
+    Ok(SpawnConfig {
+        env,
+        stdio,
+        new_session: system,
+    })
 }
 
 /// How an engine error reads on the wire.
@@ -549,6 +686,7 @@ fn handle(
     sink: &mut QueueSink,
     conn: &mut Conn,
     r: proto::Request,
+    fds: Vec<OwnedFd>,
 ) -> Frame {
     let id = r.id;
     let err = |kind: ErrorKind, message: String| Frame::Error { id, kind, message };
@@ -557,12 +695,16 @@ fn handle(
     match r.op {
         Op::Ping => ok(Body::Empty),
         // It waits before its first instruction until Resume.
-        Op::Spawn { argv } => {
+        Op::Spawn { argv, env, stdio } => {
             if argv.is_empty() {
                 return err(ErrorKind::Target, "Spawn needs a program to run".into());
             }
+            let how = match spawn_config(conn, env, stdio, fds) {
+                Ok(how) => how,
+                Err((kind, message)) => return err(kind, message),
+            };
             match engine
-                .spawn(&argv)
+                .spawn_with(&argv, how)
                 .and_then(|pid| engine.hold(pid, true).map(|_| pid))
             {
                 Ok(pid) => {

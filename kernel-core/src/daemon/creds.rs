@@ -2,10 +2,12 @@
 //!
 //! In system mode the core runs as root on behalf of clients of any user.
 //! Each client is identified with `SO_PEERCRED` when it connects, and may
-//! only touch what its own user could trace with ptrace: the rules of the
-//! kernel's `__ptrace_may_access` (same real, effective and saved uid and
-//! gid, a dumpable process) and of Yama's `ptrace_scope`, checked here
-//! because the core's own root privileges would let everything through.
+//! only touch what it could trace with ptrace itself: the rules of the
+//! kernel's `__ptrace_may_access` — same real, effective and saved uid and
+//! gid, the target's permitted capabilities a subset of the client's, a
+//! dumpable process, unless the client has `CAP_SYS_PTRACE` — and of
+//! Yama's `ptrace_scope`, checked here because the core's own root
+//! privileges would let everything through.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -20,12 +22,35 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: i32,
+    /// Its permitted and effective capability sets (bit n for capability
+    /// n), read when it connected.
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
 }
 
+/// `CAP_SYS_PTRACE`'s bit number.
+const CAP_SYS_PTRACE: u32 = 19;
+
 impl Peer {
+    /// Root with `CAP_SYS_PTRACE` in effect: it may trace anything, as the
+    /// kernel would let it, and sees every client's probes. A uid-0 process
+    /// without that capability (in a container that dropped it) is
+    /// checked like any user.
     pub fn is_root(&self) -> bool {
-        self.uid == 0
+        self.uid == 0 && self.may_ptrace_anything()
     }
+
+    /// Whether the kernel's ptrace rules let it skip the uid, capability
+    /// and dumpability checks (`ptrace_has_cap`).
+    pub fn may_ptrace_anything(&self) -> bool {
+        self.cap_effective & (1 << CAP_SYS_PTRACE) != 0
+    }
+}
+
+/// The named capability set (`CapPrm`, `CapEff`) of /proc/PID/status.
+fn caps(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    u64::from_str_radix(line[key.len()..].trim(), 16).ok()
 }
 
 /// The credentials of the peer of `stream` (`SO_PEERCRED`).
@@ -49,11 +74,79 @@ pub fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // The capabilities are not in ucred; the client is connected and
+    // waiting for its Welcome, so its /proc entry is its own.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid))?;
+    let (Some(cap_permitted), Some(cap_effective)) =
+        (caps(&status, "CapPrm:"), caps(&status, "CapEff:"))
+    else {
+        return Err(std::io::Error::other(format!(
+            "process {}: no capability sets in its status",
+            cred.pid
+        )));
+    };
     Ok(Peer {
         uid: cred.uid,
         gid: cred.gid,
         pid: cred.pid,
+        cap_permitted,
+        cap_effective,
     })
+}
+
+/// The names of the capabilities in `bits`, for messages.
+fn cap_names(bits: u64) -> String {
+    const NAMES: [&str; 41] = [
+        "chown",
+        "dac_override",
+        "dac_read_search",
+        "fowner",
+        "fsetid",
+        "kill",
+        "setgid",
+        "setuid",
+        "setpcap",
+        "linux_immutable",
+        "net_bind_service",
+        "net_broadcast",
+        "net_admin",
+        "net_raw",
+        "ipc_lock",
+        "ipc_owner",
+        "sys_module",
+        "sys_rawio",
+        "sys_chroot",
+        "sys_ptrace",
+        "sys_pacct",
+        "sys_admin",
+        "sys_boot",
+        "sys_nice",
+        "sys_resource",
+        "sys_time",
+        "sys_tty_config",
+        "mknod",
+        "lease",
+        "audit_write",
+        "audit_control",
+        "setfcap",
+        "mac_override",
+        "mac_admin",
+        "syslog",
+        "wake_alarm",
+        "block_suspend",
+        "audit_read",
+        "perfmon",
+        "bpf",
+        "checkpoint_restore",
+    ];
+    (0..64)
+        .filter(|n| bits & (1u64 << n) != 0)
+        .map(|n| match NAMES.get(n) {
+            Some(name) => format!("cap_{name}"),
+            None => format!("capability {n}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The uid and gid lines of /proc/PID/status: (real, effective, saved).
@@ -83,7 +176,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// Whether `peer`'s user could ptrace `pid` itself. `Err` says why not, in
 /// words for that user.
 pub fn may_trace(peer: &Peer, pid: i32) -> Result<(), String> {
-    if peer.is_root() {
+    if peer.may_ptrace_anything() {
         return Ok(());
     }
     let (uids, gids) = ids(pid)?;
@@ -93,6 +186,23 @@ pub fn may_trace(peer: &Peer, pid: i32) -> Result<(), String> {
              (real/effective/saved): a user may trace only processes whose every uid and \
              gid are its own; ask root to run the probe",
             peer.uid, uids[0], uids[1], uids[2], gids[0], gids[1], gids[2]
+        ));
+    }
+    // A process holding a capability the client lacks (ambient or file
+    // capabilities of a process of the same uid) is out of its reach, as
+    // the kernel's cap_ptrace_access_check says.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("process {pid}: {e}"))?;
+    let target_caps = caps(&status, "CapPrm:")
+        .ok_or_else(|| format!("process {pid}: cannot read its capabilities"))?;
+    let beyond = target_caps & !peer.cap_permitted;
+    if beyond != 0 {
+        return Err(format!(
+            "user {} may not trace process {pid}: it holds capabilities this client does not \
+             ({}); a user may trace only processes whose permitted capabilities are a subset \
+             of its own; ask root to run the probe",
+            peer.uid,
+            cap_names(beyond)
         ));
     }
     // A process that is not dumpable (it changed credentials, or called

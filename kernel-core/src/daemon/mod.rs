@@ -53,6 +53,15 @@ pub const DEFAULT_SYNC_DEADLINE_US: u32 = 50_000;
 /// longer than this for a client.
 pub const MAX_SYNC_DEADLINE_US: u32 = 5_000_000;
 
+/// Connections a core serves at once, by default.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections one user's clients may hold at once in system mode, by
+/// default (root's are not counted against it).
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
+
+/// How long a write to a client may block, by default.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How the core serves.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -60,6 +69,14 @@ pub struct Config {
     pub queue: usize,
     /// System mode: clients of any user, checked per request.
     pub system: bool,
+    /// Connections served at once; one more is refused with a `Limit`
+    /// error. Each costs four threads.
+    pub max_connections: usize,
+    /// In system mode, connections of one non-root user at once.
+    pub max_connections_per_uid: usize,
+    /// How long a write to a client may block (it does not read): then the
+    /// connection ends and its targets are let go.
+    pub client_timeout: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +84,9 @@ impl Default for Config {
         Config {
             queue: EVENT_QUEUE,
             system: false,
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_uid: MAX_CONNECTIONS_PER_UID,
+            client_timeout: CLIENT_TIMEOUT,
         }
     }
 }
@@ -174,9 +194,75 @@ struct Handle {
 pub(crate) struct Registry {
     conns: Mutex<HashMap<u64, Handle>>,
     next: AtomicU64,
+    /// Open connections per client uid (handshake included).
+    open: Mutex<HashMap<u32, usize>>,
+    /// Programs spawned by connections that have ended, still running
+    /// untraced: reaped by the accept loop when they end, so that none is
+    /// left a zombie for the core's lifetime.
+    orphans: Mutex<Vec<i32>>,
+}
+
+/// A connection counted in [`Registry::open`]; uncounted when dropped.
+pub(crate) struct Slot {
+    registry: Arc<Registry>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.registry.open.lock().expect("registry");
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Registry {
+    /// Counts a new connection of `peer`, or says why it is one too many.
+    fn admit(self: &Arc<Self>, peer: &Peer, config: &Config) -> Result<Slot, String> {
+        let mut open = self.open.lock().expect("registry");
+        let total: usize = open.values().sum();
+        if total >= config.max_connections {
+            return Err(format!(
+                "this wprobe-core serves {total} connections, its limit \
+                 (--max-connections {}); close one, or start the core with a higher limit",
+                config.max_connections
+            ));
+        }
+        let mine = open.get(&peer.uid).copied().unwrap_or(0);
+        if config.system && !peer.is_root() && mine >= config.max_connections_per_uid {
+            return Err(format!(
+                "user {} already has {mine} connections to this wprobe-core, the limit per \
+                 user (--max-connections-per-uid {}); close one first",
+                peer.uid, config.max_connections_per_uid
+            ));
+        }
+        *open.entry(peer.uid).or_default() += 1;
+        Ok(Slot {
+            registry: self.clone(),
+            uid: peer.uid,
+        })
+    }
+
+    /// Hands over programs a closing connection spawned and that still run.
+    pub(crate) fn adopt(&self, pids: Vec<i32>) {
+        self.orphans.lock().expect("registry").extend(pids);
+    }
+
+    /// Reaps the orphans that have ended (from the accept loop; a wait for
+    /// a given pid reaps a child of any of the core's threads).
+    fn reap_orphans(&self) {
+        self.orphans.lock().expect("registry").retain(|&pid| {
+            let mut status = 0;
+            // SAFETY: a non-blocking wait for one given child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+            r == 0
+        });
+    }
+
     fn add(&self, h: Handle) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().expect("registry").insert(id, h);
@@ -230,6 +316,21 @@ pub fn serve_one(stream: UnixStream, config: Config) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Tells a client it is one connection too many, and closes.
+fn refuse(stream: UnixStream, message: String) {
+    // The frame is small and the socket new: the write does not block for
+    // long, and a client that does not read only loses the message.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = crate::proto::write_frame(
+        &mut &stream,
+        &crate::proto::Frame::Error {
+            id: 0,
+            kind: crate::proto::ErrorKind::Limit,
+            message,
+        },
+    );
+}
+
 /// Serves every client that connects on `listener`, each on a thread of its
 /// own, until SIGTERM/SIGINT; then every connection disarms and detaches
 /// its targets, and this returns.
@@ -238,6 +339,7 @@ pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let registry = Arc::new(Registry::default());
     let mut threads: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut out_of_fds_said: Option<std::time::Instant> = None;
     while !TERMINATE.load(Ordering::SeqCst) {
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -246,17 +348,44 @@ pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
         };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 100) };
+        registry.reap_orphans();
         match listener.accept() {
             Ok((stream, _)) => {
+                let peer = match creds::peer_of(&stream) {
+                    Ok(p) => p,
+                    Err(_) => continue, // gone already
+                };
+                let slot = match registry.admit(&peer, &config) {
+                    Ok(slot) => slot,
+                    Err(message) => {
+                        refuse(stream, message);
+                        continue;
+                    }
+                };
                 stream.set_nonblocking(false)?;
                 let r = registry.clone();
                 threads.push(std::thread::spawn(move || {
+                    let _slot = slot;
                     conn::run(stream, config, Some(r))
                 }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => eprintln!("wprobe-core: accept: {e}"),
+            Err(e) => {
+                // Out of descriptors (EMFILE, ENFILE) or memory: the
+                // connection waits in the backlog; poll would say
+                // "readable" again at once, so wait before trying, and say
+                // so once in a while rather than on every turn.
+                if out_of_fds_said.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    eprintln!(
+                        "wprobe-core: cannot accept a connection: {e} ({} connections open); \
+                         trying again",
+                        threads.len()
+                    );
+                    out_of_fds_said = Some(std::time::Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         threads.retain(|t| !t.is_finished());
     }

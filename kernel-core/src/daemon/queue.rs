@@ -236,7 +236,9 @@ pub(super) enum Out {
 }
 
 /// Writes control frames first, then the event queue, a frame at a time,
-/// with the losses counted meanwhile after each batch.
+/// with the losses counted meanwhile after each batch. Returns when the
+/// queue is closed and written, or at the first write that fails (the
+/// caller then ends the connection).
 pub(super) fn write_frames(
     mut stream: UnixStream,
     out: Receiver<Out>,
@@ -248,7 +250,7 @@ pub(super) fn write_frames(
         loop {
             match out.try_recv() {
                 Ok(Out::Frame(f)) => {
-                    if proto::write_frame(&mut stream, &f).is_err() {
+                    if write_reply(&mut stream, *f).is_err() {
                         return;
                     }
                 }
@@ -267,35 +269,88 @@ pub(super) fn write_frames(
             let _ = stream.flush();
             return;
         };
-        let frame = match items.first() {
-            None => None,
+        let written = match items.first() {
+            None => Ok(()),
             Some(Item::Notice(_)) => match items.into_iter().next() {
-                Some(Item::Notice(n)) => Some(Frame::Notice(n)),
-                _ => None,
+                Some(Item::Notice(n)) => write_reply(&mut stream, Frame::Notice(n)),
+                _ => Ok(()),
             },
-            Some(Item::Event(_)) => {
-                let batch: Vec<Event> = items
-                    .into_iter()
-                    .filter_map(|i| match i {
-                        Item::Event(e) => Some(e),
-                        Item::Notice(_) => None,
-                    })
-                    .collect();
-                counters
-                    .sent
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                Some(Frame::Events(batch))
-            }
+            Some(Item::Event(_)) => write_events(&mut stream, items, counters),
         };
-        if let Some(f) = frame {
-            if proto::write_frame(&mut stream, &f).is_err() {
-                return;
-            }
-        }
-        if write_losses(&mut stream, counters).is_err() {
+        if written.is_err() || write_losses(&mut stream, counters).is_err() {
             return;
         }
     }
+}
+
+/// Writes a control frame or notice. One that would be larger than a frame
+/// may be (a list of many probes with long specs, a message quoting a huge
+/// spec) is not sent as it is — that would leave the client waiting — but
+/// as an `Error` reply of kind `Limit` to the same request, or cut.
+fn write_reply(stream: &mut UnixStream, f: Frame) -> Result<(), proto::ProtoError> {
+    match proto::write_frame(stream, &f) {
+        Err(proto::ProtoError::Oversize { len, max }) => {
+            let replacement = match f {
+                Frame::Ok { id, .. } => Frame::Error {
+                    id,
+                    kind: proto::ErrorKind::Limit,
+                    message: format!(
+                        "the reply to request {id} would be {len} bytes, above the protocol's \
+                         frame limit of {max}; ask for less (fewer or shorter probe specs)"
+                    ),
+                },
+                Frame::Error { id, kind, message } => Frame::Error {
+                    id,
+                    kind,
+                    message: super::conn::cut(&message, 4096),
+                },
+                Frame::Notice(Notice::Warning { text }) => Frame::Notice(Notice::Warning {
+                    text: super::conn::cut(&text, 4096),
+                }),
+                other => {
+                    // Nothing else the core sends can grow past a frame.
+                    return Err(proto::ProtoError::Oversize {
+                        len: proto::encode(&other).len() as u64,
+                        max,
+                    });
+                }
+            };
+            proto::write_frame(stream, &replacement)
+        }
+        r => r,
+    }
+}
+
+/// Writes a batch of events in as many `Events` frames as keep each under
+/// the frame limit. An event too large to fit a frame alone is dropped and
+/// counted as a loss of its probe.
+fn write_events(
+    stream: &mut UnixStream,
+    items: Vec<Item>,
+    counters: &Counters,
+) -> Result<(), proto::ProtoError> {
+    let mut batch = proto::EventBatch::new();
+    for item in items {
+        let Item::Event(e) = item else { continue };
+        if batch.push(&e) {
+            continue;
+        }
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            stream.write_all(&batch.finish())?;
+            counters.sent.fetch_add(n, Ordering::Relaxed);
+            if batch.push(&e) {
+                continue;
+            }
+        }
+        counters.drop_event(e.probe);
+    }
+    if !batch.is_empty() {
+        let n = batch.len() as u64;
+        stream.write_all(&batch.finish())?;
+        counters.sent.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn write_losses(stream: &mut UnixStream, counters: &Counters) -> Result<(), proto::ProtoError> {

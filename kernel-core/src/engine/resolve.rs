@@ -12,7 +12,7 @@ use crate::arch::native::{
 use crate::spec::{Kind, ProbeSpec};
 use crate::symbols::browse::{code_at, file_vaddr, resolve_spec, Place, Resolution, Tracer};
 use crate::symbols::{self, ElfCache, MapEntry, Module};
-use crate::target::{Target, Tid};
+use crate::target::{SpawnConfig, Target, Tid};
 
 /// Where a probe resolved to in one process.
 pub(super) enum Resolved {
@@ -38,7 +38,13 @@ impl<T: Target> Engine<T> {
     /// Starts a command under the engine. It stops before its first
     /// instruction; probes added now are armed before it runs.
     pub fn spawn(&mut self, argv: &[String]) -> Result<Tid> {
-        let pid = self.target.spawn(argv)?;
+        self.spawn_with(argv, SpawnConfig::default())
+    }
+
+    /// As [`spawn`](Self::spawn), with the environment, descriptors and
+    /// session given.
+    pub fn spawn_with(&mut self, argv: &[String], how: SpawnConfig) -> Result<Tid> {
+        let pid = self.target.spawn(argv, how)?;
         self.new_process(pid);
         self.thread(pid, pid).stopped = true;
         self.setup_image(pid, false, &mut NoSink)?;

@@ -103,14 +103,22 @@ impl Client {
             core_pid: 0,
             child,
         };
-        write_frame(
+        let sent = write_frame(
             &mut c.stream,
             &Frame::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 client: name.into(),
             }),
-        )?;
-        match c.read(None)? {
+        );
+        // A core that refuses a connection (too many) answers at once and
+        // closes, which can break the Hello's write: its answer says why.
+        let timeout = sent.is_err().then_some(Duration::from_secs(1));
+        let answer = match (c.read(timeout), sent) {
+            (Ok(Some(f)), _) => Some(f),
+            (_, Err(e)) => return Err(e.into()),
+            (r, Ok(())) => r?,
+        };
+        match answer {
             Some(Frame::Welcome(w)) => {
                 if w.version != PROTOCOL_VERSION {
                     return Err(ClientError::Incompatible(format!(
@@ -164,6 +172,68 @@ impl Client {
     /// kept for [`Client::next`].
     pub fn call(&mut self, op: Op) -> Result<Body> {
         let id = self.send(op)?;
+        self.reply(id)
+    }
+
+    /// Starts `argv` under the core as a shell would start it from this
+    /// process: with this process's environment and its descriptors 0, 1
+    /// and 2, sent over the socket (so it works the same with a core of
+    /// this user and with a system core, which gives a program nothing of
+    /// its own). The reply is [`Body::Target`]; the program waits for
+    /// `Resume`. A descriptor this process has closed is /dev/null there.
+    pub fn spawn_here(&mut self, argv: Vec<String>) -> Result<Body> {
+        use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+        // Variables that are not UTF-8 cannot travel in the protocol's
+        // strings; they are left out.
+        let env: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
+            .collect();
+        let null: Vec<OwnedFd> = (0..3)
+            .filter_map(|_| {
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .ok()
+            })
+            .map(OwnedFd::from)
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = (0..3)
+            .map(|fd| {
+                // SAFETY: F_GETFD only asks whether the descriptor is open.
+                if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+                    // SAFETY: descriptors 0–2 are open (checked) and stay
+                    // open while this call borrows them.
+                    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+                } else {
+                    null.get(fd as usize)
+                        .map(|f| f.as_fd())
+                        .ok_or_else(|| io::Error::other("cannot open /dev/null"))
+                }
+            })
+            .collect::<io::Result<_>>()?;
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        let op = Op::Spawn {
+            argv,
+            env: Some(env),
+            stdio: super::SpawnStdio::Passed,
+        };
+        let bytes = super::encode(&Frame::Request(Request { id, op }));
+        let len = (bytes.len() - super::HEADER_LEN) as u64;
+        if len > u64::from(super::MAX_FRAME) {
+            return Err(ProtoError::Oversize {
+                len,
+                max: super::MAX_FRAME,
+            }
+            .into());
+        }
+        super::scm::send_with_fds(&self.stream, &bytes, &fds)?;
+        self.reply(id)
+    }
+
+    /// Waits for the reply to request `id`.
+    fn reply(&mut self, id: u32) -> Result<Body> {
         loop {
             match self.read(None)? {
                 Some(Frame::Ok { id: i, body }) if i == id => return Ok(body),

@@ -226,12 +226,18 @@ fn unknown(what: &'static str, tag: u8) -> ProtoError {
 
 fn put_op(op: &Op, out: &mut Vec<u8>) {
     match op {
-        Op::Spawn { argv } => {
+        Op::Spawn { argv, env, stdio } => {
             out.put_u8(1);
-            out.put_count(argv.len());
-            for a in argv {
-                out.put_str(a);
+            put_strings(argv, out);
+            out.put_bool(env.is_some());
+            if let Some(env) = env {
+                put_strings(env, out);
             }
+            out.put_u8(match stdio {
+                SpawnStdio::Inherit => 0,
+                SpawnStdio::Null => 1,
+                SpawnStdio::Passed => 2,
+            });
         }
         Op::Attach { pid } => {
             out.put_u8(2);
@@ -279,12 +285,19 @@ fn put_op(op: &Op, out: &mut Vec<u8>) {
 fn get_op(c: &mut Cursor<'_>) -> Result<Op, ProtoError> {
     Ok(match c.u8("request op")? {
         1 => {
-            let n = c.count("Spawn argv count", MIN_STRING)?;
-            let mut argv = Vec::with_capacity(n);
-            for _ in 0..n {
-                argv.push(c.string("Spawn argv")?);
-            }
-            Op::Spawn { argv }
+            let argv = get_strings(c, "Spawn argv count", "Spawn argv")?;
+            let env = if c.bool("Spawn has env")? {
+                Some(get_strings(c, "Spawn env count", "Spawn env")?)
+            } else {
+                None
+            };
+            let stdio = match c.u8("Spawn stdio")? {
+                0 => SpawnStdio::Inherit,
+                1 => SpawnStdio::Null,
+                2 => SpawnStdio::Passed,
+                tag => return Err(unknown("Spawn stdio", tag)),
+            };
+            Op::Spawn { argv, env, stdio }
         }
         2 => Op::Attach {
             pid: c.i32("Attach pid")?,
@@ -317,6 +330,26 @@ fn get_op(c: &mut Cursor<'_>) -> Result<Op, ProtoError> {
         },
         tag => return Err(unknown("request op", tag)),
     })
+}
+
+fn put_strings(v: &[String], out: &mut Vec<u8>) {
+    out.put_count(v.len());
+    for a in v {
+        out.put_str(a);
+    }
+}
+
+fn get_strings(
+    c: &mut Cursor<'_>,
+    count: &'static str,
+    each: &'static str,
+) -> Result<Vec<String>, ProtoError> {
+    let n = c.count(count, MIN_STRING)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(c.string(each)?);
+    }
+    Ok(v)
 }
 
 fn put_options(o: &ProbeOptions, out: &mut Vec<u8>) {

@@ -24,10 +24,13 @@
 //! - [`EventBatch`] — packs events into one `Events` frame under
 //!   [`MAX_FRAME`].
 //! - [`negotiate`] — the core's answer to a [`Hello`].
+//! - [`scm`] — descriptors passed with a frame (`SCM_RIGHTS`), the one
+//!   part that needs a Unix socket.
 
 pub mod client;
 mod codec;
 mod convert;
+pub mod scm;
 mod stream;
 mod wire;
 
@@ -205,7 +208,15 @@ pub struct Request {
 pub enum Op {
     /// (1) Start `argv[0]` (searched in `PATH`) under the core; the reply
     /// is [`Body::Target`].
-    Spawn { argv: Vec<String> },
+    Spawn {
+        argv: Vec<String>,
+        /// The program's environment (`NAME=value` strings); `None` keeps
+        /// the core's in same-user mode, and is a clean one (`PATH` only)
+        /// in system mode.
+        env: Option<Vec<String>>,
+        /// Where its descriptors 0, 1 and 2 come from.
+        stdio: SpawnStdio,
+    },
     /// (2) Trace a running process; the reply is [`Body::Target`].
     Attach { pid: i32 },
     /// (3) Disarm every probe in `pid` and let it go; [`Body::Empty`].
@@ -236,6 +247,20 @@ pub enum Op {
         follow_fork: bool,
         follow_exec: bool,
     },
+}
+
+/// Descriptors 0, 1 and 2 of a spawned program. Wire tags in parentheses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnStdio {
+    /// (0) The core's own, in same-user mode (the client started the core,
+    /// so they are the client's); `/dev/null` in system mode, where a
+    /// program of one user never gets a descriptor of the root core's.
+    Inherit,
+    /// (1) `/dev/null` for all three.
+    Null,
+    /// (2) The three descriptors the client sent with the request's bytes
+    /// as `SCM_RIGHTS` ancillary data, in order 0, 1, 2.
+    Passed,
 }
 
 /// How a probe's events are handled.
@@ -355,11 +380,14 @@ pub enum ErrorKind {
     BadVerdict,
     /// (11) A bug in the core.
     Internal,
+    /// (12) A bound was reached: too many connections, a reply larger
+    /// than a frame may be.
+    Limit,
 }
 
 impl ErrorKind {
     /// Every kind, in code order.
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::BadRequest,
         ErrorKind::Spec,
         ErrorKind::Symbol,
@@ -371,6 +399,7 @@ impl ErrorKind {
         ErrorKind::NotImplemented,
         ErrorKind::BadVerdict,
         ErrorKind::Internal,
+        ErrorKind::Limit,
     ];
 
     /// The wire code.
@@ -387,6 +416,7 @@ impl ErrorKind {
             ErrorKind::NotImplemented => 9,
             ErrorKind::BadVerdict => 10,
             ErrorKind::Internal => 11,
+            ErrorKind::Limit => 12,
         }
     }
 

@@ -31,7 +31,16 @@ fn regs() -> impl Strategy<Value = RegSet> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        vec(text(), 0..4).prop_map(|argv| Op::Spawn { argv }),
+        (
+            vec(text(), 0..4),
+            proptest::option::of(vec(text(), 0..3)),
+            prop_oneof![
+                Just(SpawnStdio::Inherit),
+                Just(SpawnStdio::Null),
+                Just(SpawnStdio::Passed)
+            ]
+        )
+            .prop_map(|(argv, env, stdio)| Op::Spawn { argv, env, stdio }),
         any::<i32>().prop_map(|pid| Op::Attach { pid }),
         any::<i32>().prop_map(|pid| Op::Detach { pid }),
         (text(), options()).prop_map(|(spec, options)| Op::AddProbe { spec, options }),
@@ -238,9 +247,12 @@ fn heap(f: &Frame) -> usize {
         Frame::Hello(h) => s(&h.client),
         Frame::Incompatible(i) => s(&i.message),
         Frame::Request(Request {
-            op: Op::Spawn { argv },
+            op: Op::Spawn { argv, env, .. },
             ..
-        }) => cap(argv) + argv.iter().map(|a| s(a)).sum::<usize>(),
+        }) => {
+            let strings = |v: &Vec<String>| cap(v) + v.iter().map(|a| s(a)).sum::<usize>();
+            strings(argv) + env.as_ref().map_or(0, strings)
+        }
         Frame::Request(Request {
             op: Op::AddProbe { spec, .. },
             ..

@@ -104,8 +104,19 @@ fn every_frame() -> Vec<Frame> {
     let ops = [
         Op::Spawn {
             argv: vec!["/bin/true".into(), "".into(), "ü".into()],
+            env: None,
+            stdio: SpawnStdio::Inherit,
         },
-        Op::Spawn { argv: vec![] },
+        Op::Spawn {
+            argv: vec![],
+            env: Some(vec!["A=1".into(), "".into()]),
+            stdio: SpawnStdio::Passed,
+        },
+        Op::Spawn {
+            argv: vec!["x".into()],
+            env: Some(vec![]),
+            stdio: SpawnStdio::Null,
+        },
         Op::Attach { pid: 1 },
         Op::Detach { pid: i32::MAX },
         Op::AddProbe {
@@ -377,16 +388,22 @@ mod layout {
                 id: 2,
                 op: Op::Spawn {
                     argv: vec!["ls".into(), "-l".into()],
+                    env: Some(vec!["A=b".into()]),
+                    stdio: SpawnStdio::Passed,
                 },
             }),
             &[
-                22, 0, 0, 0,    // length 22
+                35, 0, 0, 0,    // length 35
                 0x10, // Request
                 2, 0, 0, 0, // id 2
                 1, // op Spawn
                 2, 0, 0, 0, // argv count 2
                 2, 0, 0, 0, b'l', b's', // "ls"
                 2, 0, 0, 0, b'-', b'l', // "-l"
+                1,    // has env
+                1, 0, 0, 0, // env count 1
+                3, 0, 0, 0, b'A', b'=', b'b', // "A=b"
+                2,    // stdio Passed
             ],
         );
         check(

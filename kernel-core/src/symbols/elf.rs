@@ -20,6 +20,8 @@ use super::SymbolError;
 
 /// How many suggestions an unknown-symbol error offers at most.
 const MAX_SUGGESTIONS: usize = 3;
+/// Names longer than this (in characters) get no suggestions.
+const MAX_SUGGESTED_NAME: usize = 512;
 
 /// How far `symbol_at` walks back past the nearest symbols looking for a
 /// function whose size covers the address (functions nested in others).
@@ -408,6 +410,11 @@ impl ElfFile {
     fn suggestions(&self, name: &str) -> Vec<String> {
         let name = strip_version(name.trim());
         let wanted_len = name.chars().count();
+        // No symbol is this long: nothing is close, and an edit distance
+        // to every symbol would cost time quadratic in the name.
+        if wanted_len > MAX_SUGGESTED_NAME {
+            return Vec::new();
+        }
         let max_distance = (wanted_len / 3).max(1);
         let mut scored: HashMap<&str, (u8, usize)> = HashMap::new();
         for symbol in &self.symbols {
@@ -415,7 +422,14 @@ impl ElfFile {
                 .demangled
                 .as_deref()
                 .map_or(symbol.name.as_str(), strip_params);
-            let distance = strsim::damerau_levenshtein(name, readable);
+            // The distance is at least the difference in length (in
+            // characters; bytes are at most 4 a character): skip the
+            // quadratic computation where it cannot be small enough.
+            let distance = if readable.len().abs_diff(name.len()) <= max_distance * 4 {
+                strsim::damerau_levenshtein(name, readable)
+            } else {
+                usize::MAX
+            };
             let score = if distance <= max_distance {
                 (0, distance)
             } else if readable.starts_with(name) {

@@ -168,13 +168,28 @@ impl TargetError {
 
 pub type Result<T> = std::result::Result<T, TargetError>;
 
+/// How a program is started, besides its argv. What the default gives is
+/// the tracer's environment and descriptors 0–2; every other descriptor is
+/// closed and every signal disposition and the signal mask are the
+/// defaults, whatever the tracer had.
+#[derive(Debug, Default)]
+pub struct SpawnConfig {
+    /// The environment (`NAME=value`); `None` keeps the tracer's.
+    pub env: Option<Vec<String>>,
+    /// Descriptors 0, 1 and 2 of the program; `None` keeps the tracer's.
+    pub stdio: Option<[std::os::fd::OwnedFd; 3]>,
+    /// Start in a session of its own (`setsid`): no controlling terminal,
+    /// so no `TIOCSTI` into the tracer's.
+    pub new_session: bool,
+}
+
 /// What the engine needs from a backend. Memory operations take the pid of
 /// the thread group (one address space); register and run-control
 /// operations a tid.
 pub trait Target {
     /// Starts a command under the backend, stopped before its first
     /// instruction (at its exec stop). Returns its pid.
-    fn spawn(&mut self, argv: &[String]) -> Result<Tid>;
+    fn spawn(&mut self, argv: &[String], how: SpawnConfig) -> Result<Tid>;
     /// Takes every thread of a running process and asks each to stop;
     /// their stops are then collected with `wait_for`. Returns the tids.
     fn attach(&mut self, pid: Tid) -> Result<Vec<Tid>>;

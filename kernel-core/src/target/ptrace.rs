@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::FromRawFd;
 
-use super::{Event, Result, Resume, SigInfo, Stop, Target, TargetError, Tid};
+use super::{Event, Result, Resume, SigInfo, SpawnConfig, Stop, Target, TargetError, Tid};
 use crate::arch::native::Regs;
 
 const OPTIONS: libc::c_int = libc::PTRACE_O_TRACECLONE
@@ -101,42 +101,76 @@ impl Ptrace {
 
     /// Starts `argv` as a traced child. The child is seized before it calls
     /// execve, so the first thing reported is its exec stop: nothing of the
-    /// program has run yet. `argv[0]` is searched in `PATH`.
-    fn spawn_child(&mut self, argv: &[String]) -> Result<Tid> {
+    /// program has run yet. `argv[0]` is searched in the `PATH` of the
+    /// environment it gets.
+    ///
+    /// Between fork and execve the child takes what `how` gives (its
+    /// descriptors 0–2, a session of its own), closes every other
+    /// descriptor it inherited, puts every signal back to its default
+    /// disposition with nothing blocked (a tracer that ignores SIGPIPE must
+    /// not pass that on: `yes | head` would say "Broken pipe"), and drops
+    /// to the credentials of [`Ptrace::spawning_as`].
+    fn spawn_child(&mut self, argv: &[String], how: SpawnConfig) -> Result<Tid> {
         let cmd = argv.first().cloned().unwrap_or_default();
         let spawn_err = |source| TargetError::Spawn {
             cmd: cmd.clone(),
             source,
         };
-        let path = find_in_path(&cmd).ok_or_else(|| {
+        let invalid = |what: &str| {
+            spawn_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} holds a NUL byte"),
+            ))
+        };
+        let search_path = match &how.env {
+            Some(env) => env
+                .iter()
+                .find_map(|v| v.strip_prefix("PATH="))
+                .map(std::ffi::OsString::from),
+            None => std::env::var_os("PATH"),
+        };
+        let path = find_in_path(&cmd, search_path.as_deref()).ok_or_else(|| {
             spawn_err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "not found (give a path, or put it in PATH)",
             ))
         })?;
         let path = CString::new(path.into_os_string().into_encoded_bytes())
-            .map_err(|_| spawn_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let cargs: Vec<CString> = argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| spawn_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+            .map_err(|_| invalid("the program's path"))?;
+        let cargs = c_strings(argv).map_err(|_| invalid("an argument"))?;
         let mut cptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         cptrs.push(std::ptr::null());
+        let cenv = match &how.env {
+            Some(env) => Some(c_strings(env).map_err(|_| invalid("an environment variable"))?),
+            None => None,
+        };
+        let envp: Option<Vec<*const libc::c_char>> = cenv.as_ref().map(|e| {
+            e.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        });
+        let stdio: Option<[i32; 3]> = how.stdio.as_ref().map(|fds| {
+            use std::os::fd::AsRawFd;
+            [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()]
+        });
+        let new_session = how.new_session;
 
         let creds = self.spawn_as.clone();
         let groups: Vec<libc::gid_t> = creds.as_ref().map(|c| c.groups.clone()).unwrap_or_default();
         let cwd = match creds.as_ref().and_then(|c| c.cwd.as_ref()) {
             Some(d) => Some(
                 CString::new(d.clone().into_os_string().into_encoded_bytes())
-                    .map_err(|_| spawn_err(io::Error::from(io::ErrorKind::InvalidInput)))?,
+                    .map_err(|_| invalid("the working directory"))?,
             ),
             None => None,
         };
         let (go_r, go_w) = pipe().map_err(spawn_err)?;
         let (err_r, err_w) = pipe().map_err(spawn_err)?;
         // SAFETY: the child only calls async-signal-safe functions (read,
-        // execv, write, _exit) on memory prepared before the fork.
+        // dup2, fcntl, setsid, sigaction, sigprocmask, set*id, prctl,
+        // chdir, close_range, execv(e), write, _exit) on memory prepared
+        // before the fork.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(spawn_err(io::Error::last_os_error()));
@@ -150,34 +184,40 @@ impl Ptrace {
                 let mut b = 0u8;
                 // Wait until the parent has seized us (it closes go_w).
                 while libc::read(go_r, (&mut b as *mut u8).cast(), 1) < 0 {}
-                let dropped = match &creds {
-                    None => true,
-                    Some(c) => {
-                        libc::setgroups(groups.len(), groups.as_ptr()) == 0
-                            && libc::setresgid(c.gid, c.gid, c.gid) == 0
-                            && libc::setresuid(c.uid, c.uid, c.uid) == 0
-                            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-                            // A directory the user cannot enter is not an
-                            // error: the program starts in / instead.
-                            && (cwd.as_ref().is_none_or(|d| libc::chdir(d.as_ptr()) == 0)
-                                || libc::chdir(c"/".as_ptr()) == 0)
-                    }
-                };
-                if dropped {
-                    libc::execv(path.as_ptr(), cptrs.as_ptr());
+                let ok = child_setup(stdio, new_session)
+                    && match &creds {
+                        None => true,
+                        Some(c) => {
+                            libc::setgroups(groups.len(), groups.as_ptr()) == 0
+                                && libc::setresgid(c.gid, c.gid, c.gid) == 0
+                                && libc::setresuid(c.uid, c.uid, c.uid) == 0
+                                && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                                // A directory the user cannot enter is not
+                                // an error: the program starts in / instead.
+                                && (cwd.as_ref().is_none_or(|d| libc::chdir(d.as_ptr()) == 0)
+                                    || libc::chdir(c"/".as_ptr()) == 0)
+                        }
+                    };
+                if ok {
+                    match &envp {
+                        Some(envp) => libc::execve(path.as_ptr(), cptrs.as_ptr(), envp.as_ptr()),
+                        None => libc::execv(path.as_ptr(), cptrs.as_ptr()),
+                    };
                 }
                 let e = *libc::__errno_location();
                 libc::write(err_w, (&e as *const i32).cast(), 4);
                 libc::_exit(127);
             }
         }
+        // The child has its own copies of the descriptors it was given.
+        drop(how);
         // SAFETY: closing our copies of the child's ends of the pipes.
         unsafe {
             libc::close(go_r);
             libc::close(err_w);
         }
         // SAFETY: err_r is ours and open; the File takes ownership.
-        let err_file = unsafe { File::from_raw_fd(err_r) };
+        let mut err_file = unsafe { File::from_raw_fd(err_r) };
         let seized = ptrace(libc::PTRACE_SEIZE, pid, 0, OPTIONS as usize);
         let seize_err = io::Error::last_os_error();
         // SAFETY: go_w is ours; closing it releases the child.
@@ -196,17 +236,20 @@ impl Ptrace {
                 ..
             } => Ok(pid),
             _ => {
+                // The child wrote its errno before it exited; a pipe has no
+                // offset, so this is a plain read (pread would fail).
+                use std::io::Read;
                 let mut b = [0u8; 4];
-                let errno = match err_file.read_at(&mut b, 0) {
-                    Ok(4) => i32::from_ne_bytes(b),
-                    _ => libc::ENOEXEC,
+                let errno = match err_file.read(&mut b) {
+                    Ok(4) => Some(i32::from_ne_bytes(b)),
+                    _ => None,
                 };
                 // SAFETY: reaping our child.
                 unsafe {
                     libc::kill(pid, libc::SIGKILL);
                     libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL | libc::__WNOTHREAD);
                 }
-                Err(spawn_err(io::Error::from_raw_os_error(errno)))
+                Err(spawn_err(explain_exec_error(&path, errno)))
             }
         }
     }
@@ -377,8 +420,8 @@ impl Ptrace {
 }
 
 impl Target for Ptrace {
-    fn spawn(&mut self, argv: &[String]) -> Result<Tid> {
-        self.spawn_child(argv)
+    fn spawn(&mut self, argv: &[String], how: SpawnConfig) -> Result<Tid> {
+        self.spawn_child(argv, how)
     }
 
     fn attach(&mut self, pid: Tid) -> Result<Vec<Tid>> {
@@ -536,7 +579,7 @@ fn pipe() -> io::Result<(i32, i32)> {
     Ok((fds[0], fds[1]))
 }
 
-fn find_in_path(cmd: &str) -> Option<std::path::PathBuf> {
+fn find_in_path(cmd: &str, path: Option<&std::ffi::OsStr>) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let is_exec = |p: &std::path::Path| {
         p.metadata()
@@ -547,10 +590,116 @@ fn find_in_path(cmd: &str) -> Option<std::path::PathBuf> {
         let p = std::path::PathBuf::from(cmd);
         return is_exec(&p).then_some(p);
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    std::env::split_paths(path?)
         .map(|d| d.join(cmd))
         .find(|p| is_exec(p))
+}
+
+fn c_strings(v: &[String]) -> std::result::Result<Vec<CString>, std::ffi::NulError> {
+    v.iter().map(|a| CString::new(a.as_bytes())).collect()
+}
+
+/// In a forked child before execve: descriptors 0–2 from `stdio`, every
+/// other descriptor closed at execve, a new session if asked, default
+/// signal dispositions and an empty mask. Only async-signal-safe calls.
+/// False (errno set) when a step failed.
+///
+/// # Safety
+/// Call only in a child between fork and execve.
+unsafe fn child_setup(stdio: Option<[i32; 3]>, new_session: bool) -> bool {
+    // SAFETY: plain system calls on descriptors and signal numbers; the
+    // sigaction and sigset values live on this stack.
+    unsafe {
+        if let Some(fds) = stdio {
+            // Moved above 2 first, so that a given descriptor that is
+            // itself 0, 1 or 2 is not overwritten before it is used.
+            let mut high = [0i32; 3];
+            for (h, &fd) in high.iter_mut().zip(&fds) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3);
+                if *h < 0 {
+                    return false;
+                }
+            }
+            for (target, &h) in high.iter().enumerate() {
+                if libc::dup2(h, target as i32) < 0 {
+                    return false;
+                }
+            }
+        }
+        if new_session && libc::setsid() < 0 {
+            return false;
+        }
+        // Every descriptor above 2 closes at execve (the error pipe stays
+        // usable until then). Before Linux 5.11 close_range has no
+        // CLOEXEC flag: mark them one by one.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            let mut rl: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+                rl.rlim_cur.min(1 << 20) as i32
+            } else {
+                4096
+            };
+            for fd in 3..max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // Numbers the libc reserves fail with EINVAL: harmless.
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == 0
+    }
+}
+
+/// Why execve of `path` failed, from the errno the child sent (`None`: it
+/// ended before it could say). ENOENT for a file that exists is about its
+/// interpreter, which is named when it can be read.
+fn explain_exec_error(path: &CString, errno: Option<i32>) -> io::Error {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(errno) = errno else {
+        return io::Error::other("the program ended before it could start");
+    };
+    let err = io::Error::from_raw_os_error(errno);
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.as_bytes()));
+    if errno != libc::ENOENT || !path.exists() {
+        return err;
+    }
+    let mut head = [0u8; 256];
+    let n = File::open(path)
+        .and_then(|mut f| io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    let head = &head[..n];
+    let interp = if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        let word = line
+            .split(|b| b.is_ascii_whitespace())
+            .find(|w| !w.is_empty())
+            .unwrap_or_default();
+        format!(
+            "the interpreter `{}` named on its #! line",
+            String::from_utf8_lossy(word)
+        )
+    } else if head.starts_with(b"\x7fELF") {
+        "its ELF interpreter (the dynamic loader named in PT_INTERP; a program built for \
+         another architecture or C library?)"
+            .to_string()
+    } else {
+        "its interpreter".to_string()
+    };
+    io::Error::new(err.kind(), format!("{err}: {} does not exist", interp))
 }
 
 /// The tids of every thread of `pid`.
