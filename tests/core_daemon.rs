@@ -1336,3 +1336,70 @@ fn a_spawned_program_let_go_is_reaped_after_its_client_left() {
     );
     core.stop();
 }
+
+#[test]
+fn a_panic_in_one_connection_lets_its_targets_go_and_spares_the_others() {
+    let bin = build("spin", "core-panic", &["-O2"]);
+    let sock = scratch_dir().join("panic.sock");
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(core_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .env("WPROBE_CORE_FAULT_INJECTION", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wprobe-core");
+    assert!(wait_until(10, || sock.exists()), "the core listens");
+    let core = Core { child, sock };
+    let spec = format!("uprobe:{}:work", bin.display());
+
+    let (mut a, mut b) = (core.client(), core.client());
+    let xa = start_ready(&bin, &["100000000", "2"]);
+    let xb = start_ready(&bin, &["100000000", "2"]);
+    let (pa, pb) = (xa.id() as i32, xb.id() as i32);
+    assert!(matches!(a.ok(Op::Attach { pid: pa }), Body::Target { .. }));
+    assert!(matches!(b.ok(Op::Attach { pid: pb }), Body::Target { .. }));
+    a.probe(spec.clone());
+    b.probe(spec);
+    a.events_until(1);
+    b.events_until(1);
+
+    // A bug on a's engine thread: a's connection ends, its target is let
+    // go with every byte restored.
+    let id = a.next_id;
+    proto::write_frame(
+        &mut a.conn,
+        &Frame::Request(Request {
+            id,
+            op: async_probe("wprobe-test:panic".into()),
+        }),
+    )
+    .unwrap();
+    let closed = loop {
+        match proto::read_frame(&mut a.conn) {
+            Ok(Some(Frame::Ok { id: i, .. } | Frame::Error { id: i, .. })) if i == id => {
+                break false
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break true,
+        }
+    };
+    assert!(closed, "the connection ends instead of answering");
+    assert!(untraced(pa));
+    assert_untouched(pa, &bin, "work");
+
+    // b goes on as before.
+    let seen = b.events.len();
+    b.events_until(seen + 10);
+    assert_ne!(proc_status(pb, "TracerPid:").as_deref(), Some("0"));
+    assert!(matches!(b.ok(Op::Ping), Body::Empty));
+    drop(b);
+    assert!(untraced(pb));
+    assert_untouched(pb, &bin, "work");
+    for mut x in [xa, xb] {
+        x.kill().unwrap();
+        let _ = x.wait();
+    }
+    core.stop();
+}

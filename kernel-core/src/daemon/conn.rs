@@ -551,6 +551,17 @@ pub(super) fn cut(s: &str, max: usize) -> String {
     format!("{}… ({} more bytes cut)", &s[..end], s.len() - end)
 }
 
+/// With `WPROBE_CORE_FAULT_INJECTION=1` in the core's environment, an
+/// AddProbe of this spec panics on the engine thread: the tests check that
+/// such a bug costs only its own connection, whose targets are let go
+/// cleanly. Without the variable it is an ordinary (bad) spec.
+const INJECTED_PANIC: &str = "wprobe-test:panic";
+
+fn fault_injection() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WPROBE_CORE_FAULT_INJECTION").as_deref() == Ok("1"))
+}
+
 /// The environment a program spawned in system mode gets when its client
 /// gives none.
 const CLEAN_PATH: &str = "PATH=/usr/local/bin:/usr/bin:/bin";
@@ -771,6 +782,9 @@ fn handle(
             ok(Body::Empty)
         }
         Op::AddProbe { spec, mut options } => {
+            if spec == INJECTED_PANIC && fault_injection() {
+                panic!("a panic injected by a test ({INJECTED_PANIC})");
+            }
             if options.mode == Mode::Async && options.allow_mutation {
                 return err(
                     ErrorKind::Spec,
