@@ -23,11 +23,14 @@
 //! - [`daemon`] — `wprobe-core`: the engine serving a client over a Unix
 //!   socket.
 //! - [`proto`] — the `wprobe-core` wire protocol: frames, codec, reader.
+//! - [`ring`] — the shared-memory event ring optimized probes write into
+//!   (groundwork: the ring and its reader; the trampolines come next).
 
 pub mod arch;
 pub mod daemon;
 pub mod engine;
 pub mod proto;
+pub mod ring;
 pub mod spec;
 pub mod symbols;
 pub mod target;
