@@ -80,15 +80,16 @@ pub const HEADER_LEN: usize = 3 * 4096;
 /// Registers in a slot.
 pub const NREGS: usize = 27;
 
-const OFF_MAGIC: usize = 0;
-const OFF_VERSION: usize = 8;
-const OFF_SLOT_SIZE: usize = 12;
-const OFF_SLOTS: usize = 16;
-const OFF_PROBES: usize = 20;
-const OFF_HEAD: usize = 64;
-const OFF_SLEEPING: usize = 128;
-const OFF_HITS: usize = 4096;
-const OFF_LOST: usize = 8192;
+// Offsets of the header's fields (the table above), for the trampolines.
+pub const OFF_MAGIC: usize = 0;
+pub const OFF_VERSION: usize = 8;
+pub const OFF_SLOT_SIZE: usize = 12;
+pub const OFF_SLOTS: usize = 16;
+pub const OFF_PROBES: usize = 20;
+pub const OFF_HEAD: usize = 64;
+pub const OFF_SLEEPING: usize = 128;
+pub const OFF_HITS: usize = 4096;
+pub const OFF_LOST: usize = 8192;
 /// The most slots a ring may have (64 MiB of slots).
 pub const MAX_SLOTS: usize = 1 << 18;
 
@@ -318,6 +319,11 @@ impl Ring {
 
     fn seq(&self, pos: u64) -> &AtomicU64 {
         self.u64_at(self.slot_off(pos))
+    }
+
+    /// Where this mapping of the ring is, in this process.
+    pub fn address(&self) -> u64 {
+        self.base as u64
     }
 
     /// Slots in the ring.

@@ -41,6 +41,7 @@
 
 mod boundaries;
 mod decode;
+mod opt;
 mod regs;
 mod sim;
 mod slot;
@@ -51,6 +52,9 @@ mod tests;
 pub use self::boundaries::insn_boundaries;
 pub use self::decode::{
     arch_prepare_kprobe, Action, Cond, Fixup, LoopKind, Prepared, Refusal, Sim, Xol,
+};
+pub use self::opt::{
+    arch_prepare_optimized_kprobe, arch_prepare_trampoline, OptRegion, RingPlace, JMP_LEN,
 };
 pub use self::regs::{Reg, Regs};
 pub use self::sim::arch_simulate;

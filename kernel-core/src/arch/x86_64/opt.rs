@@ -1,0 +1,378 @@
+//! Optimized probes: a `jmp rel32` into a trampoline instead of an `int3`
+//! (Linux: `arch/x86/kernel/kprobes/opt.c`). docs/optprobes.md has the
+//! design.
+//!
+//! [`arch_prepare_optimized_kprobe`] decides whether a probe address may
+//! carry a jump and which whole instructions it replaces;
+//! [`arch_prepare_trampoline`] builds the trampoline that records the event
+//! into the shared ring (`crate::ring`, following `Ring::produce` step by
+//! step), restores everything, runs the relocated instructions and jumps
+//! back. Both are byte logic; the engine places and patches.
+
+use iced_x86::code_asm::*;
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
+
+use super::decode::{arch_prepare_kprobe, Action, Fixup, Sim};
+use crate::ring;
+
+/// Bytes of the `jmp rel32` written over the probed instructions.
+pub const JMP_LEN: usize = 5;
+/// The x86_64 red zone: a leaf function may keep data below `rsp`.
+pub const RED_ZONE: i32 = 128;
+/// Bytes of `endbr64`, kept in place in front of a replaced range.
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+/// The instructions an optimized probe replaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptRegion {
+    /// The probe's address (reported as the event's `rip`).
+    pub probe_addr: u64,
+    /// The first replaced byte: `probe_addr`, or after an `endbr64` there.
+    pub addr: u64,
+    /// The original bytes of the replaced instructions (≥ [`JMP_LEN`]).
+    pub bytes: Vec<u8>,
+}
+
+impl OptRegion {
+    /// The first address after the replaced range.
+    pub fn end(&self) -> u64 {
+        self.addr + self.bytes.len() as u64
+    }
+
+    /// What is written over the range: the jump to `trampoline`, then
+    /// `int3` on the rest (never reached: nothing branches inside).
+    pub fn patch(&self, trampoline: u64) -> Result<Vec<u8>, String> {
+        let rel = trampoline.wrapping_sub(self.addr + JMP_LEN as u64) as i64;
+        let rel = i32::try_from(rel).map_err(|_| {
+            format!(
+                "the trampoline at {trampoline:#x} is out of ±2 GiB of {:#x}",
+                self.addr
+            )
+        })?;
+        let mut out = vec![0xe9];
+        out.extend_from_slice(&rel.to_le_bytes());
+        out.resize(self.bytes.len(), 0xcc);
+        Ok(out)
+    }
+}
+
+/// Whether an optimized probe may replace the instructions at `probe_addr`,
+/// given the whole function `func` at `func_addr`, and which ones (Linux:
+/// `arch_prepare_optimized_kprobe` and its `can_optimize`). `Err` is why
+/// the probe stays on `int3`, in words for its placement state.
+///
+/// The rules: whole instructions of at least [`JMP_LEN`] bytes from the
+/// probe (after an `endbr64`, which stays), inside the function; each one
+/// runs the same anywhere (out of line, boostable, no fixup, never leaving:
+/// no branch, call, `syscall` or trap); and no thread can arrive inside the
+/// range other than through its first byte — no direct branch of the
+/// function targets its interior, and when it holds more than one
+/// instruction the function has no indirect jump (a jump table could land
+/// inside).
+pub fn arch_prepare_optimized_kprobe(
+    func: &[u8],
+    func_addr: u64,
+    probe_addr: u64,
+) -> Result<OptRegion, String> {
+    let func_end = func_addr + func.len() as u64;
+    if probe_addr < func_addr || probe_addr >= func_end {
+        return Err(format!(
+            "{probe_addr:#x} is outside its function ({func_addr:#x}..{func_end:#x})"
+        ));
+    }
+    let at = |a: u64| &func[(a - func_addr) as usize..];
+    let mut addr = probe_addr;
+    if at(addr).starts_with(&ENDBR64) {
+        addr += ENDBR64.len() as u64;
+    }
+    let start = addr;
+    let mut count = 0;
+    while addr < start + JMP_LEN as u64 {
+        if addr >= func_end {
+            return Err(format!(
+                "the function ends {} bytes after the probe; a jump needs {JMP_LEN}",
+                func_end - start
+            ));
+        }
+        let p = arch_prepare_kprobe(at(addr), addr).map_err(|r| r.reason)?;
+        let movable = match &p.action {
+            Action::Simulate(Sim::Nop) => true,
+            Action::Simulate(_) => false,
+            Action::OutOfLine(x) => x.boostable && x.fixup == Fixup::None && !x.may_leave,
+        };
+        if !movable || is_trap_or_syscall(&p.bytes[..p.len], addr) {
+            return Err(format!(
+                "`{}` at {addr:#x} in the range a jump would replace depends on where it \
+                 runs (a branch, call, return or system call)",
+                p.text
+            ));
+        }
+        addr = p.next_ip();
+        count += 1;
+    }
+    let end = addr;
+    // Everything that could arrive inside the range.
+    let mut decoder = Decoder::with_ip(64, func, func_addr, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if insn.is_invalid() {
+            return Err(format!(
+                "the function does not decode at {:#x}; its branches cannot be checked",
+                insn.ip()
+            ));
+        }
+        match insn.flow_control() {
+            FlowControl::UnconditionalBranch
+            | FlowControl::ConditionalBranch
+            | FlowControl::Call
+            | FlowControl::XbeginXabortXend
+                if matches!(
+                    insn.op0_kind(),
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                ) =>
+            {
+                let target = insn.near_branch_target();
+                if target > start && target < end {
+                    return Err(format!(
+                        "a branch at {:#x} targets {target:#x}, inside the range a jump would \
+                         replace",
+                        insn.ip()
+                    ));
+                }
+            }
+            FlowControl::IndirectBranch if count > 1 => {
+                return Err(format!(
+                    "the function has an indirect jump at {:#x} (a jump table?) that could \
+                     land inside the {count} instructions a jump would replace",
+                    insn.ip()
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(OptRegion {
+        probe_addr,
+        addr: start,
+        bytes: at(start)[..(end - start) as usize].to_vec(),
+    })
+}
+
+/// `int3`, `int n`, `ud2`, `syscall`, `sysenter`: nothing of this kind may
+/// be moved into a trampoline (the kernel would report the trampoline's
+/// address, or the instruction is a probe of someone else's).
+fn is_trap_or_syscall(bytes: &[u8], addr: u64) -> bool {
+    let insn = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE).decode();
+    matches!(
+        insn.mnemonic(),
+        Mnemonic::Int3
+            | Mnemonic::Int
+            | Mnemonic::Int1
+            | Mnemonic::Into
+            | Mnemonic::Ud0
+            | Mnemonic::Ud1
+            | Mnemonic::Ud2
+            | Mnemonic::Syscall
+            | Mnemonic::Sysenter
+    )
+}
+
+/// Where a trampoline writes: the ring's address in the target, its slot
+/// count, and the ring-local index of the probe.
+#[derive(Clone, Copy, Debug)]
+pub struct RingPlace {
+    pub addr: u64,
+    pub slots: u64,
+    pub probe: u32,
+}
+
+/// Builds the trampoline of `region` at `tramp_addr` (Linux:
+/// `arch_prepare_optimized_kprobe`'s template copy). It
+///
+/// 1. steps over the red zone and saves the flags and the registers it
+///    uses;
+/// 2. counts the hit, claims a slot and writes the event as
+///    `Ring::produce` does: the registers in `user_regs_struct` order (the
+///    probe address as `rip`, the caller's `rsp`, `fs_base` from `%fs:0`,
+///    which is the thread's TCB, also the thread key), the TSC as time;
+///    or counts a loss when the ring is full;
+/// 3. wakes the reader if it sleeps (`FUTEX_WAKE`, the only system call);
+/// 4. restores everything, runs the replaced instructions re-encoded for
+///    their new address, and jumps back after the range.
+pub fn arch_prepare_trampoline(
+    region: &OptRegion,
+    tramp_addr: u64,
+    ring: RingPlace,
+) -> Result<Vec<u8>, String> {
+    if !ring.slots.is_power_of_two() || ring.probe as usize >= ring::MAX_PROBES {
+        return Err(format!(
+            "ring of {} slots, probe index {}: not a ring this trampoline can write",
+            ring.slots, ring.probe
+        ));
+    }
+    build(region, tramp_addr, ring).map_err(|e| format!("cannot assemble the trampoline: {e}"))
+}
+
+/// Offsets of the registers in a slot's register set
+/// (`user_regs_struct`).
+mod slot_reg {
+    pub const R15: i32 = 0;
+    pub const R14: i32 = 1;
+    pub const R13: i32 = 2;
+    pub const R12: i32 = 3;
+    pub const RBP: i32 = 4;
+    pub const RBX: i32 = 5;
+    pub const R11: i32 = 6;
+    pub const R10: i32 = 7;
+    pub const R9: i32 = 8;
+    pub const R8: i32 = 9;
+    pub const RAX: i32 = 10;
+    pub const RCX: i32 = 11;
+    pub const RDX: i32 = 12;
+    pub const RSI: i32 = 13;
+    pub const RDI: i32 = 14;
+    pub const ORIG_RAX: i32 = 15;
+    pub const RIP: i32 = 16;
+    pub const CS: i32 = 17;
+    pub const EFLAGS: i32 = 18;
+    pub const RSP: i32 = 19;
+    pub const SS: i32 = 20;
+    pub const FS_BASE: i32 = 21;
+    pub const GS_BASE: i32 = 22;
+    pub const DS: i32 = 23;
+    pub const ES: i32 = 24;
+    pub const FS: i32 = 25;
+    pub const GS: i32 = 26;
+}
+
+fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Vec<u8>, IcedError> {
+    use slot_reg as R;
+    let mut a = CodeAssembler::new(64)?;
+    let hits = (ring::OFF_HITS + 8 * ring.probe as usize) as i32;
+    let lost = (ring::OFF_LOST + 8 * ring.probe as usize) as i32;
+    let head = ring::OFF_HEAD as i32;
+    let sleeping = ring::OFF_SLEEPING as i32;
+    // The slot's register `i`, from its base in rsi.
+    let reg_at = |i: i32| qword_ptr(rsi + (32 + 8 * i));
+
+    // 1. Below the red zone; flags first (nothing below changes them before).
+    a.lea(rsp, ptr(rsp - RED_ZONE))?;
+    a.pushfq()?;
+    // Saved, in this order: [rsp+40] rax ... [rsp+0] r11; flags at [rsp+48].
+    let saved = [rax, rcx, rdx, rsi, rdi, r11];
+    for r in saved {
+        a.push(r)?;
+    }
+    let frame = 8 * (saved.len() as i32 + 1);
+
+    // 2. The hit, a slot.
+    a.mov(rdi, ring.addr)?;
+    a.lock().inc(qword_ptr(rdi + hits))?;
+    let mut retry = a.create_label();
+    let mut claim = a.create_label();
+    let mut full = a.create_label();
+    let mut done = a.create_label();
+    a.mov(rax, qword_ptr(rdi + head))?;
+    a.set_label(&mut retry)?;
+    a.mov(rcx, rax)?;
+    a.and(rcx, (ring.slots - 1) as i32)?;
+    a.shl(rcx, ring::SLOT_SIZE.trailing_zeros())?;
+    a.lea(rsi, ptr(rdi + rcx + ring::HEADER_LEN as i32))?;
+    a.mov(rdx, qword_ptr(rsi))?;
+    a.sub(rdx, rax)?;
+    a.jz(claim)?;
+    a.js(full)?;
+    a.mov(rax, qword_ptr(rdi + head))?;
+    a.jmp(retry)?;
+    a.set_label(&mut claim)?;
+    a.lea(rdx, ptr(rax + 1))?;
+    a.lock().cmpxchg(qword_ptr(rdi + head), rdx)?;
+    a.jnz(retry)?;
+    // rsi: the slot; rcx: its position from here on.
+    a.mov(rcx, rax)?;
+    let ids = u64::from(ring.probe); // kind 0: entry
+    a.mov(rax, ids)?;
+    a.mov(qword_ptr(rsi + 8), rax)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(qword_ptr(rsi + 16), rax)?;
+    a.mov(rax, qword_ptr(0u64).fs())?;
+    a.mov(qword_ptr(rsi + 24), rax)?;
+    a.mov(reg_at(R::FS_BASE), rax)?;
+    // Registers the trampoline has not touched.
+    for (r, i) in [
+        (r15, R::R15),
+        (r14, R::R14),
+        (r13, R::R13),
+        (r12, R::R12),
+        (rbp, R::RBP),
+        (rbx, R::RBX),
+        (r10, R::R10),
+        (r9, R::R9),
+        (r8, R::R8),
+    ] {
+        a.mov(reg_at(i), r)?;
+    }
+    // Those it saved, from the stack.
+    for (k, i) in [
+        (40, R::RAX),
+        (32, R::RCX),
+        (24, R::RDX),
+        (16, R::RSI),
+        (8, R::RDI),
+        (0, R::R11),
+        (48, R::EFLAGS),
+    ] {
+        a.mov(rax, qword_ptr(rsp + k))?;
+        a.mov(reg_at(i), rax)?;
+    }
+    a.lea(rax, ptr(rsp + (frame + RED_ZONE)))?;
+    a.mov(reg_at(R::RSP), rax)?;
+    a.mov(rax, region.probe_addr)?;
+    a.mov(reg_at(R::RIP), rax)?;
+    a.mov(reg_at(R::ORIG_RAX), -1)?;
+    a.mov(reg_at(R::GS_BASE), 0)?;
+    for (s, i) in [
+        (cs, R::CS),
+        (ss, R::SS),
+        (ds, R::DS),
+        (es, R::ES),
+        (fs, R::FS),
+        (gs, R::GS),
+    ] {
+        a.mov(rax, s)?;
+        a.mov(reg_at(i), rax)?;
+    }
+    // Published (x86 stores are release stores).
+    a.lea(rax, ptr(rcx + 1))?;
+    a.mov(qword_ptr(rsi), rax)?;
+    // 3. A sleeping reader is woken.
+    a.cmp(dword_ptr(rdi + sleeping), 1)?;
+    a.jne(done)?;
+    a.mov(eax, libc::SYS_futex as u32)?;
+    a.lea(rdi, ptr(rdi + sleeping))?;
+    a.mov(esi, libc::FUTEX_WAKE as u32)?;
+    a.mov(edx, 1u32)?;
+    a.syscall()?;
+    a.jmp(done)?;
+    a.set_label(&mut full)?;
+    a.lock().inc(qword_ptr(rdi + lost))?;
+    // 4. Back as it was; the replaced instructions; home.
+    a.set_label(&mut done)?;
+    for r in saved.into_iter().rev() {
+        a.pop(r)?;
+    }
+    a.popfq()?;
+    a.lea(rsp, ptr(rsp + RED_ZONE))?;
+    let mut decoder = Decoder::with_ip(64, &region.bytes, region.addr, DecoderOptions::NONE);
+    for insn in decoder.iter() {
+        a.add_instruction(insn)?;
+    }
+    a.jmp(region.end())?;
+    a.assemble(tramp_addr)
+}
+
+#[cfg(test)]
+#[path = "tests/opt.rs"]
+mod tests;
