@@ -305,7 +305,9 @@ impl Session<'_> {
             }
             match self.client.next(Some(Duration::from_millis(100))) {
                 Ok(Some(f)) => self.frame(f)?,
-                Ok(None) => {}
+                // A lone event is not left in the buffer while nothing
+                // else comes (a program blocked after one hit).
+                Ok(None) => self.json.maybe_flush(),
                 Err(ClientError::Closed) => break,
                 Err(e) => return Err(e),
             }
