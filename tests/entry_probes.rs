@@ -270,6 +270,52 @@ fn dlopen_arms_pending_probes_and_dlclose_retires_them() {
 }
 
 #[test]
+fn a_probe_refused_in_a_library_loaded_later_leaves_the_program_alone() {
+    // Not among the libraries the program needs at start: only dlopen
+    // shows that the symbol is not there. The program must run on, its
+    // other probes too; never be killed.
+    let dir = scratch_dir();
+    let lib = dir.join("libdlt-later.so");
+    let st = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures_dir().join("libdlt.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let bin = build("dlmain", "later", &["-O2"]);
+    let (b, l) = (bin.to_string_lossy(), lib.to_string_lossy());
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        "uprobe:libdlt-later:dl_fnuc",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        &l,
+    ]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert!(t.stderr.contains("loads it later (dlopen)"), "{}", t.stderr);
+    assert!(t.stderr.contains("no symbol `dl_fnuc`"), "{}", t.stderr);
+    assert!(
+        t.stderr.contains("runs on without this probe"),
+        "{}",
+        t.stderr
+    );
+    assert!(t.stdout.contains("sum=81"), "{}", t.stdout);
+    assert_eq!(t.hits(2), 2);
+    let summary = t.summary.as_ref().expect("summary");
+    assert!(
+        summary["probes"][0]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("dl_fnuc")),
+        "{summary}"
+    );
+    assert_eq!(summary["exit"]["code"], 0);
+}
+
+#[test]
 fn cxx_names_are_demangled() {
     let bin = build("cxx", "demangle", &["-O2"]);
     let b = bin.to_string_lossy();

@@ -8,7 +8,7 @@
 //! command's stdout is exactly its own. The exit status is the traced
 //! command's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -178,7 +178,7 @@ pub fn main(args: TraceArgs) -> i32 {
         traced: BTreeSet::new(),
         exit: None,
         idle: false,
-        refused: false,
+        refused: BTreeMap::new(),
         print_events: plugins.is_none() || args.events,
         plugins,
         return_probes: std::collections::HashSet::new(),
@@ -206,8 +206,9 @@ struct Session<'a> {
     exit: Option<ExitStatus>,
     /// The core traces nothing any more.
     idle: bool,
-    /// A probe was refused while the program ran (a library mapped later).
-    refused: bool,
+    /// A probe was refused while the program ran (a library mapped later);
+    /// the summary says so, per probe.
+    refused: BTreeMap<u32, String>,
     print_events: bool,
     plugins: Option<crate::trace_plugins::Plugins>,
     /// Probes that are return probes (their entry events may keep per-call
@@ -312,9 +313,6 @@ impl Session<'_> {
                 Err(e) => return Err(e),
             }
         }
-        if self.refused {
-            return Ok(2);
-        }
         Ok(match self.exit {
             Some(ExitStatus::Code(c)) if self.spawned => c,
             Some(ExitStatus::Signal(s)) if self.spawned => 128 + s,
@@ -369,9 +367,16 @@ impl Session<'_> {
                         self.idle = true;
                         self.traced.clear();
                     }
-                    Notice::Refused { .. } if !self.refused => {
-                        self.refused = true;
-                        self.give_up()?;
+                    // Known only now (a library loaded later): the
+                    // program goes on untouched, without this probe.
+                    // The engine holds the process until told: resume it.
+                    Notice::Refused { probe, pid, reason } => {
+                        self.refused.insert(probe, reason);
+                        match self.client.call(Op::Resume { pid }) {
+                            // Gone meanwhile.
+                            Ok(_) | Err(ClientError::Core { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     _ => {}
                 }
@@ -418,13 +423,17 @@ impl Session<'_> {
                 let place = ProbeSpec::parse(&p.spec)
                     .map(|s| wprobe_core::engine::spec_text(&s))
                     .unwrap_or_else(|_| p.spec.clone());
-                json!({
+                let mut j = json!({
                     "probe": p.id,
                     "spec": place,
                     "hits": p.hits,
                     "nmissed": p.nmissed,
                     "dropped": p.dropped,
-                })
+                });
+                if let Some(reason) = self.refused.get(&p.id) {
+                    j["refused"] = json!(reason);
+                }
+                j
             })
             .collect();
         if let Some(p) = &self.plugins {
@@ -610,7 +619,9 @@ impl JsonOut {
             Notice::Pending { probe, reason, .. } => {
                 eprintln!("wprobe: {} pending: {reason}", self.text(*probe))
             }
-            Notice::Refused { reason, .. } => eprintln!("wprobe: refused: {reason}"),
+            Notice::Refused { reason, .. } => {
+                eprintln!("wprobe: refused: {reason}; the program runs on without this probe")
+            }
             Notice::Gone { probe, reason, .. } => {
                 eprintln!("wprobe: {} gone: {reason}", self.text(*probe))
             }

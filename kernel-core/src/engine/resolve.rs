@@ -748,6 +748,10 @@ impl<T: Target> Tracer for Engine<T> {
         self.processes[&pid].startup_done && !self.options.follow_exec
     }
 
+    fn before_start(&self, pid: Tid) -> bool {
+        !self.processes[&pid].startup_done && !self.options.follow_exec
+    }
+
     fn return_probe_refusal(
         &mut self,
         pid: Tid,
