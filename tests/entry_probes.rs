@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use serde_json::json;
 use wprobe_tests::*;
 
 /// Runs `basic` with `n` iterations under the given specs (`BIN` in a
@@ -267,6 +268,47 @@ fn dlopen_arms_pending_probes_and_dlclose_retires_them() {
         t.stderr
     );
     assert!(t.stdout.contains("sum=81"), "{}", t.stdout);
+}
+
+#[test]
+fn events_say_which_probe_module_and_function_they_are() {
+    // Each line stands alone (a run killed before its summary still says
+    // what fired): the spec, the module, the symbol and offset.
+    let bin = build("basic", "place", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let libc = libc_path();
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "-e",
+        &format!("uretprobe:{b}:work"),
+        "-e",
+        "uprobe:libc:exit",
+        "--",
+        &b,
+        "3",
+    ]);
+    let check = |probe: u64, kind: &str, spec: &str, module: &str, symbol: &str| {
+        let events = t.events_of(probe, kind);
+        assert!(!events.is_empty(), "probe {probe}: {}", t.stdout);
+        for e in events {
+            assert_eq!(
+                (&e["spec"], &e["module"], &e["symbol"]),
+                (&json!(spec), &json!(module), &json!(symbol)),
+                "{e}"
+            );
+        }
+    };
+    check(1, "entry", &format!("uprobe:{b}:work"), &b, "work");
+    check(2, "return", &format!("uretprobe:{b}:work"), &b, "work");
+    check(
+        3,
+        "entry",
+        "uprobe:libc:exit",
+        &libc.to_string_lossy(),
+        "exit",
+    );
 }
 
 #[test]

@@ -295,7 +295,10 @@ fn probes_with_plugins_live_events_and_metrics() {
         assert_eq!(e["args"][0], i as u64, "{e}");
         assert_eq!(e["target"], t);
         assert_eq!(e["regs"]["rip"], e["address"]);
-        assert!(e["symbol"].as_str().unwrap().contains("work"), "{e}");
+        // Which probe and where, on the line itself (as in `wprobe trace`).
+        assert_eq!(e["symbol"], "work", "{e}");
+        assert_eq!(e["module"], bin.to_string_lossy().as_ref(), "{e}");
+        assert_eq!(e["spec"], format!("uprobe:{b}:work"), "{e}");
     }
     let returns: Vec<&Value> = hits
         .iter()

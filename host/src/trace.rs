@@ -23,7 +23,7 @@ use wprobe_core::proto::{
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
 use wprobe_core::target::ptrace::Ptrace;
-use wprobe_host::json::{write_captures, write_regs, write_u64s};
+use wprobe_host::json::{write_captures, write_place, write_regs, write_u64s};
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -149,6 +149,8 @@ pub fn main(args: TraceArgs) -> i32 {
         texts: Vec::new(),
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
+        places: Default::default(),
+        last_place: Default::default(),
     };
     let plugins = match crate::trace_plugins::Plugins::load(&args.plugins, args.plugin_deadline) {
         Ok(p) => p,
@@ -541,6 +543,10 @@ struct JsonOut {
     texts: Vec<(u32, String)>,
     regs: bool,
     last_flush: u64,
+    /// Where each probe was armed, per process (`MODULE:SYMBOL+OFF`).
+    places: std::collections::HashMap<(u32, i32), String>,
+    /// Where each probe was armed last, in any process.
+    last_place: std::collections::HashMap<u32, String>,
 }
 
 impl JsonOut {
@@ -581,9 +587,24 @@ impl JsonOut {
         let o = &mut self.out;
         let _ = write!(
             o,
-            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":",
+            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\"",
             e.probe, e.pid, e.tid, e.time_ns, e.addr
         );
+        let spec = self
+            .texts
+            .iter()
+            .find(|(i, _)| *i == e.probe)
+            .map_or("", |(_, t)| t.as_str());
+        // Where it was armed in this process; a fork child inherits the
+        // parent's breakpoints without a notice of its own.
+        let location = self
+            .places
+            .get(&(e.probe, e.pid))
+            .or_else(|| self.last_place.get(&e.probe))
+            .map_or("", String::as_str);
+        let o = &mut self.out;
+        write_place(o, spec, location);
+        let _ = o.write_all(b",\"args\":");
         write_u64s(o, &regs.args());
         if let Some(r) = &e.ret {
             let _ = write!(
@@ -612,10 +633,14 @@ impl JsonOut {
                 pid,
                 addr,
                 location,
-            } => eprintln!(
-                "wprobe: {} armed in process {pid} at {addr:#x} ({location})",
-                self.text(*probe)
-            ),
+            } => {
+                eprintln!(
+                    "wprobe: {} armed in process {pid} at {addr:#x} ({location})",
+                    self.text(*probe)
+                );
+                self.places.insert((*probe, *pid), location.clone());
+                self.last_place.insert(*probe, location.clone());
+            }
             Notice::Pending { probe, reason, .. } => {
                 eprintln!("wprobe: {} pending: {reason}", self.text(*probe))
             }
