@@ -240,6 +240,13 @@ fn cxx_exceptions_and_backtrace_through_a_hijacked_frame() {
         "the user is warned: {}",
         t.stderr
     );
+    // Said once for the module, however many of its functions are probed.
+    let t = run(
+        &exc,
+        &["uretprobe:BIN:middle", "uretprobe:BIN:thrower"],
+        &[],
+    );
+    assert_eq!(t.stderr.matches("unwinding").count(), 1, "{}", t.stderr);
     // Not through a hijacked frame (the probe is on the thrower, which
     // the exception leaves before returning): fine.
     let t = run(&exc, &["uprobe:BIN:thrower"], &[]);

@@ -921,6 +921,13 @@ fn demo_shows_live_probes_and_cleans_up() {
     let _ = demo.stderr.take().unwrap().read_to_string(&mut err);
     assert!(status.success(), "{status}: {err}");
     assert!(err.contains("traced with 4 probes"), "{err}");
+    // What is traced, and no warnings about the demo's own workload (its
+    // probed functions are `extern "C"`).
+    assert!(
+        err.contains("uretprobe:") && err.contains(":demo_work entry"),
+        "{err}"
+    );
+    assert!(!err.contains("unwinding"), "{err}");
     assert!(
         wait_until(60, || proc_status(workload, "State:")
             .is_none_or(|s| s.starts_with('Z'))),

@@ -356,6 +356,8 @@ pub struct Engine<T: Target> {
     refusals: Vec<String>,
     options: Options,
     exec_guard: Option<ExecGuard>,
+    /// Warnings already said (each is said once per engine).
+    warned: std::collections::HashSet<String>,
 }
 
 /// Asked at every execve of a traced process, before the new image runs:
@@ -400,6 +402,7 @@ impl<T: Target> Engine<T> {
             refusals: Vec::new(),
             options: Options::default(),
             exec_guard: None,
+            warned: Default::default(),
         }
     }
 

@@ -388,7 +388,9 @@ impl<T: Target> Engine<T> {
                     self.ensure_trampoline(pid, addr)?;
                 }
                 if let Some(w) = warning {
-                    sink.notice(&Notice::Warning(w));
+                    if self.warned.insert(w.clone()) {
+                        sink.notice(&Notice::Warning(w));
+                    }
                 }
                 self.install_site(pid, addr, prepared, location.clone(), None)?;
                 let proc_ = self.processes.get_mut(&pid).expect("caller checked");

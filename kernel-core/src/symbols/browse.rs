@@ -676,14 +676,17 @@ pub(crate) fn resolve_spec(
             None => {}
         }
         env.return_probe_refusal(pid, &module.file)?;
-        // Itanium mangling: C++, and Rust's legacy mangling, which unwinds
-        // the same way.
-        if elf.symbols.iter().any(|s| s.name.starts_with("_Z")) {
+        // Itanium mangling (C++, and Rust's legacy mangling) or Rust's v0:
+        // a function that exceptions or panics may unwind through. An
+        // `extern "C"` function keeps a plain name, and is not warned of.
+        let mangled = elf
+            .symbol_at(vaddr)
+            .is_some_and(|(s, _)| s.name.starts_with("_Z") || s.name.starts_with("_R"));
+        if mangled {
+            // Said once per module: it is the same for all its functions.
             warning = Some(format!(
-                "{location} in {} is C++ (or Rust) code: a C++ exception (or a Rust panic) \
-                 unwinding through it while its return is probed terminates the program, and \
-                 backtrace() inside it stops at the trampoline (the unwinder cannot step past \
-                 it; kernel uretprobes do the same)",
+                "return probes in {}, C++ or Rust code: a C++ exception or Rust panic unwinding \
+                 through a probed call ends the program (as with the kernel's uretprobes)",
                 module.path
             ));
         }
