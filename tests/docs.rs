@@ -17,9 +17,11 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
             if !["target", "node_modules", ".git"].contains(&name.as_str()) {
                 files(&p, out);
             }
-        } else if [".md", ".rs", ".sh", ".toml", ".js", ".html", ".c", ".cc", ".h"]
-            .iter()
-            .any(|x| name.ends_with(x))
+        } else if [
+            ".md", ".rs", ".sh", ".toml", ".js", ".html", ".c", ".cc", ".h",
+        ]
+        .iter()
+        .any(|x| name.ends_with(x))
         {
             out.push(p);
         }
@@ -34,7 +36,11 @@ fn repo() -> PathBuf {
 fn nothing_points_outside_the_repository() {
     let mut all = Vec::new();
     files(&repo(), &mut all);
-    assert!(all.len() > 50, "found the repository's files: {}", all.len());
+    assert!(
+        all.len() > 50,
+        "found the repository's files: {}",
+        all.len()
+    );
     // Built from pieces, so that this file does not name it itself.
     let outside = ["..", "/shared/"].concat();
     let design = ["DESIGN", ".md"].concat();
@@ -54,7 +60,10 @@ fn markdown_links_lead_to_files_of_the_repository() {
     let mut all = Vec::new();
     files(&repo(), &mut all);
     let mut broken = Vec::new();
-    for md in all.iter().filter(|p| p.extension().is_some_and(|x| x == "md")) {
+    for md in all
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+    {
         let text = std::fs::read_to_string(md).expect("read");
         // `](target)`: relative links only; web links and anchors aside.
         for part in text.split("](").skip(1) {
@@ -73,5 +82,8 @@ fn markdown_links_lead_to_files_of_the_repository() {
             }
         }
     }
-    assert!(broken.is_empty(), "links to nothing in the repository: {broken:?}");
+    assert!(
+        broken.is_empty(),
+        "links to nothing in the repository: {broken:?}"
+    );
 }
