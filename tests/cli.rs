@@ -183,7 +183,7 @@ fn plugins_and_targets() {
     );
     // Detached, it runs on untraced (until `_workload` ends it).
     assert!(
-        wait_until(5, || proc_status(pid as i32, "TracerPid:").as_deref()
+        wait_until(60, || proc_status(pid as i32, "TracerPid:").as_deref()
             == Some("0")),
         "{pid} is still traced"
     );

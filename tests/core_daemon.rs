@@ -5,8 +5,9 @@
 
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use wprobe_core::daemon::MAX_SYNC_DEADLINE_US;
 use wprobe_core::proto::{
     self, Body, ErrorKind, Frame, Hello, Mode, Op, ProbeOptions, Request, SpawnStdio,
     PROTOCOL_VERSION,
@@ -59,7 +60,7 @@ impl Core {
             .stdout(stdout)
             .spawn()
             .expect("start wprobe-core");
-        assert!(wait_until(10, || sock.exists()), "the core listens");
+        assert!(wait_until(60, || sock.exists()), "the core listens");
         Core { child, sock }
     }
 
@@ -237,7 +238,7 @@ impl CoreClient {
 
 /// Waits until the kernel says `pid` has no tracer.
 fn untraced(pid: i32) -> bool {
-    wait_until(10, || {
+    wait_until(60, || {
         proc_status(pid, "TracerPid:").as_deref() == Some("0")
     })
 }
@@ -389,8 +390,14 @@ fn a_slow_client_gets_loss_records_and_control_first() {
     let probe = c.probe(format!("uprobe:{}:bench_target", bin.display()));
     // The program waited for its probe; now it runs.
     assert!(matches!(c.call(Op::Resume { pid }), Frame::Ok { .. }));
-    // Read nothing for a while: the core's queue fills and it drops.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Read nothing until the program has made all its 150000 hits and
+    // gone: the core's queue of 2000 filled and it dropped, however fast
+    // or slow the machine is.
+    assert!(
+        wait_until(120, || proc_status(pid, "State:")
+            .is_none_or(|s| s.starts_with('Z'))),
+        "the program ends"
+    );
     let asked = Instant::now();
     let reply = c.call(Op::DisableProbe { id: probe });
     let took = asked.elapsed();
@@ -602,10 +609,14 @@ fn sync_probes_wait_for_verdicts_and_mutate_only_when_allowed() {
     let plain = (0..10).map(|i: i64| i * 3 + 1).sum::<i64>() + hidden + 8;
 
     // Allowed to mutate: each call of work returns what the verdict says.
-    let p = c.run_sync(&argv, sync_probe(work.clone(), true, 1_000_000), |e| {
-        let arg = e.ret.as_ref().expect("return event").entry_args[0];
-        Some(proto::Action::SetReturn(1000 + arg))
-    });
+    let p = c.run_sync(
+        &argv,
+        sync_probe(work.clone(), true, MAX_SYNC_DEADLINE_US),
+        |e| {
+            let arg = e.ret.as_ref().expect("return event").entry_args[0];
+            Some(proto::Action::SetReturn(1000 + arg))
+        },
+    );
     assert_eq!(c.events.len(), 10);
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     c.ok(Op::RemoveProbe { id: p });
@@ -613,9 +624,11 @@ fn sync_probes_wait_for_verdicts_and_mutate_only_when_allowed() {
     // Not allowed: the verdict is refused, the thread goes on unchanged,
     // and the connection stays.
     c.events.clear();
-    let p = c.run_sync(&argv, sync_probe(work.clone(), false, 1_000_000), |_| {
-        Some(proto::Action::SetReturn(5))
-    });
+    let p = c.run_sync(
+        &argv,
+        sync_probe(work.clone(), false, MAX_SYNC_DEADLINE_US),
+        |_| Some(proto::Action::SetReturn(5)),
+    );
     c.ok(Op::RemoveProbe { id: p });
     assert_eq!(c.errors.len(), 10, "{:?}", c.errors);
     assert!(c

@@ -5,6 +5,7 @@
 
 use std::process::Command;
 
+use serde_json::json;
 use wprobe_tests::*;
 
 /// Runs `basic` with `n` iterations under the given specs (`BIN` in a
@@ -267,6 +268,93 @@ fn dlopen_arms_pending_probes_and_dlclose_retires_them() {
         t.stderr
     );
     assert!(t.stdout.contains("sum=81"), "{}", t.stdout);
+}
+
+#[test]
+fn events_say_which_probe_module_and_function_they_are() {
+    // Each line stands alone (a run killed before its summary still says
+    // what fired): the spec, the module, the symbol and offset.
+    let bin = build("basic", "place", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let libc = libc_path();
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "-e",
+        &format!("uretprobe:{b}:work"),
+        "-e",
+        "uprobe:libc:exit",
+        "--",
+        &b,
+        "3",
+    ]);
+    let check = |probe: u64, kind: &str, spec: &str, module: &str, symbol: &str| {
+        let events = t.events_of(probe, kind);
+        assert!(!events.is_empty(), "probe {probe}: {}", t.stdout);
+        for e in events {
+            assert_eq!(
+                (&e["spec"], &e["module"], &e["symbol"]),
+                (&json!(spec), &json!(module), &json!(symbol)),
+                "{e}"
+            );
+        }
+    };
+    check(1, "entry", &format!("uprobe:{b}:work"), &b, "work");
+    check(2, "return", &format!("uretprobe:{b}:work"), &b, "work");
+    check(
+        3,
+        "entry",
+        "uprobe:libc:exit",
+        &libc.to_string_lossy(),
+        "exit",
+    );
+}
+
+#[test]
+fn a_probe_refused_in_a_library_loaded_later_leaves_the_program_alone() {
+    // Not among the libraries the program needs at start: only dlopen
+    // shows that the symbol is not there. The program must run on, its
+    // other probes too; never be killed.
+    let dir = scratch_dir();
+    let lib = dir.join("libdlt-later.so");
+    let st = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures_dir().join("libdlt.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let bin = build("dlmain", "later", &["-O2"]);
+    let (b, l) = (bin.to_string_lossy(), lib.to_string_lossy());
+    let t = trace(&[
+        "--no-regs",
+        "-e",
+        "uprobe:libdlt-later:dl_fnuc",
+        "-e",
+        &format!("uprobe:{b}:work"),
+        "--",
+        &b,
+        &l,
+    ]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert!(t.stderr.contains("loads it later (dlopen)"), "{}", t.stderr);
+    assert!(t.stderr.contains("no symbol `dl_fnuc`"), "{}", t.stderr);
+    assert!(
+        t.stderr.contains("runs on without this probe"),
+        "{}",
+        t.stderr
+    );
+    assert!(t.stdout.contains("sum=81"), "{}", t.stdout);
+    assert_eq!(t.hits(2), 2);
+    let summary = t.summary.as_ref().expect("summary");
+    assert!(
+        summary["probes"][0]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("dl_fnuc")),
+        "{summary}"
+    );
+    assert_eq!(summary["exit"]["code"], 0);
 }
 
 #[test]

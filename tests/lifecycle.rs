@@ -58,6 +58,7 @@ fn ctrl_c_detaches_and_the_target_runs_on() {
 fn ctrl_c_of_a_spawned_command_detaches_and_waits_for_it() {
     let bin = build("spin", "ctrlc-spawn", &["-O2"]);
     let events = scratch_dir().join("ctrlc-spawn.jsonl");
+    let _ = std::fs::remove_file(&events);
     let wprobe = start_trace_ready(&[
         "--no-regs".into(),
         "-o".into(),
@@ -69,7 +70,8 @@ fn ctrl_c_of_a_spawned_command_detaches_and_waits_for_it() {
         "5000".into(),
         "2".into(),
     ]);
-    std::thread::sleep(Duration::from_millis(100));
+    // Ctrl-C once it is tracing (its first events are written).
+    assert!(wait_until(60, || std::fs::metadata(&events).is_ok_and(|m| m.len() > 0)));
     sigint(&wprobe);
     let out = wprobe.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -100,20 +102,38 @@ fn job_control_works_as_without_the_tracer() {
     };
     // SAFETY: signalling our child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let stopped =
-        || proc_status(pid, "State:").is_some_and(|s| s.starts_with('T') || s.starts_with('t'));
-    assert!(wait_until(5, stopped), "the target stops on SIGSTOP");
+    // Stopped for good once SIGSTOP is no longer pending (it was taken)
+    // and the thread is in a stop. A hit's own trap stop (also `t`) comes
+    // before the signal is taken: its event's time is from before `from`.
+    let stopped = || {
+        let state = proc_status(pid, "State:").unwrap_or_default();
+        let pending = ["SigPnd:", "ShdPnd:"].iter().any(|k| {
+            let mask = proc_status(pid, k).unwrap_or_default();
+            u64::from_str_radix(&mask, 16).unwrap_or(0) & (1 << (libc::SIGSTOP - 1)) != 0
+        });
+        (state.starts_with('T') || state.starts_with('t')) && !pending
+    };
+    assert!(wait_until(60, stopped), "the target stops on SIGSTOP");
+    let from = wprobe_core::engine::monotonic_ns();
+    // However long this lasts, no hit may be timed inside it: the events
+    // are checked at the end, when all of them are written.
     std::thread::sleep(Duration::from_millis(300));
-    let before = size();
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(size(), before, "no hits while stopped");
     assert!(stopped(), "still stopped");
+    let before = size();
+    let to = wprobe_core::engine::monotonic_ns();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(
-        wait_until(5, || size() > before),
+        wait_until(60, || size() > before),
         "runs again after SIGCONT"
     );
+    let (events, _) = parse_jsonl(&live.events_text());
+    let inside: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["time_ns"].as_u64())
+        .filter(|t| (from..to).contains(t))
+        .collect();
+    assert!(inside.is_empty(), "hits while stopped: {inside:?}");
     live.interrupt();
     assert_eq!(finish(target), spin_sum(30000, 1));
 }
@@ -302,7 +322,7 @@ fn a_target_killed_mid_hit_ends_the_trace_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("wprobe");
-    assert!(wait_until(10, || std::fs::metadata(&events)
+    assert!(wait_until(60, || std::fs::metadata(&events)
         .map(|m| m.len() > 5000)
         .unwrap_or(false)));
     let pid = std::fs::read_to_string(&events)
@@ -327,19 +347,39 @@ fn a_thread_blocked_in_a_stepped_syscall_survives_detach() {
     let off = syscall_offset(&libc_path(), "read");
     // `post` on a `syscall` makes the engine single-step it in its slot:
     // the thread sits there, blocked in read, when Ctrl-C comes.
+    let events = scratch_dir().join("stepped-read.jsonl");
+    let _ = std::fs::remove_file(&events);
     let mut wprobe = start_trace_ready(&[
         "--no-regs".into(),
         "-o".into(),
-        "/dev/null".into(),
+        events.to_string_lossy().into_owned(),
         "-e".into(),
         format!("uprobe:libc:read+{off:#x} post"),
         "--".into(),
         bin.to_string_lossy().into_owned(),
         "read".into(),
     ]);
-    std::thread::sleep(Duration::from_millis(300));
+    // The hit's event names the process; then it blocks in read (syscall
+    // 0) inside the slot. Ctrl-C only then, and the input only once the
+    // engine has let go.
+    let mut pid = 0;
+    assert!(wait_until(60, || {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        pid = parse_jsonl(&text)
+            .0
+            .first()
+            .and_then(|e| e["pid"].as_i64())
+            .unwrap_or(0) as i32;
+        pid != 0
+    }));
+    let in_read = || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| s.starts_with("0 "))
+    };
+    assert!(wait_until(60, in_read), "blocked in read");
     sigint(&wprobe);
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_until(60, || proc_status(pid, "TracerPid:").as_deref()
+        == Some("0")));
+    assert!(in_read(), "still blocked in read after the detach");
     use std::io::Write;
     wprobe
         .stdin

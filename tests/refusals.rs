@@ -78,6 +78,23 @@ fn refusals_name_the_value() {
         "uprobe:0x1000",
         &["0x1000 is in no executable mapping of process"],
     );
+    // A library the program loads at start (DT_NEEDED) is checked in its
+    // file before the program runs, as the dynamic linker would find it.
+    check(
+        &bin,
+        "uprobe:libc:mallco",
+        &[
+            "no symbol `mallco`",
+            "libc.so.6",
+            "did you mean",
+            "`malloc`",
+        ],
+    );
+    check(
+        &bin,
+        "uretprobe:libc.so.6:frea",
+        &["no symbol `frea`", "`free`"],
+    );
     check(&bin, "uprobe:/no/such/file:f", &["/no/such/file"]);
     check(&bin, "uprobe:BIN:work x=%foo", &["unknown register `%foo`"]);
     check(

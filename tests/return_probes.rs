@@ -114,18 +114,48 @@ fn recursion_1000_deep_with_maxactive_and_without() {
     let vals = retvals(&t, 1);
     let expect: Vec<i64> = (0..=1000).map(|n| n * (n + 1) / 2).collect();
     assert_eq!(vals, expect);
-    // With the default maxactive (kretprobes: max(10, 2 × CPUs)) only the
-    // outermost calls are reported; the rest are counted as missed.
+    // Without maxactive, as uprobes: 64 instances deep per thread at most,
+    // so the outermost 64 calls are reported; the rest are counted as
+    // missed. The kernel's uretprobe reports the same calls.
     let t = run(&bin, &["uretprobe:BIN:rec"], &["rec", "1000"]);
     let summary = t.summary.as_ref().unwrap();
     let (hits, missed) = (
         summary["probes"][0]["hits"].as_u64().unwrap(),
         summary["probes"][0]["nmissed"].as_u64().unwrap(),
     );
-    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
-    assert_eq!(hits, (2 * cpus).max(10));
-    assert_eq!(hits + missed, 1001);
+    assert_eq!((hits, missed), (64, 1001 - 64));
     assert_eq!(own_stdout(&t), "rec=500500\n");
+    let outermost: Vec<i64> = (1000 - 63..=1000).map(|n| n * (n + 1) / 2).collect();
+    assert_eq!(retvals(&t, 1), outermost);
+    if tracefs_available() {
+        let k = KernelProbes::new(&bin, &[('r', "rec", 0)]);
+        assert!(run_plain(&bin, &["rec", "1000"]).status.success());
+        assert_eq!(k.return_values(0), outermost);
+    }
+}
+
+#[test]
+fn ordinary_recursion_reports_every_return_by_default() {
+    // fib(21): 21 deep, 2 F(22) - 1 = 35421 calls, each one reported (a
+    // bound on instances in flight, kretprobes' max(10, 2 × CPUs), used
+    // to miss a third of them).
+    let bin = build("returns", "fib", &["-O0"]);
+    let calls: u64 = 2 * 17711 - 1;
+    let t = run(&bin, &["uretprobe:BIN:fib"], &["fib", "21"]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "fib=10946\n");
+    let summary = t.summary.as_ref().unwrap();
+    assert_eq!(summary["probes"][0]["hits"], calls, "{summary}");
+    assert_eq!(summary["probes"][0]["nmissed"], 0, "{summary}");
+    let mut mine = retvals(&t, 1);
+    mine.sort_unstable();
+    if tracefs_available() {
+        let k = KernelProbes::new(&bin, &[('r', "fib", 0)]);
+        assert!(run_plain(&bin, &["fib", "21"]).status.success());
+        let mut theirs = k.return_values(0);
+        theirs.sort_unstable();
+        assert_eq!(theirs, mine);
+    }
 }
 
 #[test]
@@ -210,6 +240,13 @@ fn cxx_exceptions_and_backtrace_through_a_hijacked_frame() {
         "the user is warned: {}",
         t.stderr
     );
+    // Said once for the module, however many of its functions are probed.
+    let t = run(
+        &exc,
+        &["uretprobe:BIN:middle", "uretprobe:BIN:thrower"],
+        &[],
+    );
+    assert_eq!(t.stderr.matches("unwinding").count(), 1, "{}", t.stderr);
     // Not through a hijacked frame (the probe is on the thrower, which
     // the exception leaves before returning): fine.
     let t = run(&exc, &["uprobe:BIN:thrower"], &[]);

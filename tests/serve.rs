@@ -386,7 +386,7 @@ fn targets_attach_detach_spawn_and_restart() {
     let spawned = r.json["id"].as_i64().expect("id");
     let path = format!("/api/targets/{spawned}");
     assert!(
-        wait_until(20, || s.call("GET", &path, b"").json["state"] == "exited"),
+        wait_until(60, || s.call("GET", &path, b"").json["state"] == "exited"),
         "the spawned process exits"
     );
     let r = s.call("GET", &path, b"");
@@ -434,7 +434,7 @@ fn targets_attach_detach_spawn_and_restart() {
             .and_then(|t| t.parse().ok())
             .unwrap_or(0)
     };
-    assert!(wait_until(10, || tracer() != 0), "traced again");
+    assert!(wait_until(60, || tracer() != 0), "traced again");
     let core = proc_status(tracer(), "Tgid:").expect("the tracer's Tgid");
     assert_eq!(
         proc_status(core.parse().unwrap(), "PPid:").and_then(|p| p.parse().ok()),
@@ -443,7 +443,7 @@ fn targets_attach_detach_spawn_and_restart() {
     );
     // Stopping the server lets it go, untouched.
     drop(s);
-    assert!(wait_until(10, || tracer() == 0));
+    assert!(wait_until(60, || tracer() == 0));
     assert_untouched(pid, &bin, "work");
     assert_eq!(
         finish(spin),

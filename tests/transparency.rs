@@ -24,7 +24,7 @@
 //!    requires the same count at every one, except where the kernel's own
 //!    rules say otherwise (see [`KernelView`]). The kernel run's *output*
 //!    is never compared: a kernel uprobe on a RIP-relative 256-bit AVX
-//!    store makes it store zeros on this kernel (DESIGN.md). The fixture
+//!    store makes it store zeros on this kernel (docs/design.md). The fixture
 //!    keeps vector results out of every branch so that the counts stay
 //!    valid.
 //!
@@ -123,7 +123,7 @@ const COMMON: &[&str] = &[
 
 /// At -O0 the intrinsics reach the globals through `lea reg, [rip+..]`
 /// and spill 256-bit values to the stack (`vmovaps [rsp+..], ymm0`), the
-/// kind of store DESIGN.md warns about; `call_ops` calls through
+/// kind of store docs/design.md warns about; `call_ops` calls through
 /// registers.
 #[test]
 fn every_instruction_at_o0() {
@@ -425,7 +425,7 @@ fn compare_with_kernel(case: &Case, bin: &Path, plain: &Output, points: &[Point]
     let kernel = kernel_uprobe_counts(bin, &at, || kernel_run = Some(run_plain(bin, &[&iters])));
     let kernel_run = kernel_run.expect("the program ran");
     if kernel_run.stdout != plain.stdout || kernel_run.status.code() != plain.status.code() {
-        // Expected on this kernel (DESIGN.md): not our failure, not compared.
+        // Expected on this kernel (docs/design.md): not our failure, not compared.
         eprintln!(
             "{}: note: under kernel uprobes the program's output differed (status {:?})",
             case.tag, kernel_run.status

@@ -714,7 +714,7 @@ fn detach_mid_run_leaves_code_and_stacks_as_in_the_file() {
     let pid = t.pid;
     let lines = ROUNDS * 9;
     assert!(
-        wait_until(30, || std::fs::read_to_string(&t.out)
+        wait_until(60, || std::fs::read_to_string(&t.out)
             .is_ok_and(|s| s.lines().count() == lines)),
         "the program finishes its rounds untraced"
     );

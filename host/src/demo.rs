@@ -126,11 +126,15 @@ fn set_up(l: &Listening, workload: &std::path::Path, pid: &AtomicI32) -> Result<
     let made = api.post("/api/probes/batch", &probes)?;
     let n = made.as_array().map_or(0, Vec::len);
     eprintln!(
-        "wprobe demo: {} (pid {}) is traced with {n} probes and {} plugins; open",
+        "wprobe demo: {} (pid {}) is traced with {n} probes and {} plugins:",
         w,
         target["pid"],
         PLUGINS.len()
     );
+    for p in probes["probes"].as_array().into_iter().flatten() {
+        eprintln!("  {}", p["spec"].as_str().unwrap_or_default());
+    }
+    eprintln!("open");
     eprintln!("  {}", l.url());
     eprintln!("or, from a shell: wprobe probe ls --url '{}'", l.url());
     Ok(())

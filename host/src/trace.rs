@@ -8,7 +8,7 @@
 //! command's stdout is exactly its own. The exit status is the traced
 //! command's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,7 +23,7 @@ use wprobe_core::proto::{
 use wprobe_core::spec::ProbeSpec;
 use wprobe_core::symbols::{self, ElfCache};
 use wprobe_core::target::ptrace::Ptrace;
-use wprobe_host::json::{write_captures, write_regs, write_u64s};
+use wprobe_host::json::{write_captures, write_place, write_regs, write_u64s};
 
 #[derive(Args)]
 pub struct TraceArgs {
@@ -149,6 +149,8 @@ pub fn main(args: TraceArgs) -> i32 {
         texts: Vec::new(),
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
+        places: Default::default(),
+        last_place: Default::default(),
     };
     let plugins = match crate::trace_plugins::Plugins::load(&args.plugins, args.plugin_deadline) {
         Ok(p) => p,
@@ -178,7 +180,7 @@ pub fn main(args: TraceArgs) -> i32 {
         traced: BTreeSet::new(),
         exit: None,
         idle: false,
-        refused: false,
+        refused: BTreeMap::new(),
         print_events: plugins.is_none() || args.events,
         plugins,
         return_probes: std::collections::HashSet::new(),
@@ -206,8 +208,9 @@ struct Session<'a> {
     exit: Option<ExitStatus>,
     /// The core traces nothing any more.
     idle: bool,
-    /// A probe was refused while the program ran (a library mapped later).
-    refused: bool,
+    /// A probe was refused while the program ran (a library mapped later);
+    /// the summary says so, per probe.
+    refused: BTreeMap<u32, String>,
     print_events: bool,
     plugins: Option<crate::trace_plugins::Plugins>,
     /// Probes that are return probes (their entry events may keep per-call
@@ -305,13 +308,12 @@ impl Session<'_> {
             }
             match self.client.next(Some(Duration::from_millis(100))) {
                 Ok(Some(f)) => self.frame(f)?,
-                Ok(None) => {}
+                // A lone event is not left in the buffer while nothing
+                // else comes (a program blocked after one hit).
+                Ok(None) => self.json.maybe_flush(),
                 Err(ClientError::Closed) => break,
                 Err(e) => return Err(e),
             }
-        }
-        if self.refused {
-            return Ok(2);
         }
         Ok(match self.exit {
             Some(ExitStatus::Code(c)) if self.spawned => c,
@@ -367,9 +369,16 @@ impl Session<'_> {
                         self.idle = true;
                         self.traced.clear();
                     }
-                    Notice::Refused { .. } if !self.refused => {
-                        self.refused = true;
-                        self.give_up()?;
+                    // Known only now (a library loaded later): the
+                    // program goes on untouched, without this probe.
+                    // The engine holds the process until told: resume it.
+                    Notice::Refused { probe, pid, reason } => {
+                        self.refused.insert(probe, reason);
+                        match self.client.call(Op::Resume { pid }) {
+                            // Gone meanwhile.
+                            Ok(_) | Err(ClientError::Core { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                     _ => {}
                 }
@@ -416,13 +425,17 @@ impl Session<'_> {
                 let place = ProbeSpec::parse(&p.spec)
                     .map(|s| wprobe_core::engine::spec_text(&s))
                     .unwrap_or_else(|_| p.spec.clone());
-                json!({
+                let mut j = json!({
                     "probe": p.id,
                     "spec": place,
                     "hits": p.hits,
                     "nmissed": p.nmissed,
                     "dropped": p.dropped,
-                })
+                });
+                if let Some(reason) = self.refused.get(&p.id) {
+                    j["refused"] = json!(reason);
+                }
+                j
             })
             .collect();
         if let Some(p) = &self.plugins {
@@ -530,6 +543,10 @@ struct JsonOut {
     texts: Vec<(u32, String)>,
     regs: bool,
     last_flush: u64,
+    /// Where each probe was armed, per process (`MODULE:SYMBOL+OFF`).
+    places: std::collections::HashMap<(u32, i32), String>,
+    /// Where each probe was armed last, in any process.
+    last_place: std::collections::HashMap<u32, String>,
 }
 
 impl JsonOut {
@@ -570,9 +587,24 @@ impl JsonOut {
         let o = &mut self.out;
         let _ = write!(
             o,
-            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\",\"args\":",
+            "{{\"probe\":{},\"kind\":\"{kind}\",\"pid\":{},\"tid\":{},\"time_ns\":{},\"addr\":\"{:#x}\"",
             e.probe, e.pid, e.tid, e.time_ns, e.addr
         );
+        let spec = self
+            .texts
+            .iter()
+            .find(|(i, _)| *i == e.probe)
+            .map_or("", |(_, t)| t.as_str());
+        // Where it was armed in this process; a fork child inherits the
+        // parent's breakpoints without a notice of its own.
+        let location = self
+            .places
+            .get(&(e.probe, e.pid))
+            .or_else(|| self.last_place.get(&e.probe))
+            .map_or("", String::as_str);
+        let o = &mut self.out;
+        write_place(o, spec, location);
+        let _ = o.write_all(b",\"args\":");
         write_u64s(o, &regs.args());
         if let Some(r) = &e.ret {
             let _ = write!(
@@ -601,14 +633,20 @@ impl JsonOut {
                 pid,
                 addr,
                 location,
-            } => eprintln!(
-                "wprobe: {} armed in process {pid} at {addr:#x} ({location})",
-                self.text(*probe)
-            ),
+            } => {
+                eprintln!(
+                    "wprobe: {} armed in process {pid} at {addr:#x} ({location})",
+                    self.text(*probe)
+                );
+                self.places.insert((*probe, *pid), location.clone());
+                self.last_place.insert(*probe, location.clone());
+            }
             Notice::Pending { probe, reason, .. } => {
                 eprintln!("wprobe: {} pending: {reason}", self.text(*probe))
             }
-            Notice::Refused { reason, .. } => eprintln!("wprobe: refused: {reason}"),
+            Notice::Refused { reason, .. } => {
+                eprintln!("wprobe: refused: {reason}; the program runs on without this probe")
+            }
             Notice::Gone { probe, reason, .. } => {
                 eprintln!("wprobe: {} gone: {reason}", self.text(*probe))
             }

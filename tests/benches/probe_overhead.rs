@@ -28,7 +28,7 @@
 //! file alone). `WPROBE_BENCH_CALLS` (default 20000) and
 //! `WPROBE_BENCH_REPS` (default 7) change the size of the run.
 //!
-//! Kernel uprobes are a baseline for time and hit counts only: DESIGN.md
+//! Kernel uprobes are a baseline for time and hit counts only: docs/design.md
 //! records a kernel on which a uprobe on an AVX store corrupts the
 //! program, so the probed program's own result is compared with an
 //! unprobed run, never taken from a kernel-probed one.

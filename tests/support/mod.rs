@@ -242,6 +242,10 @@ impl KernelProbes {
             k.names.push(name);
         }
         std::fs::create_dir(k.instance()).expect("create a tracefs instance");
+        // Room for tens of thousands of events per CPU: a full buffer
+        // would drop the oldest, and the oracle would be short.
+        std::fs::write(k.instance().join("buffer_size_kb"), "16384")
+            .expect("size the tracefs instance's buffer");
         std::fs::write(k.instance().join("events").join(&group).join("enable"), "1")
             .expect("enable uprobe events");
         k
@@ -470,7 +474,7 @@ impl LiveTrace {
     /// Waits (10 s at most) until the events written so far satisfy `cond`.
     pub fn wait_for_events(&self, what: &str, cond: impl Fn(&str) -> bool) {
         assert!(
-            wait_until(10, || cond(&self.events_text())),
+            wait_until(60, || cond(&self.events_text())),
             "waiting for {what}"
         );
     }

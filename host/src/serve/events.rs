@@ -249,7 +249,14 @@ pub async fn events_jsonl(
 /// register snapshot, the six arguments, captures, the return view, and
 /// the records the probe's plugins emitted for it. Written field by field:
 /// a `serde_json::Map` of 27 registers per event was most of the cost.
-pub fn event_json(target: i64, probe: i64, symbol: &str, e: &Event, records: &[Value]) -> String {
+pub fn event_json(
+    target: i64,
+    probe: i64,
+    spec: &str,
+    location: &str,
+    e: &Event,
+    records: &[Value],
+) -> String {
     let kind = match e.kind {
         EventKind::Entry => "entry",
         EventKind::Post => "post",
@@ -260,10 +267,10 @@ pub fn event_json(target: i64, probe: i64, symbol: &str, e: &Event, records: &[V
     let _ = write!(
         o,
         "{{\"seq\":{},\"target\":{target},\"probe\":{probe},\"kind\":\"{kind}\",\"sync\":{},\
-         \"pid\":{},\"tid\":{},\"time_ns\":{},\"address\":{},\"symbol\":",
+         \"pid\":{},\"tid\":{},\"time_ns\":{},\"address\":{}",
         e.seq, e.sync, e.pid, e.tid, e.time_ns, e.addr
     );
-    let _ = serde_json::to_writer(&mut o, symbol);
+    json::write_place(&mut o, spec, location);
     o.extend_from_slice(b",\"args\":");
     json::write_u64s(&mut o, &regs.args());
     o.extend_from_slice(b",\"regs\":");

@@ -1,5 +1,5 @@
 //! `wprobe serve`: the service that makes probes manageable from a browser
-//! and from scripts (DESIGN.md, "Host service"): the bearer token and the
+//! and from scripts (docs/design.md, "Host service"): the bearer token and the
 //! Host/Origin checks ([`auth`]), the SQLite store ([`store`]), plugin
 //! uploads with versions, targets with a core connection each and their
 //! probes with plugins ([`targets`], [`probes`]), live events over SSE and

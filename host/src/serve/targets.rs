@@ -493,7 +493,9 @@ struct Local {
     return_probe: bool,
     mutation: bool,
     plugins: Vec<Arc<Attached>>,
-    /// The last place it was armed, for the events' `symbol`.
+    /// Its spec, and the last place it was armed (`MODULE:SYMBOL+OFF`),
+    /// for the events' `spec`, `module` and `symbol`.
+    spec: String,
     symbol: String,
 }
 
@@ -726,6 +728,7 @@ impl Conn {
                 return_probe,
                 mutation: np.row.allow_mutation,
                 plugins: np.plugins,
+                spec: np.row.spec.clone(),
                 symbol: String::new(),
             },
         );
@@ -881,7 +884,7 @@ impl Conn {
             },
             |_, _| {},
         );
-        let json = event_json(self.id, local.id, &local.symbol, &e, &records);
+        let json = event_json(self.id, local.id, &local.spec, &local.symbol, &e, &records);
         let probe = local.id;
         if let Some(action) = action {
             // The thread waits: the verdict before anything else.

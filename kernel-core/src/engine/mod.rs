@@ -215,16 +215,11 @@ struct Probe {
     active: u32,
 }
 
-/// kretprobes' default `maxactive`: max(10, 2 × CPUs). Worked out once:
-/// asking for the CPUs reads the affinity mask and cgroup files, which on
-/// the hit path cost more than the hit itself.
-pub fn default_maxactive() -> u32 {
-    static MAXACTIVE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *MAXACTIVE.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-        (2 * cpus).max(10)
-    })
-}
+/// How deep return instances may nest on one thread when a probe gives no
+/// `maxactive`: uprobes' `MAX_URETPROBE_DEPTH`. Ordinary recursion is
+/// reported whole, as the kernel's uretprobe reports it; calls deeper than
+/// this on one thread are counted in `nmissed`, as the kernel omits them.
+pub const MAX_RETURN_DEPTH: usize = 64;
 
 /// One hijacked return (kretprobes' `kretprobe_instance`, uprobes'
 /// `return_instance`), keyed by the stack slot that held the return address.
@@ -361,6 +356,8 @@ pub struct Engine<T: Target> {
     refusals: Vec<String>,
     options: Options,
     exec_guard: Option<ExecGuard>,
+    /// Warnings already said (each is said once per engine).
+    warned: std::collections::HashSet<String>,
 }
 
 /// Asked at every execve of a traced process, before the new image runs:
@@ -405,6 +402,7 @@ impl<T: Target> Engine<T> {
             refusals: Vec::new(),
             options: Options::default(),
             exec_guard: None,
+            warned: Default::default(),
         }
     }
 

@@ -394,7 +394,9 @@ impl<T: Target> Engine<T> {
                     self.ensure_trampoline(pid, addr)?;
                 }
                 if let Some(w) = warning {
-                    sink.notice(&Notice::Warning(w));
+                    if self.warned.insert(w.clone()) {
+                        sink.notice(&Notice::Warning(w));
+                    }
                 }
                 self.install_site(pid, addr, prepared, location.clone(), None)?;
                 let proc_ = self.processes.get_mut(&pid).expect("caller checked");
@@ -752,6 +754,10 @@ impl<T: Target> Tracer for Engine<T> {
 
     fn refuses_missing_files(&self, pid: Tid) -> bool {
         self.processes[&pid].startup_done && !self.options.follow_exec
+    }
+
+    fn before_start(&self, pid: Tid) -> bool {
+        !self.processes[&pid].startup_done && !self.options.follow_exec
     }
 
     fn return_probe_refusal(

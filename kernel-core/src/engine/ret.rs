@@ -12,10 +12,7 @@
 //! hijacked function leaves the trampoline as the return address: the new
 //! instance is chained to the one below it and both fire on the one return.
 
-use super::{
-    capture, default_maxactive, monotonic_ns, Engine, Hit, HitKind, Result, RetInstance, Return,
-    Sink,
-};
+use super::{capture, monotonic_ns, Engine, Hit, HitKind, Result, RetInstance, Return, Sink};
 use crate::arch::native::Regs;
 use crate::spec::Kind;
 use crate::target::{Resume, Target, Tid};
@@ -87,18 +84,24 @@ impl<T: Target> Engine<T> {
         self.drop_dead_returns(tid, pid, sp, current != trampoline);
         let full = |e: &Self, id: &super::ProbeId| {
             let p = &e.probes[id];
-            p.active >= p.spec.maxactive.unwrap_or_else(default_maxactive)
+            p.spec.maxactive.is_some_and(|max| p.active >= max)
         };
         if ids.iter().any(|id| full(self, id)) {
             self.free_returns_of_exited_threads(pid);
         }
+        let depth = self.threads.get(&tid).map_or(0, |t| t.returns.len());
         let mut probes = Vec::new();
         for id in ids {
             let p = self.probes.get_mut(&id).expect("listed");
-            let max = p.spec.maxactive.unwrap_or_else(default_maxactive);
-            if p.active >= max {
-                // kretprobes: maxactive instances in flight at most; the
-                // rest are missed, and counted.
+            let room = match p.spec.maxactive {
+                // kretprobes: maxactive instances in flight at most, on
+                // all threads together.
+                Some(max) => p.active < max,
+                // uprobes: a nesting depth per thread.
+                None => depth < super::MAX_RETURN_DEPTH,
+            };
+            if !room {
+                // The rest are missed, and counted.
                 p.stats.nmissed += 1;
                 continue;
             }

@@ -540,6 +540,13 @@ pub(crate) trait Tracer {
     /// root is a refusal (the program finished loading, and will not exec
     /// into a new image that may have it) rather than `pending`.
     fn refuses_missing_files(&self, pid: i32) -> bool;
+    /// Whether the process has not run yet (and will not exec into another
+    /// image that counts): the libraries it needs at start (DT_NEEDED) are
+    /// still to be mapped by the dynamic linker, and a file it names that
+    /// does not exist now is refused at once.
+    fn before_start(&self, _pid: i32) -> bool {
+        false
+    }
     /// Refuses a return probe in this process or file (a Go program, a
     /// shadow stack).
     fn return_probe_refusal(&mut self, pid: i32, file: &Path) -> std::result::Result<(), String>;
@@ -615,11 +622,14 @@ pub(crate) fn resolve_spec(
                         if in_root.exists() {
                             let elf = env.elf().get(&in_root).map_err(|e| e.to_string())?;
                             file_vaddr(&elf, m, spec).map_err(|e| e.to_string())?;
-                        } else if env.refuses_missing_files(pid) {
+                        } else if env.refuses_missing_files(pid) || env.before_start(pid) {
                             return Err(format!(
                                 "there is no file {m} in process {pid}'s root (/proc/{pid}/root)"
                             ));
                         }
+                    }
+                    if !m.contains('/') && env.before_start(pid) {
+                        return needed_at_start(env, pid, m, spec);
                     }
                     return Ok(Resolution::Pending(format!(
                         "`{m}` is not mapped in process {pid} yet; the probe is armed when it is loaded"
@@ -666,14 +676,17 @@ pub(crate) fn resolve_spec(
             None => {}
         }
         env.return_probe_refusal(pid, &module.file)?;
-        // Itanium mangling: C++, and Rust's legacy mangling, which unwinds
-        // the same way.
-        if elf.symbols.iter().any(|s| s.name.starts_with("_Z")) {
+        // Itanium mangling (C++, and Rust's legacy mangling) or Rust's v0:
+        // a function that exceptions or panics may unwind through. An
+        // `extern "C"` function keeps a plain name, and is not warned of.
+        let mangled = elf
+            .symbol_at(vaddr)
+            .is_some_and(|(s, _)| s.name.starts_with("_Z") || s.name.starts_with("_R"));
+        if mangled {
+            // Said once per module: it is the same for all its functions.
             warning = Some(format!(
-                "{location} in {} is C++ (or Rust) code: a C++ exception (or a Rust panic) \
-                 unwinding through it while its return is probed terminates the program, and \
-                 backtrace() inside it stops at the trampoline (the unwinder cannot step past \
-                 it; kernel uretprobes do the same)",
+                "return probes in {}, C++ or Rust code: a C++ exception or Rust panic unwinding \
+                 through a probed call ends the program (as with the kernel's uretprobes)",
                 module.path
             ));
         }
@@ -686,6 +699,47 @@ pub(crate) fn resolve_spec(
         prepared,
         warning,
     })))
+}
+
+/// A soname probe in a program that has not run yet: when `m` is among
+/// the libraries the program needs at start, the spec is checked in the
+/// file the dynamic linker will map, so that a wrong name is refused before
+/// the program runs; otherwise the library can only come later (dlopen).
+fn needed_at_start(
+    env: &mut dyn Tracer,
+    pid: i32,
+    m: &str,
+    spec: &ProbeSpec,
+) -> std::result::Result<Resolution, String> {
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let ld_library_path = environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"LD_LIBRARY_PATH="))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let needed = super::needed::needed_libraries(&root, &exe, ld_library_path.as_deref());
+    let Some(lib) = needed
+        .iter()
+        .find(|n| super::module_matches(m, &n.path, n.soname.as_deref()))
+    else {
+        return Ok(Resolution::Pending(format!(
+            "`{m}` is not among the libraries process {pid} loads at start; the probe is armed \
+             if the program loads it later (dlopen)"
+        )));
+    };
+    let file = root.join(lib.path.trim_start_matches('/'));
+    let elf = env
+        .elf()
+        .get_in_root(&file, &root)
+        .map_err(|e| e.to_string())?;
+    file_vaddr(&elf, &lib.path, spec).map_err(|e| e.to_string())?;
+    Ok(Resolution::Pending(format!(
+        "`{m}` is {}, which process {pid} loads at start; the probe is armed when it is loaded",
+        lib.path
+    )))
 }
 
 /// The module a spec names (`None`: the main executable, which is the one

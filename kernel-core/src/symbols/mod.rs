@@ -31,6 +31,7 @@ mod demangle;
 mod elf;
 mod maps;
 mod modules;
+pub mod needed;
 
 use std::path::PathBuf;
 
