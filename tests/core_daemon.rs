@@ -5,7 +5,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wprobe_core::daemon::MAX_SYNC_DEADLINE_US;
 use wprobe_core::proto::{
