@@ -499,24 +499,44 @@ pub async fn get_target(
         .ok_or_else(|| ApiError::not_found(format!("no target with id {id}")))
 }
 
-/// Lets a target go: the core detaches, and the process runs on untouched.
+/// `DELETE /api/targets/{id}?kill=true`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTargetQuery {
+    /// Also kill the process (SIGKILL) once it is let go: only for targets
+    /// the service spawned.
+    #[serde(default)]
+    pub kill: bool,
+}
+
+/// Lets a target go: the core detaches, and the process runs on untouched
+/// (or, with `?kill=true`, a process the service spawned is killed). 204
+/// only once the process is not traced by the core any more; a target the
+/// core still holds (its connection lost, the core not answering) is a 409
+/// that says so, and nothing is deleted.
 #[utoipa::path(delete, path = "/api/targets/{id}",
-    params(("id" = i64, Path, description = "The target's id")),
+    params(("id" = i64, Path, description = "The target's id"), DeleteTargetQuery),
     responses(
-        (status = 204, description = "Detached and removed"),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 204, description = "Detached (and killed, with `kill`) and removed"),
+        (status = 400, description = "The id is not a number, or a bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
-        (status = 422, description = "The core could not detach", body = ErrorBody),
-        (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+        (status = 409, description = "The core still traces the process; nothing was deleted",
+            body = ErrorBody),
+        (status = 422, description = "The core could not detach, or `kill` for a target the \
+            service did not spawn", body = ErrorBody),
+        (status = 503, description = "The connection to wprobe-core is closed, or the \
+            target's thread is busy", body = ErrorBody)))]
 pub async fn delete_target(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeleteTargetQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = target_id(id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let targets = state.targets.clone();
-    let removed = tokio::task::spawn_blocking(move || targets.remove(id))
+    let removed = tokio::task::spawn_blocking(move || targets.remove(id, q.kill))
         .await
         .map_err(|e| ApiError::internal(format!("{e}")))??;
     if removed {

@@ -73,6 +73,20 @@ pub struct ServeArgs {
     /// loses the oldest (and is told so).
     #[arg(long, default_value_t = 4096)]
     pub sse_buffer: usize,
+    /// How long, in seconds, one request to wprobe-core may take. A
+    /// target whose core connection does not answer in time (or fails) is
+    /// "lost": its connection is closed, which makes the core let it go,
+    /// and every later request about it is answered at once.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub core_timeout: f64,
+}
+
+/// A number of seconds above zero, for the timeout options.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds above 0")),
+    }
 }
 
 impl ServeArgs {
@@ -88,6 +102,7 @@ impl ServeArgs {
             max_sse_clients: 16,
             retain_events: 10_000,
             sse_buffer: 4096,
+            core_timeout: 10.0,
         }
     }
 }
@@ -329,6 +344,7 @@ pub fn run(
         runtime.clone(),
         bus.clone(),
         args.max_probes_per_target,
+        std::time::Duration::from_secs_f64(args.core_timeout),
     ));
     targets.restore();
     let rt = tokio::runtime::Builder::new_multi_thread()

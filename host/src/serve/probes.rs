@@ -240,13 +240,7 @@ fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
         )
     })?;
     if !state.targets.is_live(p.target) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "target {} (pid {}, {}) is {}: probes go on running targets",
-                target.id, target.pid, target.cmdline, target.state
-            ),
-        ));
+        return Err(state.targets.why_not_live(target.id));
     }
     ProbeSpec::parse(&p.spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for pp in &p.plugins {
@@ -532,9 +526,10 @@ pub async fn patch_probe(
         let row = stored(&state, id)?;
         let t = row.target;
         if !state.targets.is_live(t) {
+            let e = state.targets.why_not_live(t);
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("probe {id}'s target {t} is not traced: it cannot change now"),
+                e.status,
+                format!("probe {id} cannot change now: {}", e.message),
             ));
         }
         let old: Option<Vec<Arc<Attached>>> = state

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 /// The schema this code writes. Older databases are migrated at open, step
 /// by step; a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE blobs (
@@ -66,6 +66,11 @@ CREATE TABLE probes (
 CREATE INDEX probes_by_target ON probes(target_id);
 ";
 
+/// Version 4: why a target is in its state (a lost connection's cause).
+const SCHEMA_V4: &str = "
+ALTER TABLE targets ADD COLUMN reason TEXT;
+";
+
 /// How a target ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TargetExit {
@@ -88,8 +93,13 @@ pub struct Target {
     pub exe: String,
     /// "running"; "exited" once it ended; "gone" when it was a target of a
     /// previous run of the service that ended meanwhile (a running one is
-    /// attached again at start-up, with its probes).
+    /// attached again at start-up, with its probes); "lost" when its
+    /// connection to wprobe-core ended or stopped answering (`reason` says
+    /// how; its probes are inactive, and the core lets a target go when
+    /// its connection ends).
     pub state: String,
+    /// Why it is in its state, when the state alone does not say.
+    pub reason: Option<String>,
     /// How it ended, when it did.
     pub exit: Option<TargetExit>,
     /// The process's start time (field 22 of /proc/PID/stat), which tells
@@ -109,6 +119,7 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
         cmdline: row.get("cmdline")?,
         exe: row.get("exe")?,
         state: row.get("state")?,
+        reason: row.get("reason")?,
         exit: (code.is_some() || signal.is_some()).then_some(TargetExit { code, signal }),
         start_time: row.get::<_, i64>("start_time")? as u64,
         created: row.get("created")?,
@@ -116,7 +127,7 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
 }
 
 const TARGET_COLUMNS: &str =
-    "id, pid, start_time, cmdline, exe, kind, state, exit_code, exit_signal, created";
+    "id, pid, start_time, cmdline, exe, kind, state, reason, exit_code, exit_signal, created";
 
 /// A probe's plugin, as stored: which plugin, with which configuration.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize, ToSchema)]
@@ -311,6 +322,9 @@ impl Store {
         if current < 3 {
             tx.execute_batch(SCHEMA_V3).map_err(fail)?;
         }
+        if current < 4 {
+            tx.execute_batch(SCHEMA_V4).map_err(fail)?;
+        }
         if current == 0 {
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
@@ -446,6 +460,15 @@ impl Store {
         self.conn.execute(
             "UPDATE targets SET state = 'gone' WHERE id = ?1 AND state = 'running'",
             [id],
+        )?;
+        Ok(())
+    }
+
+    /// The running target `id` lost its connection to the core.
+    pub fn target_lost(&mut self, id: i64, reason: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE targets SET state = 'lost', reason = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id, reason],
         )?;
         Ok(())
     }

