@@ -5,8 +5,11 @@
 //! 127.0.0.1, real wprobe-core processes killed or stopped for real, real
 //! traced processes (the `gated` fixture).
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use wprobe_tests::service::*;
@@ -233,4 +236,61 @@ fn a_core_that_stops_answering_is_not_waited_for() {
     g.round();
     assert_untouched(g.pid(), &bin, "work");
     g.end();
+}
+
+/// A connection that sent `text` and then nothing.
+fn half_sent(s: &Server, text: &str) -> TcpStream {
+    let mut c = TcpStream::connect(&s.addr).expect("connect");
+    c.write_all(text.as_bytes()).expect("send");
+    c
+}
+
+/// Half-sent requests past `--max-connections` do not hold the service:
+/// the connection past the cap is answered 503 at once, naming the
+/// option; once the slow clients go, everyone is served again.
+#[test]
+fn connections_past_the_cap_are_refused_at_once() {
+    let dir = data_dir("conn-cap");
+    // A header timeout long enough that no slow client is dropped while
+    // the test opens the others.
+    let s = Server::start(&dir, &["--max-connections", "8", "--header-timeout", "600"]);
+    let head = format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n", s.addr);
+    let slow: Vec<TcpStream> = (0..8).map(|_| half_sent(&s, &head)).collect();
+    let r = s.raw("GET", "/api/health", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text);
+    let msg = r.json["error"].as_str().expect("an error");
+    assert!(msg.contains("--max-connections"), "{msg}");
+    drop(slow);
+    assert!(wait_until(30, || s
+        .raw("GET", "/api/health", &[], b"")
+        .status
+        == 200));
+}
+
+/// A client that sends half a request head, or nothing, is disconnected
+/// after `--header-timeout`, whatever it does next.
+#[test]
+fn slow_and_idle_clients_are_disconnected() {
+    let dir = data_dir("header-timeout");
+    let s = Server::start(&dir, &["--header-timeout", "1"]);
+    let head = format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n", s.addr);
+    for (what, text) in [("half a head", head.as_str()), ("nothing", "")] {
+        let mut c = half_sent(&s, text);
+        // Far longer than the timeout: a read that waits this long means
+        // the service kept the connection.
+        c.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a client that sent {what} was kept: {e}"),
+        }
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{what}: {text}"
+        );
+    }
+    assert_eq!(s.raw("GET", "/api/health", &[], b"").status, 200);
 }

@@ -16,6 +16,7 @@ mod auth;
 mod core;
 mod error;
 mod events;
+mod http;
 mod metrics;
 mod probes;
 pub mod store;
@@ -79,6 +80,15 @@ pub struct ServeArgs {
     /// and every later request about it is answered at once.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     pub core_timeout: f64,
+    /// How long, in seconds, a client may take to send a request's head,
+    /// counted from the connection's start or the previous answer: a
+    /// half-sent request or an idle keep-alive connection is closed then.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub header_timeout: f64,
+    /// The most HTTP connections served at once; past it a connection is
+    /// answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 /// A number of seconds above zero, for the timeout options.
@@ -103,6 +113,8 @@ impl ServeArgs {
             retain_events: 10_000,
             sse_buffer: 4096,
             core_timeout: 10.0,
+            header_timeout: 10.0,
+            max_connections: 256,
         }
     }
 }
@@ -395,10 +407,11 @@ pub fn run(
                 e = failed => { let _ = stop_tx.send(e); }
             }
         };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(|e| format!("serving on {addr}: {e}"))?;
+        let limits = http::Limits {
+            header_timeout: std::time::Duration::from_secs_f64(args.header_timeout),
+            max_connections: args.max_connections as usize,
+        };
+        http::serve(listener, app(state), limits, signal).await;
         match stop_rx.await {
             Ok(e) => Err(e),
             Err(_) => Ok(()),
