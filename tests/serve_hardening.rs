@@ -294,3 +294,30 @@ fn slow_and_idle_clients_are_disconnected() {
     }
     assert_eq!(s.raw("GET", "/api/health", &[], b"").status, 200);
 }
+
+/// `--max-probes-per-target` holds under concurrent requests: of many
+/// made at once, exactly the cap's worth are created, the others refused
+/// naming the option.
+#[test]
+fn the_probe_cap_holds_under_concurrent_requests() {
+    let bin = gated("probe-cap");
+    let dir = data_dir("probe-cap");
+    let s = Server::start(&dir, &["--max-probes-per-target", "3"]);
+    let g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let body = json!({"target": t, "spec": format!("uprobe:{}:work", bin.display())}).to_string();
+    let answers: Vec<Reply> = std::thread::scope(|sc| {
+        let calls: Vec<_> = (0..24)
+            .map(|_| sc.spawn(|| s.call("POST", "/api/probes", body.as_bytes())))
+            .collect();
+        calls.into_iter().map(|c| c.join().expect("a request")).collect()
+    });
+    let made = answers.iter().filter(|r| r.status == 201).count();
+    for r in answers.iter().filter(|r| r.status != 201) {
+        assert_eq!(r.status, 422, "{}", r.text);
+        assert!(r.text.contains("--max-probes-per-target"), "{}", r.text);
+    }
+    assert_eq!(made, 3);
+    let list = get(&s, &format!("/api/probes?target={t}"));
+    assert_eq!(list.as_array().expect("a list").len(), 3, "{list}");
+}

@@ -287,17 +287,10 @@ fn create(
         *adding.entry(p.target).or_default() += 1;
     }
     for (&target, &n) in &adding {
+        // Early, before plugins are instantiated; the target's thread
+        // checks again as it adds them (concurrent requests).
         let have = state.store().probes(Some(target))?.len();
-        if have + n > state.targets.max_probes {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "target {target} has {have} probes; {n} more would pass the cap of {} \
-                     (--max-probes-per-target): remove some first",
-                    state.targets.max_probes
-                ),
-            ));
-        }
+        super::targets::cap_check(target, have, n, state.targets.max_probes)?;
     }
     if dry_run {
         let mut probes = Vec::new();

@@ -876,6 +876,17 @@ impl Conn {
     }
 
     fn add_probes(&mut self, list: Vec<NewProbe>) -> Result<Vec<i64>, (usize, ApiError)> {
+        // The cap is checked here, on the one thread that adds this
+        // target's probes, so that concurrent requests cannot all pass it.
+        let have = self
+            .targets
+            .store()
+            .probes(Some(self.id))
+            .map_err(|e| (0, e.into()))?
+            .len();
+        if let Err(e) = cap_check(self.id, have, list.len(), self.targets.max_probes) {
+            return Err((0, e));
+        }
         let mut cores = Vec::new();
         for (i, np) in list.iter().enumerate() {
             match self.add_one(&np.row) {
@@ -1249,6 +1260,20 @@ fn core_error(e: ClientError, what: &str) -> ApiError {
         ),
         e => ApiError::internal(format!("{what}: wprobe-core: {e}")),
     }
+}
+
+/// Whether target `target`, with `have` probes, may take `adding` more.
+pub fn cap_check(target: i64, have: usize, adding: usize, cap: usize) -> Result<(), ApiError> {
+    if have + adding > cap {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "target {target} has {have} probes; {adding} more would pass the cap of {cap} \
+                 (--max-probes-per-target): remove some first"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a caught panic said.
