@@ -310,7 +310,10 @@ fn the_probe_cap_holds_under_concurrent_requests() {
         let calls: Vec<_> = (0..24)
             .map(|_| sc.spawn(|| s.call("POST", "/api/probes", body.as_bytes())))
             .collect();
-        calls.into_iter().map(|c| c.join().expect("a request")).collect()
+        calls
+            .into_iter()
+            .map(|c| c.join().expect("a request"))
+            .collect()
     });
     let made = answers.iter().filter(|r| r.status == 201).count();
     for r in answers.iter().filter(|r| r.status != 201) {
@@ -320,4 +323,37 @@ fn the_probe_cap_holds_under_concurrent_requests() {
     assert_eq!(made, 3);
     let list = get(&s, &format!("/api/probes?target={t}"));
     assert_eq!(list.as_array().expect("a list").len(), 3, "{list}");
+}
+
+/// The service's own process (any of its threads) and its core's are
+/// refused as targets, with a reason, and are not offered in the list.
+#[test]
+fn the_service_and_its_core_are_not_targets() {
+    let dir = data_dir("own-pid");
+    let s = Server::start(&dir, &[]);
+    let me = s.child.id() as i32;
+    let core = children_named(s.child.id(), "wprobe-core");
+    assert_eq!(core.len(), 1, "the service's core: {core:?}");
+    let a_thread: i32 = std::fs::read_dir(format!("/proc/{me}/task"))
+        .expect("tasks")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .find(|&tid| tid != me)
+        .expect("the service has threads");
+    for (pid, words) in [
+        (me, "this wprobe serve itself"),
+        (a_thread, "this wprobe serve itself"),
+        (core[0], "the wprobe-core this service uses"),
+    ] {
+        let body = json!({ "pid": pid }).to_string();
+        refused(&s, "POST", "/api/targets", &body, 422, &[words]);
+    }
+    assert!(get(&s, "/api/targets").as_array().unwrap().is_empty());
+    let listed: Vec<i64> = get(&s, "/api/processes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap())
+        .collect();
+    assert!(!listed.contains(&(me as i64)) && !listed.contains(&(core[0] as i64)));
 }

@@ -400,13 +400,14 @@ pub async fn delete_plugin(
 }
 
 /// The processes that can be attached: every one with a command line
-/// (kernel threads have none), by pid.
+/// (kernel threads have none), by pid, but the service and its core.
 #[utoipa::path(get, path = "/api/processes",
     responses(
         (status = 200, description = "The processes, by pid", body = Vec<Process>),
         (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
-pub async fn list_processes() -> Result<Json<Vec<Process>>, ApiError> {
-    tokio::task::spawn_blocking(targets::processes)
+pub async fn list_processes(State(state): State<AppState>) -> Result<Json<Vec<Process>>, ApiError> {
+    let core = state.targets.core_pid();
+    tokio::task::spawn_blocking(move || targets::processes(core))
         .await
         .map(Json)
         .map_err(|e| ApiError::internal(format!("listing processes: {e}")))
@@ -433,8 +434,8 @@ pub struct NewTarget {
         (status = 404, description = "No process with that pid", body = ErrorBody),
         (status = 409, description = "The pid is already a target", body = ErrorBody),
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
-        (status = 422, description = "The core refused (permission, ptrace, exec)",
-            body = ErrorBody),
+        (status = 422, description = "The core refused (permission, ptrace, exec), or the \
+            pid is the service's own or its core's", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
             body = ErrorBody)))]
 pub async fn add_target(

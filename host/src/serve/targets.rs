@@ -186,6 +186,11 @@ impl Targets {
         self.link.stop();
     }
 
+    /// The pid of the core this service uses.
+    pub fn core_pid(&self) -> u32 {
+        self.link.core_pid
+    }
+
     /// Whether target `id` has a live connection.
     pub fn is_live(&self, id: i64) -> bool {
         lock(&self.threads).contains_key(&id)
@@ -339,6 +344,7 @@ impl Targets {
 
     /// Attaches to `pid` with a connection of its own.
     pub fn attach(self: &Arc<Self>, pid: i32) -> Result<Target, ApiError> {
+        self.refuse_own(pid)?;
         if self.store().running_target(pid)?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -361,6 +367,27 @@ impl Targets {
             .add_target(pid, start_time, &cmdline, &exe, "attached")?;
         self.start_thread(target.id, pid, client, backlog);
         Ok(target)
+    }
+
+    /// Refuses the service's own process and its core's (any of their
+    /// threads): a probe there would stall the service or the core on its
+    /// own breakpoints.
+    fn refuse_own(&self, pid: i32) -> Result<(), ApiError> {
+        let tgid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| status_field::<u32>(&s, "Tgid:"));
+        let whose = match tgid {
+            Some(t) if t == std::process::id() => "this wprobe serve itself",
+            Some(t) if t == self.link.core_pid => "the wprobe-core this service uses",
+            _ => return Ok(()),
+        };
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "pid {pid} is {whose}: tracing it would stall the service on its own \
+                 breakpoints; attach another process"
+            ),
+        ))
     }
 
     /// Starts `argv` under the core, then lets it run.
@@ -1393,16 +1420,18 @@ fn user_names() -> std::collections::HashMap<u32, String> {
         .collect()
 }
 
-/// Every process with a command line, by pid, but the service itself.
-pub fn processes() -> Vec<Process> {
+/// Every process with a command line, by pid, but the service itself and
+/// `core` (which cannot be targets).
+pub fn processes(core: u32) -> Vec<Process> {
     let users = user_names();
     let me = std::process::id() as i32;
+    let core = core as i32;
     let mut list: Vec<Process> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|&pid| pid != me && pid != core)
         .filter_map(|pid| {
             let cmdline = cmdline(pid)?;
             let uid = uid_of(pid)?;
@@ -1428,6 +1457,6 @@ mod tests {
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert!(cmdline(me).is_some());
         assert_eq!(start_time(i32::MAX), None);
-        assert!(processes().windows(2).all(|w| w[0].pid < w[1].pid));
+        assert!(processes(0).windows(2).all(|w| w[0].pid < w[1].pid));
     }
 }
