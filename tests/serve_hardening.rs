@@ -357,3 +357,47 @@ fn the_service_and_its_core_are_not_targets() {
         .collect();
     assert!(!listed.contains(&(me as i64)) && !listed.contains(&(core[0] as i64)));
 }
+
+/// Specs and names past the length limit are refused before any work
+/// (422 naming the limit), and so are NUL bytes (400); nothing is made.
+#[test]
+fn long_specs_and_nul_bytes_are_refused_before_any_work() {
+    let bin = gated("long-spec");
+    let dir = data_dir("long-spec");
+    let s = Server::start(&dir, &[]);
+    let g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let long = format!("uprobe:{}:{}", bin.display(), "w".repeat(600_000));
+    let nul = format!("uprobe:{}:wo\u{0}rk", bin.display());
+    for (path, spec, status, words) in [
+        ("/api/probes", long.as_str(), 422, "limit of 4096 bytes"),
+        (
+            "/api/probes?dry_run=true",
+            long.as_str(),
+            422,
+            "limit of 4096 bytes",
+        ),
+        ("/api/probes", nul.as_str(), 400, "NUL byte"),
+        ("/api/probes?dry_run=true", nul.as_str(), 400, "NUL byte"),
+    ] {
+        let body = json!({"target": t, "spec": spec}).to_string();
+        refused(&s, "POST", path, &body, status, &[words]);
+    }
+    let batch = json!({"probes": [{"target": t, "spec": long}]}).to_string();
+    refused(
+        &s,
+        "POST",
+        "/api/probes/batch",
+        &batch,
+        422,
+        &["probes[0]", "4096"],
+    );
+    let q = "w".repeat(5000);
+    for path in [
+        format!("/api/targets/{t}/symbols?q={q}"),
+        format!("/api/targets/{t}/disasm?symbol={q}"),
+    ] {
+        refused(&s, "GET", &path, "", 422, &["limit of 4096 bytes"]);
+    }
+    assert!(get(&s, "/api/probes").as_array().unwrap().is_empty());
+}

@@ -33,7 +33,8 @@ pub struct NewProbeBody {
     /// The target's id.
     pub target: i64,
     /// The probe spec, e.g. `uprobe:libc:malloc size=%rdi:u64` or
-    /// `uretprobe:/usr/bin/prog:parse`.
+    /// `uretprobe:/usr/bin/prog:parse`: at most 4096 bytes, no NUL.
+    #[schema(max_length = 4096, pattern = "^[^\\x00]*$")]
     pub spec: String,
     /// Plugins run on each of its events, in this order.
     #[serde(default)]
@@ -242,6 +243,7 @@ fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
     if !state.targets.is_live(p.target) {
         return Err(state.targets.why_not_live(target.id));
     }
+    super::symbols::check_text("spec", &p.spec)?;
     ProbeSpec::parse(&p.spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for pp in &p.plugins {
         if state.store().latest_module(pp.plugin)?.is_none() {
