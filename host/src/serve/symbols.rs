@@ -46,7 +46,7 @@ fn with_browser<T>(f: impl FnOnce(&mut Browser) -> T) -> T {
     let taken = BROWSER.lock().unwrap_or_else(|e| e.into_inner()).take();
     let mut browser = taken
         .filter(|b| b.cached_files() <= MAX_CACHED_FILES)
-        .unwrap_or_else(Browser::new);
+        .unwrap_or_default();
     let r = f(&mut browser);
     let mut slot = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     if slot.is_none() {
