@@ -401,3 +401,172 @@ fn long_specs_and_nul_bytes_are_refused_before_any_work() {
     }
     assert!(get(&s, "/api/probes").as_array().unwrap().is_empty());
 }
+
+/// A probe row damaged in the database is skipped (and can be deleted):
+/// the lists and `/metrics` answer, and its target is attached again at
+/// restart with its other probes.
+#[test]
+fn a_corrupt_probe_row_is_skipped_not_fatal() {
+    let bin = gated("corrupt-row");
+    let dir = data_dir("corrupt-row");
+    let g = Gated::start(&bin, 10, false);
+    let spec = format!("uprobe:{}:work", bin.display());
+    let (t, bad, good) = {
+        let s = Server::start(&dir, &[]);
+        let t = attach(&s, g.pid());
+        let bad = add_probe(&s, t, &spec)["id"].as_i64().unwrap();
+        let good = add_probe(&s, t, &spec)["id"].as_i64().unwrap();
+        (t, bad, good)
+        // Killed here: its core lets the process go.
+    };
+    assert!(wait_until(10, || tracer(g.pid()) == 0));
+    let db = rusqlite::Connection::open(dir.join("wprobe.db")).expect("open the db");
+    db.execute(
+        "UPDATE probes SET plugins = 'not json' WHERE id = ?1",
+        [bad],
+    )
+    .expect("damage a row");
+    drop(db);
+
+    let s = Server::start(&dir, &[]);
+    let target = get(&s, &format!("/api/targets/{t}"));
+    assert_eq!(target["state"], "running", "{target}");
+    let list = get(&s, "/api/probes");
+    let ids: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [good], "{list}");
+    assert_eq!(get(&s, &format!("/api/probes/{good}"))["state"], "armed");
+    let r = s.call("GET", "/metrics", b"");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s.call("DELETE", &format!("/api/probes/{bad}"), b"");
+    assert_eq!(r.status, 204, "{}", r.text);
+    assert_eq!(
+        s.call("GET", &format!("/api/probes/{bad}"), b"").status,
+        404
+    );
+}
+
+/// A plugin whose own (embedded) manifest is refused, uploaded with a
+/// manifest that replaces it: attaching it loads it the way the upload
+/// was validated, with the replacing manifest.
+const ABI2_PLUGIN: &str = r#"(module
+  (@custom "wprobe.manifest" "{\"name\":\"future\",\"version\":\"1\",\"abi\":2}")
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32) i32.const 0))"#;
+
+#[test]
+fn an_uploaded_manifest_is_the_one_attached() {
+    let bin = gated("manifest");
+    let dir = data_dir("manifest");
+    let s = Server::start(&dir, &[]);
+    let auth = format!("Bearer {}", s.token);
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/wasm"),
+    ];
+    // Its own manifest is refused at upload, naming why.
+    let r = s.raw("POST", "/api/plugins", &headers, ABI2_PLUGIN.as_bytes());
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("ABI version 2"), "{}", r.text);
+    // With one that replaces it, it uploads, and attaches.
+    let manifest = "%7B%22name%22%3A%22now%22%2C%22version%22%3A%221%22%2C%22abi%22%3A1%7D";
+    let r = s.raw(
+        "POST",
+        &format!("/api/plugins?manifest={manifest}"),
+        &headers,
+        ABI2_PLUGIN.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let plugin = r.json["id"].as_i64().expect("id");
+    let g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let r = json_call(
+        &s,
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": format!("uprobe:{}:work", bin.display()),
+               "plugins": [{"plugin": plugin}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["plugins"][0]["name"], "now", "{}", r.text);
+}
+
+/// A minimal plugin, as WebAssembly text.
+const WAT_PLUGIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32) i32.const 0))"#;
+
+/// Plugins per probe are capped, and all instances together are held to
+/// the memory budget, each counted for its memory cap (64 MiB); an
+/// attachment that goes gives its share back.
+#[test]
+fn plugin_attachments_are_capped_and_budgeted() {
+    let bin = gated("attach-cap");
+    let dir = data_dir("attach-cap");
+    let budget = (3u64 << 26).to_string(); // three instances of 64 MiB
+    let s = Server::start(
+        &dir,
+        &[
+            "--max-attachments-per-probe",
+            "2",
+            "--plugin-memory-budget",
+            &budget,
+        ],
+    );
+    let auth = format!("Bearer {}", s.token);
+    let r = s.raw(
+        "POST",
+        "/api/plugins?name=tiny",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/wasm"),
+        ],
+        WAT_PLUGIN.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let plugin = r.json["id"].as_i64().unwrap();
+    let g = Gated::start(&bin, 10, false);
+    let t = attach(&s, g.pid());
+    let spec = format!("uprobe:{}:work", bin.display());
+    let with = |n: usize| {
+        let plugins: Vec<Value> = (0..n).map(|_| json!({ "plugin": plugin })).collect();
+        json!({"target": t, "spec": spec, "plugins": plugins}).to_string()
+    };
+    refused(
+        &s,
+        "POST",
+        "/api/probes",
+        &with(3),
+        422,
+        &["--max-attachments-per-probe"],
+    );
+    let r = s.call("POST", "/api/probes", with(2).as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    let first = r.json["id"].as_i64().unwrap();
+    refused(
+        &s,
+        "POST",
+        "/api/probes",
+        &with(2),
+        422,
+        &["--plugin-memory-budget"],
+    );
+    let patch = json!({"plugins": [{"plugin": plugin}, {"plugin": plugin}]}).to_string();
+    let path = format!("/api/probes/{first}");
+    // Replacing its own two needs two more while the old ones run.
+    refused(&s, "PATCH", &path, &patch, 422, &["--plugin-memory-budget"]);
+    let r = s.call("POST", "/api/probes", with(1).as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(s.call("DELETE", &path, b"").status, 204);
+    let r = s.call("POST", "/api/probes", with(2).as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(get(&s, "/api/probes").as_array().unwrap().len(), 2);
+}

@@ -183,6 +183,7 @@ pub async fn upload_plugin(
         &body,
         &plugin.manifest.name,
         &plugin.manifest.version,
+        query.manifest.as_deref(),
     )?;
     // Probes running this plugin get the new version, maps kept.
     let targets = state.targets.clone();

@@ -89,6 +89,14 @@ pub struct ServeArgs {
     /// answered 503 and closed.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// The most plugins one probe may have (422 beyond).
+    #[arg(long, default_value_t = 8)]
+    pub max_attachments_per_probe: usize,
+    /// The memory, in bytes, that all plugin instances together may grow
+    /// to: each counts for its memory cap (64 MiB), so the default allows
+    /// 32 instances (422 beyond).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub plugin_memory_budget: usize,
 }
 
 /// A number of seconds above zero, for the timeout options.
@@ -115,6 +123,8 @@ impl ServeArgs {
             core_timeout: 10.0,
             header_timeout: 10.0,
             max_connections: 256,
+            max_attachments_per_probe: 8,
+            plugin_memory_budget: 2 << 30,
         }
     }
 }
@@ -341,10 +351,12 @@ pub fn run(
         Some(socket) => core::CoreLink::external(socket)?,
         None => core::CoreLink::start(&crate::core_binary(), &dir.join("core.sock"))?,
     };
-    let runtime = Arc::new(Runtime::new(Limits {
+    let limits = Limits {
         module_bytes: args.max_upload,
         ..Limits::default()
-    })?);
+    };
+    let memory = targets::MemoryBudget::new(args.plugin_memory_budget, limits.memory_bytes);
+    let runtime = Arc::new(Runtime::new(limits)?);
     let bus = Arc::new(Bus::new(
         args.sse_buffer,
         args.retain_events,
@@ -357,6 +369,8 @@ pub fn run(
         bus.clone(),
         args.max_probes_per_target,
         std::time::Duration::from_secs_f64(args.core_timeout),
+        args.max_attachments_per_probe,
+        memory,
     ));
     targets.restore();
     let rt = tokio::runtime::Builder::new_multi_thread()

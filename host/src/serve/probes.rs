@@ -244,6 +244,7 @@ fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
         return Err(state.targets.why_not_live(target.id));
     }
     super::symbols::check_text("spec", &p.spec)?;
+    state.targets.check_attachments(p.plugins.len())?;
     ProbeSpec::parse(&p.spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for pp in &p.plugins {
         if state.store().latest_module(pp.plugin)?.is_none() {
@@ -291,7 +292,7 @@ fn create(
     for (&target, &n) in &adding {
         // Early, before plugins are instantiated; the target's thread
         // checks again as it adds them (concurrent requests).
-        let have = state.store().probes(Some(target))?.len();
+        let have = state.store().probe_count(target)?;
         super::targets::cap_check(target, have, n, state.targets.max_probes)?;
     }
     if dry_run {
@@ -579,12 +580,26 @@ pub async fn delete_probe(
 ) -> Result<StatusCode, ApiError> {
     let id = probe_id(id)?;
     blocking(move || {
-        let row = stored(&state, id)?;
+        // Bound first: the store's lock must not live through the match.
+        let found = state.store().probe(id);
+        let row = match found {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(ApiError::not_found(format!("no probe with id {id}"))),
+            // A row that cannot be read was never armed (start-up skips
+            // it): the row is all there is to delete.
+            Err(_) => {
+                state.store().delete_probe(id)?;
+                return Ok(StatusCode::NO_CONTENT);
+            }
+        };
         match state
             .targets
             .ask(row.target, |reply| Cmd::Remove(id, reply))
         {
             Ok(r) => r?,
+            // A thread that is still there but busy: the probe may be
+            // armed, so its row stays.
+            Err(e) if state.targets.is_live(row.target) => return Err(e),
             // Its target is not traced: only the definition is left.
             Err(_) => {
                 state.store().delete_probe(id)?;

@@ -66,9 +66,11 @@ CREATE TABLE probes (
 CREATE INDEX probes_by_target ON probes(target_id);
 ";
 
-/// Version 4: why a target is in its state (a lost connection's cause).
+/// Version 4: why a target is in its state (a lost connection's cause),
+/// and the manifest an upload gave in place of the module's own.
 const SCHEMA_V4: &str = "
 ALTER TABLE targets ADD COLUMN reason TEXT;
+ALTER TABLE plugin_versions ADD COLUMN manifest_override TEXT;
 ";
 
 /// How a target ended.
@@ -181,6 +183,8 @@ pub struct LatestModule {
     pub version: i64,
     pub sha256: String,
     pub bytes: Vec<u8>,
+    /// The manifest (JSON) given at upload in place of the module's own.
+    pub manifest: Option<String>,
 }
 
 /// One stored version of a plugin.
@@ -347,6 +351,7 @@ impl Store {
         bytes: &[u8],
         manifest_name: &str,
         manifest_version: &str,
+        manifest_override: Option<&str>,
     ) -> rusqlite::Result<Uploaded> {
         let sha = sha256_hex(bytes);
         let created = now();
@@ -371,9 +376,18 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO plugin_versions
-                 (plugin_id, version, sha256, manifest_name, manifest_version, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, version, sha, manifest_name, manifest_version, created],
+                 (plugin_id, version, sha256, manifest_name, manifest_version, created,
+                  manifest_override)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                version,
+                sha,
+                manifest_name,
+                manifest_version,
+                created,
+                manifest_override
+            ],
         )?;
         tx.commit()?;
         Ok(Uploaded {
@@ -498,14 +512,41 @@ impl Store {
         Ok(ids)
     }
 
-    /// Every probe, by id; only those of `target` when given.
+    /// Every probe, by id; only those of `target` when given. A row that
+    /// cannot be read (a damaged database) is skipped and named on
+    /// stderr, so that one bad row does not take every answer down.
     pub fn probes(&self, target: Option<i64>) -> rusqlite::Result<Vec<ProbeRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {PROBE_COLUMNS} FROM probes
              WHERE ?1 IS NULL OR target_id = ?1 ORDER BY id"
         ))?;
-        let rows = stmt.query_map([target], probe_from_row)?;
-        rows.collect()
+        let rows = stmt.query_map([target], |row| {
+            let id: rusqlite::Result<i64> = row.get("id");
+            Ok(probe_from_row(row).map_err(|e| (id, e)))
+        })?;
+        let mut good = Vec::new();
+        for row in rows {
+            match row? {
+                Ok(p) => good.push(p),
+                Err((id, e)) => {
+                    let id = id.map_or_else(|_| "?".to_string(), |id| id.to_string());
+                    eprintln!(
+                        "wprobe serve: probe row {id} of the database is unreadable ({e}): \
+                         skipped; delete it (DELETE /api/probes/{id}) or repair it"
+                    );
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    /// How many probes target `target` has, readable or not.
+    pub fn probe_count(&self, target: i64) -> rusqlite::Result<usize> {
+        self.conn.query_row(
+            "SELECT COUNT(*) FROM probes WHERE target_id = ?1",
+            [target],
+            |r| r.get::<_, i64>(0).map(|n| n as usize),
+        )
     }
 
     pub fn probe(&self, id: i64) -> rusqlite::Result<Option<ProbeRow>> {
@@ -555,7 +596,7 @@ impl Store {
     pub fn latest_module(&self, id: i64) -> rusqlite::Result<Option<LatestModule>> {
         self.conn
             .query_row(
-                "SELECT p.name, v.version, v.sha256, b.bytes FROM plugins p
+                "SELECT p.name, v.version, v.sha256, b.bytes, v.manifest_override FROM plugins p
                  JOIN plugin_versions v ON v.plugin_id = p.id
                  JOIN blobs b ON b.sha256 = v.sha256
                  WHERE p.id = ?1 ORDER BY v.version DESC LIMIT 1",
@@ -566,6 +607,7 @@ impl Store {
                         version: r.get(1)?,
                         sha256: r.get(2)?,
                         bytes: r.get(3)?,
+                        manifest: r.get(4)?,
                     })
                 },
             )
@@ -671,9 +713,15 @@ mod tests {
     fn versions_share_identical_bytes() {
         let path = temp_db("versions");
         let mut s = Store::open(&path).expect("open");
-        let a = s.add_version("count", b"one", "count", "1").expect("add");
-        let b = s.add_version("count", b"one", "count", "1").expect("add");
-        let c = s.add_version("count", b"two", "count", "2").expect("add");
+        let a = s
+            .add_version("count", b"one", "count", "1", None)
+            .expect("add");
+        let b = s
+            .add_version("count", b"one", "count", "1", None)
+            .expect("add");
+        let c = s
+            .add_version("count", b"two", "count", "2", None)
+            .expect("add");
         assert_eq!((a.version.version, a.new_blob), (1, true));
         assert_eq!((b.version.version, b.new_blob, b.id), (2, false, a.id));
         assert_eq!((c.version.version, c.new_blob), (3, true));

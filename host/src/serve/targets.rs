@@ -53,6 +53,63 @@ pub struct Attached {
     pub version: AtomicI64,
     pub config: Value,
     pub att: Attachment,
+    /// Its share of the plugin memory budget, given back when it goes.
+    _memory: Reservation,
+}
+
+/// The plugin memory budget (`--plugin-memory-budget`): every instance
+/// counts for its memory cap, whether it uses it yet or not, so that the
+/// instances attached can never grow past the budget together.
+pub struct MemoryBudget {
+    limit: usize,
+    per_instance: usize,
+    used: Mutex<usize>,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize, per_instance: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            per_instance,
+            used: Mutex::new(0),
+        })
+    }
+
+    /// One instance's share; a 422 that names the budget when it is spent.
+    fn reserve(self: &Arc<Self>) -> Result<Reservation, ApiError> {
+        let mut used = lock(&self.used);
+        if *used + self.per_instance > self.limit {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the plugins attached now may use {} bytes of memory ({} instances of at \
+                     most {} bytes); one more would pass the budget of {} bytes \
+                     (--plugin-memory-budget): remove plugins from probes first",
+                    *used,
+                    *used / self.per_instance.max(1),
+                    self.per_instance,
+                    self.limit
+                ),
+            ));
+        }
+        *used += self.per_instance;
+        Ok(Reservation(self.clone()))
+    }
+
+    /// The bytes reserved by the instances attached now.
+    pub fn used(&self) -> usize {
+        *lock(&self.used)
+    }
+}
+
+/// One instance's share of the [`MemoryBudget`].
+struct Reservation(Arc<MemoryBudget>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut used = lock(&self.0.used);
+        *used = used.saturating_sub(self.0.per_instance);
+    }
 }
 
 /// One place a probe is armed.
@@ -128,6 +185,9 @@ pub struct Targets {
     modules: Mutex<HashMap<String, Arc<Plugin>>>,
     /// The most probes one target may have.
     pub max_probes: usize,
+    /// The most plugins one probe may have (`--max-attachments-per-probe`).
+    pub max_attachments: usize,
+    pub memory: Arc<MemoryBudget>,
     /// How long one call to the core may take before its connection is
     /// declared lost (`--core-timeout`).
     core_timeout: Duration,
@@ -163,8 +223,12 @@ impl Targets {
         bus: Arc<Bus>,
         max_probes: usize,
         core_timeout: Duration,
+        max_attachments: usize,
+        memory: Arc<MemoryBudget>,
     ) -> Targets {
         Targets {
+            max_attachments,
+            memory,
             core_timeout,
             link,
             store,
@@ -271,10 +335,20 @@ impl Targets {
         if let Some(p) = lock(&self.modules).get(&latest.sha256) {
             return Ok((p.clone(), latest.name, latest.version));
         }
+        // Loaded as the upload was validated: with the manifest it gave.
         let plugin = self
             .runtime
-            .load(&latest.bytes, None, &latest.name)
-            .map_err(|e| ApiError::internal(format!("plugin {id} no longer loads: {e}")))?;
+            .load(&latest.bytes, latest.manifest.as_deref(), &latest.name)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "plugin {id} (`{}` version {}) does not load: {e}; upload a version \
+                         that does",
+                        latest.name, latest.version
+                    ),
+                )
+            })?;
         let plugin = Arc::new(plugin);
         lock(&self.modules).insert(latest.sha256, plugin.clone());
         Ok((plugin, latest.name, latest.version))
@@ -283,10 +357,12 @@ impl Targets {
     /// Compiles (once) and instantiates each plugin with its configuration.
     /// A configuration the plugin refuses is a 422 naming the plugin.
     pub fn attach_plugins(&self, plugins: &[ProbePlugin]) -> Result<Vec<Arc<Attached>>, ApiError> {
+        self.check_attachments(plugins.len())?;
         plugins
             .iter()
             .map(|pp| {
                 let (plugin, name, version) = self.module(pp.plugin)?;
+                let memory = self.memory.reserve()?;
                 let config = serde_json::to_string(&pp.config).unwrap_or_else(|_| "{}".into());
                 let att = self.runtime.attach(plugin, &config).map_err(|e| {
                     ApiError::new(
@@ -303,9 +379,24 @@ impl Targets {
                     version: AtomicI64::new(version),
                     config: pp.config.clone(),
                     att,
+                    _memory: memory,
                 }))
             })
             .collect()
+    }
+
+    /// A probe with `n` plugins is within `--max-attachments-per-probe`.
+    pub fn check_attachments(&self, n: usize) -> Result<(), ApiError> {
+        if n > self.max_attachments {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{n} plugins on one probe: the cap is {} (--max-attachments-per-probe)",
+                    self.max_attachments
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Replaces plugin `id` by its newest version wherever it is attached;
@@ -908,9 +999,8 @@ impl Conn {
         let have = self
             .targets
             .store()
-            .probes(Some(self.id))
-            .map_err(|e| (0, e.into()))?
-            .len();
+            .probe_count(self.id)
+            .map_err(|e| (0, e.into()))?;
         if let Err(e) = cap_check(self.id, have, list.len(), self.targets.max_probes) {
             return Err((0, e));
         }
