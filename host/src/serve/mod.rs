@@ -367,10 +367,12 @@ pub fn run(
         store.clone(),
         runtime.clone(),
         bus.clone(),
-        args.max_probes_per_target,
-        std::time::Duration::from_secs_f64(args.core_timeout),
-        args.max_attachments_per_probe,
-        memory,
+        targets::Caps {
+            max_probes: args.max_probes_per_target,
+            core_timeout: std::time::Duration::from_secs_f64(args.core_timeout),
+            max_attachments: args.max_attachments_per_probe,
+            memory,
+        },
     ));
     targets.restore();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -57,6 +57,15 @@ pub struct Attached {
     _memory: Reservation,
 }
 
+/// The bounds [`Targets`] keeps (the `wprobe serve` options of the same
+/// names).
+pub struct Caps {
+    pub max_probes: usize,
+    pub core_timeout: Duration,
+    pub max_attachments: usize,
+    pub memory: Arc<MemoryBudget>,
+}
+
 /// The plugin memory budget (`--plugin-memory-budget`): every instance
 /// counts for its memory cap, whether it uses it yet or not, so that the
 /// instances attached can never grow past the budget together.
@@ -221,11 +230,14 @@ impl Targets {
         store: Arc<Mutex<Store>>,
         runtime: Arc<Runtime>,
         bus: Arc<Bus>,
-        max_probes: usize,
-        core_timeout: Duration,
-        max_attachments: usize,
-        memory: Arc<MemoryBudget>,
+        caps: Caps,
     ) -> Targets {
+        let Caps {
+            max_probes,
+            core_timeout,
+            max_attachments,
+            memory,
+        } = caps;
         Targets {
             max_attachments,
             memory,
