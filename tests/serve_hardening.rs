@@ -570,3 +570,47 @@ fn plugin_attachments_are_capped_and_budgeted() {
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(get(&s, "/api/probes").as_array().unwrap().len(), 2);
 }
+
+/// `DELETE /api/targets/{id}?kill=true` ends a process the service
+/// spawned; for an attached one it is refused and nothing changes.
+#[test]
+fn kill_ends_spawned_targets_only() {
+    let bin = gated("kill");
+    let dir = data_dir("kill");
+    let s = Server::start(&dir, &[]);
+    let r = json_call(
+        &s,
+        "POST",
+        "/api/targets",
+        json!({"spawn": ["sleep", "1000"]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (spawned, pid) = (
+        r.json["id"].as_i64().unwrap(),
+        r.json["pid"].as_i64().unwrap() as i32,
+    );
+    let g = Gated::start(&bin, 10, false);
+    let attached = attach(&s, g.pid());
+    let path = format!("/api/targets/{attached}?kill=true");
+    refused(&s, "DELETE", &path, "", 422, &["attached, not spawned"]);
+    assert_eq!(
+        get(&s, &format!("/api/targets/{attached}"))["state"],
+        "running"
+    );
+    assert_ne!(tracer(g.pid()), 0, "still traced");
+
+    let r = s.call("DELETE", &format!("/api/targets/{spawned}?kill=true"), b"");
+    assert_eq!(r.status, 204, "{}", r.text);
+    // Dead: gone, or a zombie until its parent (the core) reaps it.
+    assert!(wait_until(20, || {
+        proc_status(pid, "State:").is_none_or(|s| s.starts_with('Z'))
+    }));
+    refused(
+        &s,
+        "DELETE",
+        "/api/targets/1?kill=maybe",
+        "",
+        400,
+        &["kill"],
+    );
+}
