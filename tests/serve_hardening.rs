@@ -614,3 +614,53 @@ fn kill_ends_spawned_targets_only() {
         &["kill"],
     );
 }
+
+/// Lesser findings: the bearer scheme in any case is accepted (RFC 7235),
+/// two Host headers are refused, a plugin name of dots is refused, and the
+/// database files are private even in a data directory that was 0755.
+#[test]
+fn lesser_findings() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = data_dir("lesser");
+    std::fs::create_dir_all(&dir).expect("data dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let s = Server::start(&dir, &[]);
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", s.token);
+        for path in ["/api/plugins", "/metrics"] {
+            let r = s.raw("GET", path, &[("Authorization", &auth)], b"");
+            assert_eq!(r.status, 200, "{scheme} on {path}: {}", r.text);
+        }
+    }
+    let auth = format!("Bearer {}", s.token);
+    let r = s.raw(
+        "GET",
+        "/api/plugins",
+        &[
+            ("Authorization", &auth),
+            ("Host", &s.addr),
+            ("Host", &s.addr),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(r.text.contains("more than one Host"), "{}", r.text);
+    let r = s.raw(
+        "POST",
+        "/api/plugins?name=..",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/wasm"),
+        ],
+        WAT_PLUGIN.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("not only dots"), "{}", r.text);
+    for f in ["wprobe.db", "wprobe.db-wal", "wprobe.db-shm"] {
+        let path = dir.join(f);
+        if path.exists() {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+    }
+}

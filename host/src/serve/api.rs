@@ -84,9 +84,11 @@ pub struct UploadQuery {
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
-    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+    // Only dots would read as a path (`.`, `..`).
+    let dots = name.chars().all(|c| c == '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) || dots {
         return Err(ApiError::bad_request(format!(
-            "plugin name `{name}` must be 1 to 64 of A-Z a-z 0-9 _ . -"
+            "plugin name `{name}` must be 1 to 64 of A-Z a-z 0-9 _ . -, not only dots"
         )));
     }
     Ok(())

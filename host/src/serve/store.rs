@@ -292,6 +292,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, String> {
         let fail = |e: rusqlite::Error| format!("database {}: {e}", path.display());
         let mut conn = Connection::open(path).map_err(fail)?;
+        // Private whatever the umask or the directory's mode; SQLite gives
+        // the -wal and -shm files the database file's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("database {}: making it private (0600): {e}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail)?;
         conn.pragma_update(None, "synchronous", "FULL")
