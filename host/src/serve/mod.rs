@@ -97,6 +97,12 @@ pub struct ServeArgs {
     /// 32 instances (422 beyond).
     #[arg(long, default_value_t = 2 << 30)]
     pub plugin_memory_budget: usize,
+    /// A further name (without port) that requests may give as their Host,
+    /// e.g. the name a listen address of 0.0.0.0 is reached by; repeatable.
+    /// The listen address, and on 0.0.0.0 the machine's name and
+    /// addresses, are always accepted.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }
 
 /// A number of seconds above zero, for the timeout options.
@@ -125,6 +131,7 @@ impl ServeArgs {
             max_connections: 256,
             max_attachments_per_probe: 8,
             plugin_memory_budget: 2 << 30,
+            allow_host: Vec::new(),
         }
     }
 }
@@ -294,13 +301,78 @@ fn make_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("creating the data directory {}: {e}", dir.display()))
 }
 
-/// The Host headers a request may carry for a service bound to `addr`.
-fn accepted_hosts(addr: SocketAddr) -> Vec<String> {
+/// The Host headers a request may carry for a service bound to `addr`:
+/// the address itself; `localhost` on loopback; on an unspecified address
+/// (0.0.0.0, ::) the machine's host name and every address of its
+/// interfaces; and each of `allowed` (`--allow-host`), all with the port.
+fn accepted_hosts(addr: SocketAddr, allowed: &[String]) -> Vec<String> {
+    let port = addr.port();
     let mut hosts = vec![addr.to_string()];
-    if addr.ip().is_loopback() {
-        hosts.push(format!("localhost:{}", addr.port()));
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        hosts.push(format!("localhost:{port}"));
     }
+    if addr.ip().is_unspecified() {
+        hosts.extend(host_name().map(|n| format!("{n}:{port}")));
+        hosts.extend(
+            interface_addresses()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port).to_string()),
+        );
+    }
+    hosts.extend(allowed.iter().map(|n| format!("{n}:{port}")));
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.clone()));
     hosts
+}
+
+/// This machine's host name (gethostname).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The IPv4 and IPv6 addresses of this machine's interfaces (getifaddrs).
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet
+        // freed; its `ifa_addr` is null or points to a sockaddr of the
+        // family it names.
+        unsafe {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(a as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::from(
+                            u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::from(v6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 /// Runs `wprobe serve` until SIGINT or SIGTERM; the exit code.
@@ -387,7 +459,7 @@ pub fn run(
             .local_addr()
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
         let state = AppState {
-            hosts: Arc::new(accepted_hosts(addr)),
+            hosts: Arc::new(accepted_hosts(addr, &args.allow_host)),
             token: Arc::new(token.clone()),
             store,
             runtime,
@@ -490,8 +562,21 @@ mod tests {
     #[test]
     fn hosts() {
         let a: SocketAddr = "127.0.0.1:7878".parse().expect("addr");
-        assert_eq!(accepted_hosts(a), ["127.0.0.1:7878", "localhost:7878"]);
+        assert_eq!(accepted_hosts(a, &[]), ["127.0.0.1:7878", "localhost:7878"]);
         let b: SocketAddr = "10.0.0.1:80".parse().expect("addr");
-        assert_eq!(accepted_hosts(b), ["10.0.0.1:80"]);
+        let named = ["probe.example".to_string()];
+        assert_eq!(
+            accepted_hosts(b, &named),
+            ["10.0.0.1:80", "probe.example:80"]
+        );
+        // On every address: the machine's names and addresses.
+        let any: SocketAddr = "0.0.0.0:80".parse().expect("addr");
+        let hosts = accepted_hosts(any, &[]);
+        for want in ["0.0.0.0:80", "localhost:80", "127.0.0.1:80"] {
+            assert!(hosts.iter().any(|h| h == want), "{want} in {hosts:?}");
+        }
+        if let Some(name) = host_name() {
+            assert!(hosts.contains(&format!("{name}:80")), "{hosts:?}");
+        }
     }
 }
