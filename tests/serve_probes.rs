@@ -1054,3 +1054,60 @@ fn symbols_disassembly_and_dry_runs() {
     api.refused("POST", "/api/probes", &big, 413, "4096 bytes (--max-body)");
     assert_eq!(api.probe_count(), 1);
 }
+
+#[test]
+fn a_probe_refused_when_its_library_loads_leaves_the_program_running() {
+    let dir = scratch_dir();
+    let lib = dir.join("libdlt-serve.so");
+    let st = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures_dir().join("libdlt.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success());
+    let bin = build("dlmain", "serve-later", &["-O2"]);
+    let api = Api::start(&data_dir("refused-later"), &[]);
+    let mut child = Command::new(&bin)
+        .arg(&lib)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start dlmain");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    let t = api.attach(child.id() as i32);
+    // The library is not loaded yet: the probe waits for it.
+    let p = api.json(
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": "uprobe:libdlt-serve:dl_fnuc"}),
+        201,
+    )["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(api.probe(p)["state"], "pending");
+    // It loads, the symbol is not there: the probe is refused, and the
+    // program goes on untouched (the engine held it until told).
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    assert!(
+        wait_until(60, || child.try_wait().unwrap().is_some()),
+        "the program ran to its end (state of the probe: {})",
+        api.probe(p)
+    );
+    let mut rest = String::new();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert_eq!(rest, "sum=81\n");
+    assert!(child.wait().unwrap().success());
+}

@@ -393,7 +393,11 @@ function renderTargets() {
             { 'aria-label': `Symbols of target ${t.id}` }),
           button('Probes', () => { setUrl({ target: String(t.id) }); showView('probes', { push: true }); },
             { 'aria-label': `Probes of target ${t.id}` }),
-          button('Detach', () => detachTarget(t), { 'aria-label': `Detach target ${t.id}` })));
+          button('Detach', () => detachTarget(t), { 'aria-label': `Detach target ${t.id}` }),
+          // Only a process the service started may be ended from here.
+          t.kind === 'spawned' && t.state === 'running'
+            ? button('Kill', () => detachTarget(t, true), { 'aria-label': `Kill target ${t.id}` })
+            : null));
       return tr;
     },
     (tr, t) => {
@@ -403,10 +407,10 @@ function renderTargets() {
     });
 }
 
-async function detachTarget(t) {
+async function detachTarget(t, kill = false) {
   await act(async () => {
-    await api('DELETE', `/api/targets/${t.id}`);
-    notice(`Detached target ${t.id} (pid ${t.pid}).`);
+    await api('DELETE', `/api/targets/${t.id}${kill ? '?kill=true' : ''}`);
+    notice(`${kill ? 'Killed' : 'Detached'} target ${t.id} (pid ${t.pid}).`);
     await loadTargets();
     renderTargets();
   });

@@ -94,6 +94,8 @@ async function run(page) {
   await spawned.filter({ hasText: 'running' }).waitFor();
   const targetId = (await spawned.getByRole('cell').first().textContent()).trim();
   const pid = (await spawned.getByRole('cell').nth(1).textContent()).trim();
+  step = 'offer Kill for the spawned target only';
+  await page.getByRole('button', { name: `Kill target ${targetId}` }).waitFor();
 
   if (ATTACH_PID) {
     step = 'find a process by pid and attach to it';
@@ -233,6 +235,9 @@ async function run(page) {
     step = 'detach from the attached process';
     const attached = page.getByRole('table', { name: 'Targets' }).getByRole('row').filter({ hasText: 'attached' });
     const id = (await attached.getByRole('cell').first().textContent()).trim();
+    if ((await page.getByRole('button', { name: `Kill target ${id}` }).count()) !== 0) {
+      throw new Error(`an attached target (${id}) offers Kill`);
+    }
     await page.getByRole('button', { name: `Detach target ${id}` }).click();
     await attached.waitFor({ state: 'detached' });
   }

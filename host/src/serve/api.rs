@@ -84,9 +84,11 @@ pub struct UploadQuery {
 
 fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
-    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+    // Only dots would read as a path (`.`, `..`).
+    let dots = name.chars().all(|c| c == '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) || dots {
         return Err(ApiError::bad_request(format!(
-            "plugin name `{name}` must be 1 to 64 of A-Z a-z 0-9 _ . -"
+            "plugin name `{name}` must be 1 to 64 of A-Z a-z 0-9 _ . -, not only dots"
         )));
     }
     Ok(())
@@ -183,6 +185,7 @@ pub async fn upload_plugin(
         &body,
         &plugin.manifest.name,
         &plugin.manifest.version,
+        query.manifest.as_deref(),
     )?;
     // Probes running this plugin get the new version, maps kept.
     let targets = state.targets.clone();
@@ -400,13 +403,14 @@ pub async fn delete_plugin(
 }
 
 /// The processes that can be attached: every one with a command line
-/// (kernel threads have none), by pid.
+/// (kernel threads have none), by pid, but the service and its core.
 #[utoipa::path(get, path = "/api/processes",
     responses(
         (status = 200, description = "The processes, by pid", body = Vec<Process>),
         (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
-pub async fn list_processes() -> Result<Json<Vec<Process>>, ApiError> {
-    tokio::task::spawn_blocking(targets::processes)
+pub async fn list_processes(State(state): State<AppState>) -> Result<Json<Vec<Process>>, ApiError> {
+    let core = state.targets.core_pid();
+    tokio::task::spawn_blocking(move || targets::processes(core))
         .await
         .map(Json)
         .map_err(|e| ApiError::internal(format!("listing processes: {e}")))
@@ -433,8 +437,8 @@ pub struct NewTarget {
         (status = 404, description = "No process with that pid", body = ErrorBody),
         (status = 409, description = "The pid is already a target", body = ErrorBody),
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
-        (status = 422, description = "The core refused (permission, ptrace, exec)",
-            body = ErrorBody),
+        (status = 422, description = "The core refused (permission, ptrace, exec), or the \
+            pid is the service's own or its core's", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
             body = ErrorBody)))]
 pub async fn add_target(
@@ -499,24 +503,44 @@ pub async fn get_target(
         .ok_or_else(|| ApiError::not_found(format!("no target with id {id}")))
 }
 
-/// Lets a target go: the core detaches, and the process runs on untouched.
+/// `DELETE /api/targets/{id}?kill=true`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTargetQuery {
+    /// Also kill the process (SIGKILL) once it is let go: only for targets
+    /// the service spawned.
+    #[serde(default)]
+    pub kill: bool,
+}
+
+/// Lets a target go: the core detaches, and the process runs on untouched
+/// (or, with `?kill=true`, a process the service spawned is killed). 204
+/// only once the process is not traced by the core any more; a target the
+/// core still holds (its connection lost, the core not answering) is a 409
+/// that says so, and nothing is deleted.
 #[utoipa::path(delete, path = "/api/targets/{id}",
-    params(("id" = i64, Path, description = "The target's id")),
+    params(("id" = i64, Path, description = "The target's id"), DeleteTargetQuery),
     responses(
-        (status = 204, description = "Detached and removed"),
-        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 204, description = "Detached (and killed, with `kill`) and removed"),
+        (status = 400, description = "The id is not a number, or a bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
-        (status = 422, description = "The core could not detach", body = ErrorBody),
-        (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+        (status = 409, description = "The core still traces the process; nothing was deleted",
+            body = ErrorBody),
+        (status = 422, description = "The core could not detach, or `kill` for a target the \
+            service did not spawn", body = ErrorBody),
+        (status = 503, description = "The connection to wprobe-core is closed, or the \
+            target's thread is busy", body = ErrorBody)))]
 pub async fn delete_target(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeleteTargetQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = target_id(id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let targets = state.targets.clone();
-    let removed = tokio::task::spawn_blocking(move || targets.remove(id))
+    let removed = tokio::task::spawn_blocking(move || targets.remove(id, q.kill))
         .await
         .map_err(|e| ApiError::internal(format!("{e}")))??;
     if removed {

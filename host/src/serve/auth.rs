@@ -63,11 +63,17 @@ pub async fn check_host_origin(
     req: Request,
     next: Next,
 ) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+    // One Host only: with two, a proxy and the service could each read a
+    // different one.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().and_then(|h| h.to_str().ok()).unwrap_or("");
+    if hosts.next().is_some() {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "more than one Host header: send exactly one",
+        )
+        .into_response();
+    }
     if !state.hosts.iter().any(|h| h == host) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -98,13 +104,20 @@ pub async fn check_host_origin(
     next.run(req).await
 }
 
+/// The credentials of an `Authorization` value of the Bearer scheme, whose
+/// name is case-insensitive (RFC 7235, section 2.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+}
+
 /// Requires `Authorization: Bearer TOKEN` (401 otherwise).
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
+        .and_then(bearer);
     match given {
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -121,7 +134,21 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{bearer, same};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for (value, want) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER abc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearerabc", None),
+            ("abc", None),
+        ] {
+            assert_eq!(bearer(value), want, "{value}");
+        }
+    }
 
     #[test]
     fn compare() {

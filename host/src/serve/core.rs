@@ -18,6 +18,9 @@ use wprobe_core::proto::client::Client;
 /// Where the service's connections go.
 pub struct CoreLink {
     socket: PathBuf,
+    /// The core's pid (from its Welcome, or the child's), to tell its
+    /// threads among a target's tracers.
+    pub core_pid: u32,
     /// The core this service started; `None` for `--core SOCKET`.
     child: Mutex<Option<Child>>,
 }
@@ -25,12 +28,13 @@ pub struct CoreLink {
 impl CoreLink {
     /// Uses the core listening on `socket`.
     pub fn external(socket: &Path) -> Result<CoreLink, String> {
-        let link = CoreLink {
+        let mut link = CoreLink {
             socket: socket.to_path_buf(),
+            core_pid: 0,
             child: Mutex::new(None),
         };
         // Fail at start-up, not at the first attach.
-        link.connect("wprobe serve (check)")?;
+        link.core_pid = link.connect("wprobe serve (check)")?.core_pid;
         Ok(link)
     }
 
@@ -100,6 +104,7 @@ impl CoreLink {
         }
         Ok(CoreLink {
             socket: socket.to_path_buf(),
+            core_pid: child.id(),
             child: Mutex::new(Some(child)),
         })
     }

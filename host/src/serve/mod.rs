@@ -16,6 +16,7 @@ mod auth;
 mod core;
 mod error;
 mod events;
+mod http;
 mod metrics;
 mod probes;
 pub mod store;
@@ -73,6 +74,43 @@ pub struct ServeArgs {
     /// loses the oldest (and is told so).
     #[arg(long, default_value_t = 4096)]
     pub sse_buffer: usize,
+    /// How long, in seconds, one request to wprobe-core may take. A
+    /// target whose core connection does not answer in time (or fails) is
+    /// "lost": its connection is closed, which makes the core let it go,
+    /// and every later request about it is answered at once.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub core_timeout: f64,
+    /// How long, in seconds, a client may take to send a request's head,
+    /// counted from the connection's start or the previous answer: a
+    /// half-sent request or an idle keep-alive connection is closed then.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub header_timeout: f64,
+    /// The most HTTP connections served at once; past it a connection is
+    /// answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// The most plugins one probe may have (422 beyond).
+    #[arg(long, default_value_t = 8)]
+    pub max_attachments_per_probe: usize,
+    /// The memory, in bytes, that all plugin instances together may grow
+    /// to: each counts for its memory cap (64 MiB), so the default allows
+    /// 32 instances (422 beyond).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub plugin_memory_budget: usize,
+    /// A further name (without port) that requests may give as their Host,
+    /// e.g. the name a listen address of 0.0.0.0 is reached by; repeatable.
+    /// The listen address, and on 0.0.0.0 the machine's name and
+    /// addresses, are always accepted.
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
+}
+
+/// A number of seconds above zero, for the timeout options.
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("`{s}` is not a number of seconds above 0")),
+    }
 }
 
 impl ServeArgs {
@@ -88,6 +126,12 @@ impl ServeArgs {
             max_sse_clients: 16,
             retain_events: 10_000,
             sse_buffer: 4096,
+            core_timeout: 10.0,
+            header_timeout: 10.0,
+            max_connections: 256,
+            max_attachments_per_probe: 8,
+            plugin_memory_budget: 2 << 30,
+            allow_host: Vec::new(),
         }
     }
 }
@@ -257,13 +301,78 @@ fn make_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("creating the data directory {}: {e}", dir.display()))
 }
 
-/// The Host headers a request may carry for a service bound to `addr`.
-fn accepted_hosts(addr: SocketAddr) -> Vec<String> {
+/// The Host headers a request may carry for a service bound to `addr`:
+/// the address itself; `localhost` on loopback; on an unspecified address
+/// (0.0.0.0, ::) the machine's host name and every address of its
+/// interfaces; and each of `allowed` (`--allow-host`), all with the port.
+fn accepted_hosts(addr: SocketAddr, allowed: &[String]) -> Vec<String> {
+    let port = addr.port();
     let mut hosts = vec![addr.to_string()];
-    if addr.ip().is_loopback() {
-        hosts.push(format!("localhost:{}", addr.port()));
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        hosts.push(format!("localhost:{port}"));
     }
+    if addr.ip().is_unspecified() {
+        hosts.extend(host_name().map(|n| format!("{n}:{port}")));
+        hosts.extend(
+            interface_addresses()
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port).to_string()),
+        );
+    }
+    hosts.extend(allowed.iter().map(|n| format!("{n}:{port}")));
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.clone()));
     hosts
+}
+
+/// This machine's host name (gethostname).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The IPv4 and IPv6 addresses of this machine's interfaces (getifaddrs).
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet
+        // freed; its `ifa_addr` is null or points to a sockaddr of the
+        // family it names.
+        unsafe {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(a as *const libc::sockaddr_in);
+                        out.push(std::net::IpAddr::from(
+                            u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(a as *const libc::sockaddr_in6);
+                        out.push(std::net::IpAddr::from(v6.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            cur = (*cur).ifa_next;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 /// Runs `wprobe serve` until SIGINT or SIGTERM; the exit code.
@@ -314,10 +423,12 @@ pub fn run(
         Some(socket) => core::CoreLink::external(socket)?,
         None => core::CoreLink::start(&crate::core_binary(), &dir.join("core.sock"))?,
     };
-    let runtime = Arc::new(Runtime::new(Limits {
+    let limits = Limits {
         module_bytes: args.max_upload,
         ..Limits::default()
-    })?);
+    };
+    let memory = targets::MemoryBudget::new(args.plugin_memory_budget, limits.memory_bytes);
+    let runtime = Arc::new(Runtime::new(limits)?);
     let bus = Arc::new(Bus::new(
         args.sse_buffer,
         args.retain_events,
@@ -328,7 +439,12 @@ pub fn run(
         store.clone(),
         runtime.clone(),
         bus.clone(),
-        args.max_probes_per_target,
+        targets::Caps {
+            max_probes: args.max_probes_per_target,
+            core_timeout: std::time::Duration::from_secs_f64(args.core_timeout),
+            max_attachments: args.max_attachments_per_probe,
+            memory,
+        },
     ));
     targets.restore();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -343,7 +459,7 @@ pub fn run(
             .local_addr()
             .map_err(|e| format!("listening on {}: {e}", args.listen))?;
         let state = AppState {
-            hosts: Arc::new(accepted_hosts(addr)),
+            hosts: Arc::new(accepted_hosts(addr, &args.allow_host)),
             token: Arc::new(token.clone()),
             store,
             runtime,
@@ -379,10 +495,11 @@ pub fn run(
                 e = failed => { let _ = stop_tx.send(e); }
             }
         };
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(|e| format!("serving on {addr}: {e}"))?;
+        let limits = http::Limits {
+            header_timeout: std::time::Duration::from_secs_f64(args.header_timeout),
+            max_connections: args.max_connections as usize,
+        };
+        http::serve(listener, app(state), limits, signal).await;
         match stop_rx.await {
             Ok(e) => Err(e),
             Err(_) => Ok(()),
@@ -445,8 +562,21 @@ mod tests {
     #[test]
     fn hosts() {
         let a: SocketAddr = "127.0.0.1:7878".parse().expect("addr");
-        assert_eq!(accepted_hosts(a), ["127.0.0.1:7878", "localhost:7878"]);
+        assert_eq!(accepted_hosts(a, &[]), ["127.0.0.1:7878", "localhost:7878"]);
         let b: SocketAddr = "10.0.0.1:80".parse().expect("addr");
-        assert_eq!(accepted_hosts(b), ["10.0.0.1:80"]);
+        let named = ["probe.example".to_string()];
+        assert_eq!(
+            accepted_hosts(b, &named),
+            ["10.0.0.1:80", "probe.example:80"]
+        );
+        // On every address: the machine's names and addresses.
+        let any: SocketAddr = "0.0.0.0:80".parse().expect("addr");
+        let hosts = accepted_hosts(any, &[]);
+        for want in ["0.0.0.0:80", "localhost:80", "127.0.0.1:80"] {
+            assert!(hosts.iter().any(|h| h == want), "{want} in {hosts:?}");
+        }
+        if let Some(name) = host_name() {
+            assert!(hosts.contains(&format!("{name}:80")), "{hosts:?}");
+        }
     }
 }

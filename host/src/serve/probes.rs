@@ -33,7 +33,8 @@ pub struct NewProbeBody {
     /// The target's id.
     pub target: i64,
     /// The probe spec, e.g. `uprobe:libc:malloc size=%rdi:u64` or
-    /// `uretprobe:/usr/bin/prog:parse`.
+    /// `uretprobe:/usr/bin/prog:parse`: at most 4096 bytes, no NUL.
+    #[schema(max_length = 4096, pattern = "^[^\\x00]*$")]
     pub spec: String,
     /// Plugins run on each of its events, in this order.
     #[serde(default)]
@@ -240,14 +241,10 @@ fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
         )
     })?;
     if !state.targets.is_live(p.target) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "target {} (pid {}, {}) is {}: probes go on running targets",
-                target.id, target.pid, target.cmdline, target.state
-            ),
-        ));
+        return Err(state.targets.why_not_live(target.id));
     }
+    super::symbols::check_text("spec", &p.spec)?;
+    state.targets.check_attachments(p.plugins.len())?;
     ProbeSpec::parse(&p.spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for pp in &p.plugins {
         if state.store().latest_module(pp.plugin)?.is_none() {
@@ -293,17 +290,10 @@ fn create(
         *adding.entry(p.target).or_default() += 1;
     }
     for (&target, &n) in &adding {
-        let have = state.store().probes(Some(target))?.len();
-        if have + n > state.targets.max_probes {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "target {target} has {have} probes; {n} more would pass the cap of {} \
-                     (--max-probes-per-target): remove some first",
-                    state.targets.max_probes
-                ),
-            ));
-        }
+        // Early, before plugins are instantiated; the target's thread
+        // checks again as it adds them (concurrent requests).
+        let have = state.store().probe_count(target)?;
+        super::targets::cap_check(target, have, n, state.targets.max_probes)?;
     }
     if dry_run {
         let mut probes = Vec::new();
@@ -532,9 +522,10 @@ pub async fn patch_probe(
         let row = stored(&state, id)?;
         let t = row.target;
         if !state.targets.is_live(t) {
+            let e = state.targets.why_not_live(t);
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("probe {id}'s target {t} is not traced: it cannot change now"),
+                e.status,
+                format!("probe {id} cannot change now: {}", e.message),
             ));
         }
         let old: Option<Vec<Arc<Attached>>> = state
@@ -589,12 +580,26 @@ pub async fn delete_probe(
 ) -> Result<StatusCode, ApiError> {
     let id = probe_id(id)?;
     blocking(move || {
-        let row = stored(&state, id)?;
+        // Bound first: the store's lock must not live through the match.
+        let found = state.store().probe(id);
+        let row = match found {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(ApiError::not_found(format!("no probe with id {id}"))),
+            // A row that cannot be read was never armed (start-up skips
+            // it): the row is all there is to delete.
+            Err(_) => {
+                state.store().delete_probe(id)?;
+                return Ok(StatusCode::NO_CONTENT);
+            }
+        };
         match state
             .targets
             .ask(row.target, |reply| Cmd::Remove(id, reply))
         {
             Ok(r) => r?,
+            // A thread that is still there but busy: the probe may be
+            // armed, so its row stays.
+            Err(e) if state.targets.is_live(row.target) => return Err(e),
             // Its target is not traced: only the definition is left.
             Err(_) => {
                 state.store().delete_probe(id)?;

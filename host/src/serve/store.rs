@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 /// The schema this code writes. Older databases are migrated at open, step
 /// by step; a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE blobs (
@@ -66,6 +66,13 @@ CREATE TABLE probes (
 CREATE INDEX probes_by_target ON probes(target_id);
 ";
 
+/// Version 4: why a target is in its state (a lost connection's cause),
+/// and the manifest an upload gave in place of the module's own.
+const SCHEMA_V4: &str = "
+ALTER TABLE targets ADD COLUMN reason TEXT;
+ALTER TABLE plugin_versions ADD COLUMN manifest_override TEXT;
+";
+
 /// How a target ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct TargetExit {
@@ -88,8 +95,13 @@ pub struct Target {
     pub exe: String,
     /// "running"; "exited" once it ended; "gone" when it was a target of a
     /// previous run of the service that ended meanwhile (a running one is
-    /// attached again at start-up, with its probes).
+    /// attached again at start-up, with its probes); "lost" when its
+    /// connection to wprobe-core ended or stopped answering (`reason` says
+    /// how; its probes are inactive, and the core lets a target go when
+    /// its connection ends).
     pub state: String,
+    /// Why it is in its state, when the state alone does not say.
+    pub reason: Option<String>,
     /// How it ended, when it did.
     pub exit: Option<TargetExit>,
     /// The process's start time (field 22 of /proc/PID/stat), which tells
@@ -109,6 +121,7 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
         cmdline: row.get("cmdline")?,
         exe: row.get("exe")?,
         state: row.get("state")?,
+        reason: row.get("reason")?,
         exit: (code.is_some() || signal.is_some()).then_some(TargetExit { code, signal }),
         start_time: row.get::<_, i64>("start_time")? as u64,
         created: row.get("created")?,
@@ -116,7 +129,7 @@ fn target_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Target> {
 }
 
 const TARGET_COLUMNS: &str =
-    "id, pid, start_time, cmdline, exe, kind, state, exit_code, exit_signal, created";
+    "id, pid, start_time, cmdline, exe, kind, state, reason, exit_code, exit_signal, created";
 
 /// A probe's plugin, as stored: which plugin, with which configuration.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize, ToSchema)]
@@ -170,6 +183,8 @@ pub struct LatestModule {
     pub version: i64,
     pub sha256: String,
     pub bytes: Vec<u8>,
+    /// The manifest (JSON) given at upload in place of the module's own.
+    pub manifest: Option<String>,
 }
 
 /// One stored version of a plugin.
@@ -277,6 +292,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, String> {
         let fail = |e: rusqlite::Error| format!("database {}: {e}", path.display());
         let mut conn = Connection::open(path).map_err(fail)?;
+        // Private whatever the umask or the directory's mode; SQLite gives
+        // the -wal and -shm files the database file's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("database {}: making it private (0600): {e}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -311,6 +331,9 @@ impl Store {
         if current < 3 {
             tx.execute_batch(SCHEMA_V3).map_err(fail)?;
         }
+        if current < 4 {
+            tx.execute_batch(SCHEMA_V4).map_err(fail)?;
+        }
         if current == 0 {
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES (?1)",
@@ -333,6 +356,7 @@ impl Store {
         bytes: &[u8],
         manifest_name: &str,
         manifest_version: &str,
+        manifest_override: Option<&str>,
     ) -> rusqlite::Result<Uploaded> {
         let sha = sha256_hex(bytes);
         let created = now();
@@ -357,9 +381,18 @@ impl Store {
         )?;
         tx.execute(
             "INSERT INTO plugin_versions
-                 (plugin_id, version, sha256, manifest_name, manifest_version, created)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, version, sha, manifest_name, manifest_version, created],
+                 (plugin_id, version, sha256, manifest_name, manifest_version, created,
+                  manifest_override)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id,
+                version,
+                sha,
+                manifest_name,
+                manifest_version,
+                created,
+                manifest_override
+            ],
         )?;
         tx.commit()?;
         Ok(Uploaded {
@@ -450,6 +483,15 @@ impl Store {
         Ok(())
     }
 
+    /// The running target `id` lost its connection to the core.
+    pub fn target_lost(&mut self, id: i64, reason: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE targets SET state = 'lost', reason = ?2 WHERE id = ?1 AND state = 'running'",
+            params![id, reason],
+        )?;
+        Ok(())
+    }
+
     /// Adds probe definitions, all in one transaction; their ids in order.
     pub fn add_probes(&mut self, probes: &[ProbeRow]) -> rusqlite::Result<Vec<i64>> {
         let tx = self
@@ -475,14 +517,41 @@ impl Store {
         Ok(ids)
     }
 
-    /// Every probe, by id; only those of `target` when given.
+    /// Every probe, by id; only those of `target` when given. A row that
+    /// cannot be read (a damaged database) is skipped and named on
+    /// stderr, so that one bad row does not take every answer down.
     pub fn probes(&self, target: Option<i64>) -> rusqlite::Result<Vec<ProbeRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {PROBE_COLUMNS} FROM probes
              WHERE ?1 IS NULL OR target_id = ?1 ORDER BY id"
         ))?;
-        let rows = stmt.query_map([target], probe_from_row)?;
-        rows.collect()
+        let rows = stmt.query_map([target], |row| {
+            let id: rusqlite::Result<i64> = row.get("id");
+            Ok(probe_from_row(row).map_err(|e| (id, e)))
+        })?;
+        let mut good = Vec::new();
+        for row in rows {
+            match row? {
+                Ok(p) => good.push(p),
+                Err((id, e)) => {
+                    let id = id.map_or_else(|_| "?".to_string(), |id| id.to_string());
+                    eprintln!(
+                        "wprobe serve: probe row {id} of the database is unreadable ({e}): \
+                         skipped; delete it (DELETE /api/probes/{id}) or repair it"
+                    );
+                }
+            }
+        }
+        Ok(good)
+    }
+
+    /// How many probes target `target` has, readable or not.
+    pub fn probe_count(&self, target: i64) -> rusqlite::Result<usize> {
+        self.conn.query_row(
+            "SELECT COUNT(*) FROM probes WHERE target_id = ?1",
+            [target],
+            |r| r.get::<_, i64>(0).map(|n| n as usize),
+        )
     }
 
     pub fn probe(&self, id: i64) -> rusqlite::Result<Option<ProbeRow>> {
@@ -532,7 +601,7 @@ impl Store {
     pub fn latest_module(&self, id: i64) -> rusqlite::Result<Option<LatestModule>> {
         self.conn
             .query_row(
-                "SELECT p.name, v.version, v.sha256, b.bytes FROM plugins p
+                "SELECT p.name, v.version, v.sha256, b.bytes, v.manifest_override FROM plugins p
                  JOIN plugin_versions v ON v.plugin_id = p.id
                  JOIN blobs b ON b.sha256 = v.sha256
                  WHERE p.id = ?1 ORDER BY v.version DESC LIMIT 1",
@@ -543,6 +612,7 @@ impl Store {
                         version: r.get(1)?,
                         sha256: r.get(2)?,
                         bytes: r.get(3)?,
+                        manifest: r.get(4)?,
                     })
                 },
             )
@@ -648,9 +718,15 @@ mod tests {
     fn versions_share_identical_bytes() {
         let path = temp_db("versions");
         let mut s = Store::open(&path).expect("open");
-        let a = s.add_version("count", b"one", "count", "1").expect("add");
-        let b = s.add_version("count", b"one", "count", "1").expect("add");
-        let c = s.add_version("count", b"two", "count", "2").expect("add");
+        let a = s
+            .add_version("count", b"one", "count", "1", None)
+            .expect("add");
+        let b = s
+            .add_version("count", b"one", "count", "1", None)
+            .expect("add");
+        let c = s
+            .add_version("count", b"two", "count", "2", None)
+            .expect("add");
         assert_eq!((a.version.version, a.new_blob), (1, true));
         assert_eq!((b.version.version, b.new_blob, b.id), (2, false, a.id));
         assert_eq!((c.version.version, c.new_blob), (3, true));

@@ -38,14 +38,47 @@ const DEFAULT_COUNT: usize = 32;
 static BROWSER: Mutex<Option<Browser>> = Mutex::new(None);
 const MAX_CACHED_FILES: usize = 64;
 
-/// Runs `f` with the shared [`Browser`]; blocking.
+/// Runs `f` with the shared [`Browser`]; blocking. The lock is held only
+/// to take the browser and to put it back, never across the work: a
+/// request that finds it taken works with a fresh one (no cache) rather
+/// than waiting for another request's work.
 fn with_browser<T>(f: impl FnOnce(&mut Browser) -> T) -> T {
-    let mut guard = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
-    let browser = guard.get_or_insert_with(Browser::new);
-    if browser.cached_files() > MAX_CACHED_FILES {
-        *browser = Browser::new();
+    let taken = BROWSER.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut browser = taken
+        .filter(|b| b.cached_files() <= MAX_CACHED_FILES)
+        .unwrap_or_default();
+    let r = f(&mut browser);
+    let mut slot = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(browser);
     }
-    f(browser)
+    r
+}
+
+/// The longest probe spec, symbol name or symbol query accepted, in bytes:
+/// resolving a name and suggesting others costs work in proportion to its
+/// length, in the service and in the core.
+pub const MAX_SPEC_BYTES: usize = 4096;
+
+/// Refuses a spec or name (`what`) that is too long (422, naming the
+/// limit) or holds a NUL byte (400), before any work is done on it.
+pub fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the {what} is {} bytes, more than the limit of {MAX_SPEC_BYTES} bytes: no \
+                 probe spec or symbol name is that long",
+                text.len()
+            ),
+        ));
+    }
+    if let Some(at) = text.find('\0') {
+        return Err(ApiError::bad_request(format!(
+            "the {what} holds a NUL byte (at byte {at}): specs and names are text without NULs"
+        )));
+    }
+    Ok(())
 }
 
 /// The query of `GET /api/targets/{id}/symbols`.
@@ -196,8 +229,9 @@ pub async fn symbols(
     let id = target_id(id)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = in_range("limit", query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let pid = running_pid(&state, id)?;
     let q = query.q.unwrap_or_default();
+    check_text("query `q`", &q)?;
+    let pid = running_pid(&state, id)?;
     tokio::task::spawn_blocking(move || with_browser(|b| b.functions(pid, &q, limit)))
         .await
         .map_err(|e| ApiError::internal(format!("listing the functions of pid {pid}: {e}")))?
@@ -229,6 +263,7 @@ pub async fn disasm(
     let symbol = query.symbol.ok_or_else(|| {
         ApiError::bad_request("give the function: `?symbol=NAME`, such as `main` or `libc:malloc`")
     })?;
+    check_text("symbol", &symbol)?;
     let pid = running_pid(&state, id)?;
     let d = tokio::task::spawn_blocking(move || with_browser(|b| b.disasm(pid, &symbol, count)))
         .await
@@ -273,6 +308,7 @@ pub async fn disasm(
 /// engine gives it); 400 when the spec does not parse. Blocking: call it
 /// off the async threads.
 pub fn check(pid: i32, spec: &str) -> Result<Vec<CheckedPlacementJson>, ApiError> {
+    check_text("spec", spec)?;
     let spec = ProbeSpec::parse(spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     with_browser(|b| b.check_spec(pid, &spec))
         .map(|placed| placed.into_iter().map(CheckedPlacementJson::from).collect())

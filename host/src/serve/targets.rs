@@ -8,11 +8,12 @@
 //!
 //! Also the list of processes that can be attached, from /proc.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -41,6 +42,10 @@ const FRAMES_PER_TURN: usize = 16;
 /// How long a sync hit waits for the plugins' verdict.
 const SYNC_DEADLINE_US: u32 = 50_000;
 
+/// How long `GET /api/probes` and `/metrics` wait, in all, for targets'
+/// counters before answering with those they have.
+const COUNTERS_WAIT: Duration = Duration::from_secs(1);
+
 /// A plugin attached to a probe.
 pub struct Attached {
     pub plugin: i64,
@@ -49,6 +54,72 @@ pub struct Attached {
     pub version: AtomicI64,
     pub config: Value,
     pub att: Attachment,
+    /// Its share of the plugin memory budget, given back when it goes.
+    _memory: Reservation,
+}
+
+/// The bounds [`Targets`] keeps (the `wprobe serve` options of the same
+/// names).
+pub struct Caps {
+    pub max_probes: usize,
+    pub core_timeout: Duration,
+    pub max_attachments: usize,
+    pub memory: Arc<MemoryBudget>,
+}
+
+/// The plugin memory budget (`--plugin-memory-budget`): every instance
+/// counts for its memory cap, whether it uses it yet or not, so that the
+/// instances attached can never grow past the budget together.
+pub struct MemoryBudget {
+    limit: usize,
+    per_instance: usize,
+    used: Mutex<usize>,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize, per_instance: usize) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            per_instance,
+            used: Mutex::new(0),
+        })
+    }
+
+    /// One instance's share; a 422 that names the budget when it is spent.
+    fn reserve(self: &Arc<Self>) -> Result<Reservation, ApiError> {
+        let mut used = lock(&self.used);
+        if *used + self.per_instance > self.limit {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the plugins attached now may use {} bytes of memory ({} instances of at \
+                     most {} bytes); one more would pass the budget of {} bytes \
+                     (--plugin-memory-budget): remove plugins from probes first",
+                    *used,
+                    *used / self.per_instance.max(1),
+                    self.per_instance,
+                    self.limit
+                ),
+            ));
+        }
+        *used += self.per_instance;
+        Ok(Reservation(self.clone()))
+    }
+
+    /// The bytes reserved by the instances attached now.
+    pub fn used(&self) -> usize {
+        *lock(&self.used)
+    }
+}
+
+/// One instance's share of the [`MemoryBudget`].
+struct Reservation(Arc<MemoryBudget>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut used = lock(&self.0.used);
+        *used = used.saturating_sub(self.0.per_instance);
+    }
 }
 
 /// One place a probe is armed.
@@ -124,17 +195,34 @@ pub struct Targets {
     modules: Mutex<HashMap<String, Arc<Plugin>>>,
     /// The most probes one target may have.
     pub max_probes: usize,
+    /// The most plugins one probe may have (`--max-attachments-per-probe`).
+    pub max_attachments: usize,
+    pub memory: Arc<MemoryBudget>,
+    /// How long one call to the core may take before its connection is
+    /// declared lost (`--core-timeout`).
+    core_timeout: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn not_traced(target: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        format!("target {target} is not traced any more (it exited, or the service restarted after it ended)"),
-    )
+/// Why target `t` has no live connection, from what the store says of it.
+fn not_live(t: &Target) -> ApiError {
+    let what = format!("target {} (pid {}, {})", t.id, t.pid, t.cmdline);
+    match (t.state.as_str(), &t.reason) {
+        ("lost", Some(why)) => ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{what} is lost: {why}; delete it (DELETE /api/targets/{}) and attach again",
+                t.id
+            ),
+        ),
+        (state, _) => ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{what} is {state}, not traced: probes go on running targets"),
+        ),
+    }
 }
 
 impl Targets {
@@ -143,9 +231,18 @@ impl Targets {
         store: Arc<Mutex<Store>>,
         runtime: Arc<Runtime>,
         bus: Arc<Bus>,
-        max_probes: usize,
+        caps: Caps,
     ) -> Targets {
+        let Caps {
+            max_probes,
+            core_timeout,
+            max_attachments,
+            memory,
+        } = caps;
         Targets {
+            max_attachments,
+            memory,
+            core_timeout,
             link,
             store,
             runtime,
@@ -166,29 +263,62 @@ impl Targets {
         self.link.stop();
     }
 
+    /// The pid of the core this service uses.
+    pub fn core_pid(&self) -> u32 {
+        self.link.core_pid
+    }
+
     /// Whether target `id` has a live connection.
     pub fn is_live(&self, id: i64) -> bool {
         lock(&self.threads).contains_key(&id)
     }
 
-    /// Sends a command to target `id`'s thread and waits for its answer.
+    /// Why target `id` cannot take a command: what the store says of it.
+    pub fn why_not_live(&self, id: i64) -> ApiError {
+        match self.store().target(id) {
+            Ok(Some(t)) => not_live(&t),
+            Ok(None) => ApiError::not_found(format!("no target with id {id}")),
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Sends a command to target `id`'s thread and waits for its answer. A
+    /// target without a thread (exited, lost, let go) answers at once;
+    /// a thread's calls to the core are bounded by `--core-timeout`, after
+    /// which it declares its connection lost and answers.
     pub fn ask<T>(
         &self,
         id: i64,
         make: impl FnOnce(mpsc::Sender<T>) -> Cmd,
     ) -> Result<T, ApiError> {
-        let handle = lock(&self.threads)
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| not_traced(id))?;
+        let Some(handle) = lock(&self.threads).get(&id).cloned() else {
+            return Err(self.why_not_live(id));
+        };
         let (tx, rx) = mpsc::channel();
-        handle.tx.send(make(tx)).map_err(|_| not_traced(id))?;
+        if handle.tx.send(make(tx)).is_err() {
+            return Err(self.why_not_live(id));
+        }
         handle.wake.ring();
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| not_traced(id))
+        // Commands queued before this one may each wait for the core too.
+        let bound = self.core_timeout * 4 + Duration::from_secs(5);
+        match rx.recv_timeout(bound) {
+            Ok(r) => Ok(r),
+            // The thread ended without answering: it says why in the store.
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(self.why_not_live(id)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "target {id}'s thread did not answer within {} s (it is busy with \
+                     earlier requests to wprobe-core): try again",
+                    bound.as_secs()
+                ),
+            )),
+        }
     }
 
-    /// Asks every live target to refresh its probes' counters.
+    /// Asks every live target to refresh its probes' counters, waiting
+    /// one second at most in all: a target whose thread is stuck on its
+    /// core shows the counters it last had.
     pub fn refresh_counters(&self) {
         let handles: Vec<Handle> = lock(&self.threads).values().cloned().collect();
         let waits: Vec<mpsc::Receiver<()>> = handles
@@ -200,8 +330,10 @@ impl Targets {
                 Some(rx)
             })
             .collect();
+        let deadline = Instant::now() + COUNTERS_WAIT;
         for rx in waits {
-            let _ = rx.recv_timeout(Duration::from_secs(5));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = rx.recv_timeout(left);
         }
     }
 
@@ -216,10 +348,20 @@ impl Targets {
         if let Some(p) = lock(&self.modules).get(&latest.sha256) {
             return Ok((p.clone(), latest.name, latest.version));
         }
+        // Loaded as the upload was validated: with the manifest it gave.
         let plugin = self
             .runtime
-            .load(&latest.bytes, None, &latest.name)
-            .map_err(|e| ApiError::internal(format!("plugin {id} no longer loads: {e}")))?;
+            .load(&latest.bytes, latest.manifest.as_deref(), &latest.name)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "plugin {id} (`{}` version {}) does not load: {e}; upload a version \
+                         that does",
+                        latest.name, latest.version
+                    ),
+                )
+            })?;
         let plugin = Arc::new(plugin);
         lock(&self.modules).insert(latest.sha256, plugin.clone());
         Ok((plugin, latest.name, latest.version))
@@ -228,10 +370,12 @@ impl Targets {
     /// Compiles (once) and instantiates each plugin with its configuration.
     /// A configuration the plugin refuses is a 422 naming the plugin.
     pub fn attach_plugins(&self, plugins: &[ProbePlugin]) -> Result<Vec<Arc<Attached>>, ApiError> {
+        self.check_attachments(plugins.len())?;
         plugins
             .iter()
             .map(|pp| {
                 let (plugin, name, version) = self.module(pp.plugin)?;
+                let memory = self.memory.reserve()?;
                 let config = serde_json::to_string(&pp.config).unwrap_or_else(|_| "{}".into());
                 let att = self.runtime.attach(plugin, &config).map_err(|e| {
                     ApiError::new(
@@ -248,9 +392,24 @@ impl Targets {
                     version: AtomicI64::new(version),
                     config: pp.config.clone(),
                     att,
+                    _memory: memory,
                 }))
             })
             .collect()
+    }
+
+    /// A probe with `n` plugins is within `--max-attachments-per-probe`.
+    pub fn check_attachments(&self, n: usize) -> Result<(), ApiError> {
+        if n > self.max_attachments {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{n} plugins on one probe: the cap is {} (--max-attachments-per-probe)",
+                    self.max_attachments
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Replaces plugin `id` by its newest version wherever it is attached;
@@ -289,6 +448,7 @@ impl Targets {
 
     /// Attaches to `pid` with a connection of its own.
     pub fn attach(self: &Arc<Self>, pid: i32) -> Result<Target, ApiError> {
+        self.refuse_own(pid)?;
         if self.store().running_target(pid)?.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -300,8 +460,8 @@ impl Targets {
         };
         let cmdline = cmdline(pid).unwrap_or_default();
         let exe = exe(pid);
-        let mut client = self.connect()?;
-        match client.call(Op::Attach { pid }) {
+        let (mut client, mut backlog) = self.connect()?;
+        match self.call(&mut client, &mut backlog, Op::Attach { pid }) {
             Ok(Body::Target { .. }) => {}
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &format!("attaching to pid {pid}"))),
@@ -309,19 +469,41 @@ impl Targets {
         let target = self
             .store()
             .add_target(pid, start_time, &cmdline, &exe, "attached")?;
-        self.start_thread(target.id, pid, client);
+        self.start_thread(target.id, pid, client, backlog);
         Ok(target)
+    }
+
+    /// Refuses the service's own process and its core's (any of their
+    /// threads): a probe there would stall the service or the core on its
+    /// own breakpoints.
+    fn refuse_own(&self, pid: i32) -> Result<(), ApiError> {
+        let tgid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| status_field::<u32>(&s, "Tgid:"));
+        let whose = match tgid {
+            Some(t) if t == std::process::id() => "this wprobe serve itself",
+            Some(t) if t == self.link.core_pid => "the wprobe-core this service uses",
+            _ => return Ok(()),
+        };
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "pid {pid} is {whose}: tracing it would stall the service on its own \
+                 breakpoints; attach another process"
+            ),
+        ))
     }
 
     /// Starts `argv` under the core, then lets it run.
     pub fn spawn(self: &Arc<Self>, argv: Vec<String>) -> Result<Target, ApiError> {
         let what = format!("spawning {argv:?}");
-        let mut client = self.connect()?;
-        let pid = match client.call(Op::Spawn {
+        let (mut client, mut backlog) = self.connect()?;
+        let spawn = Op::Spawn {
             argv: argv.clone(),
             env: None,
             stdio: SpawnStdio::Inherit,
-        }) {
+        };
+        let pid = match self.call(&mut client, &mut backlog, spawn) {
             Ok(Body::Target { pid }) => pid,
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &what)),
@@ -331,31 +513,75 @@ impl Targets {
         let target = self
             .store()
             .add_target(pid, start_time, &argv.join(" "), &exe, "spawned")?;
-        if let Err(e) = client.call(Op::Resume { pid }) {
+        if let Err(e) = self.call(&mut client, &mut backlog, Op::Resume { pid }) {
             return Err(core_error(e, &format!("resuming pid {pid}")));
         }
-        self.start_thread(target.id, pid, client);
+        self.start_thread(target.id, pid, client, backlog);
         Ok(target)
     }
 
-    fn connect(&self) -> Result<Client, ApiError> {
+    /// A new connection to the core, configured, and the frames read on
+    /// it so far.
+    fn connect(&self) -> Result<(Client, VecDeque<Frame>), ApiError> {
         let mut client = self
             .link
             .connect(&format!("wprobe serve {}", std::process::id()))
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        // A core that stops reading blocks a write no longer than a call.
+        client
+            .stream()
+            .set_write_timeout(Some(self.core_timeout))
+            .map_err(|e| ApiError::internal(format!("the core's socket: {e}")))?;
+        let mut backlog = VecDeque::new();
         // Children of a target are traced with its probes, and an exec
         // resolves them again in the new program, as uprobes on a binary
         // follow it wherever it runs.
-        client
-            .call(Op::Configure {
-                follow_fork: true,
-                follow_exec: true,
-            })
+        let op = Op::Configure {
+            follow_fork: true,
+            follow_exec: true,
+        };
+        self.call(&mut client, &mut backlog, op)
             .map_err(|e| core_error(e, "configuring the connection"))?;
-        Ok(client)
+        Ok((client, backlog))
     }
 
-    fn start_thread(self: &Arc<Self>, id: i64, pid: i32, client: Client) {
+    /// One request to the core, its answer awaited `--core-timeout` at
+    /// most; frames that come before it go to `backlog`.
+    fn call(
+        &self,
+        client: &mut Client,
+        backlog: &mut VecDeque<Frame>,
+        op: Op,
+    ) -> Result<Body, ClientError> {
+        let id = client.send(op)?;
+        let deadline = Instant::now() + self.core_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "wprobe-core did not answer within {} s (--core-timeout)",
+                        self.core_timeout.as_secs_f64()
+                    ),
+                )));
+            }
+            match client.next(Some(left))? {
+                Some(Frame::Ok { id: i, body }) if i == id => return Ok(body),
+                Some(Frame::Error {
+                    id: i,
+                    kind,
+                    message,
+                }) if i == id || (i == 0 && kind == ErrorKind::BadRequest) => {
+                    return Err(ClientError::Core { kind, message })
+                }
+                Some(f) => backlog.push_back(f),
+                None => {}
+            }
+        }
+    }
+
+    fn start_thread(self: &Arc<Self>, id: i64, pid: i32, client: Client, backlog: VecDeque<Frame>) {
         let (tx, rx) = mpsc::channel();
         let wake = match Wake::new() {
             Ok(w) => Arc::new(w),
@@ -376,13 +602,24 @@ impl Targets {
             id,
             pid,
             client,
+            backlog,
             wake,
             by_core: HashMap::new(),
             done: false,
         };
+        let targets = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("target {id}"))
-            .spawn(move || conn.run(rx));
+            .spawn(move || {
+                // A panic anywhere on the thread must not leave the target
+                // shown as armed: the connection closes as the thread
+                // unwinds (so the core lets the process go), and the
+                // target and its probes say what happened.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.run(rx)));
+                if let Err(panic) = run {
+                    targets.thread_died(id, &panic_message(&panic));
+                }
+            });
         if let Err(e) = spawned {
             eprintln!("wprobe serve: target {id}: starting its thread: {e}");
             lock(&self.threads).remove(&id);
@@ -390,16 +627,54 @@ impl Targets {
     }
 
     /// Lets target `id` go (if it is traced) and forgets it with its
-    /// probes. `Ok(false)` for an unknown id.
-    pub fn remove(&self, id: i64) -> Result<bool, ApiError> {
-        if self.store().target(id)?.is_none() {
+    /// probes; with `kill`, a target the service spawned is then killed.
+    /// `Ok(false)` for an unknown id. Nothing is forgotten while the core
+    /// still traces the process (a lost connection the core has not let go
+    /// of yet): that is an error that says so.
+    pub fn remove(&self, id: i64, kill: bool) -> Result<bool, ApiError> {
+        let Some(t) = self.store().target(id)? else {
             return Ok(false);
+        };
+        if kill && t.kind != "spawned" {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "target {id} (pid {}) was attached, not spawned by the service: \
+                     ?kill=true ends only processes the service started; delete it without \
+                     ?kill to let it go",
+                    t.pid
+                ),
+            ));
         }
         if self.is_live(id) {
-            // An error of `ask` means it ended meanwhile.
+            // An error of `ask` means the thread ended or is stuck: what is
+            // true of the process is checked below either way.
             if let Ok(r) = self.ask(id, Cmd::Detach) {
                 r?
             }
+        }
+        // The core lets go of a lost connection's targets when it sees the
+        // connection end: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Some(tracer) = self.traced_by_core(&t) {
+            if Instant::now() > deadline {
+                let t = self.store().target(id)?.unwrap_or(t);
+                let why = t.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "target {id} (pid {}) is still traced by wprobe-core (pid {}, thread \
+                         {tracer}), whose connection for it is {}{why}: nothing was deleted. \
+                         Try again once the core answers; a core that ends lets every target \
+                         go, restored",
+                        t.pid, self.link.core_pid, t.state
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if kill {
+            kill_process(&t)?;
         }
         let probes: Vec<i64> = self
             .store()
@@ -413,6 +688,39 @@ impl Targets {
             live.remove(&p);
         }
         Ok(gone)
+    }
+
+    /// Target `id`'s thread ended with a panic: the target is "lost" and
+    /// its probes inactive, with the panic's message.
+    fn thread_died(&self, id: i64, panic: &str) {
+        lock(&self.threads).remove(&id);
+        let why = format!("the service's thread for it panicked ({panic})");
+        eprintln!("wprobe serve: target {id} lost: {why}");
+        if let Err(e) = self.store().target_lost(id, &why) {
+            eprintln!("wprobe serve: target {id}: recording its loss: {e}");
+        }
+        let reason = format!("its target was lost: {why}");
+        for p in lock(&self.probes).values_mut().filter(|p| p.target == id) {
+            p.state = "inactive";
+            p.reason = Some(reason.clone());
+            p.placements.clear();
+        }
+    }
+
+    /// The thread of this service's wprobe-core that traces a thread of
+    /// target `t`'s process, if one does (and the process is the same).
+    fn traced_by_core(&self, t: &Target) -> Option<i32> {
+        if start_time(t.pid) != Some(t.start_time) {
+            return None;
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", t.pid)).ok()?;
+        tasks.flatten().find_map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            let tracer: i32 = status_field(&status, "TracerPid:")?;
+            let tracer_status = std::fs::read_to_string(format!("/proc/{tracer}/status")).ok()?;
+            let tgid: u32 = status_field(&tracer_status, "Tgid:")?;
+            (tracer != 0 && tgid == self.link.core_pid).then_some(tracer)
+        })
     }
 
     /// At start-up: targets of the previous run that still run (same pid,
@@ -446,12 +754,11 @@ impl Targets {
     }
 
     fn reattach(self: &Arc<Self>, t: &Target) -> Result<(), String> {
-        let mut client = self.connect().map_err(|e| e.message)?;
-        client
-            .call(Op::Attach { pid: t.pid })
+        let (mut client, mut backlog) = self.connect().map_err(|e| e.message)?;
+        self.call(&mut client, &mut backlog, Op::Attach { pid: t.pid })
             .map_err(|e| e.to_string())?;
         let rows = self.store().probes(Some(t.id)).map_err(|e| e.to_string())?;
-        self.start_thread(t.id, t.pid, client);
+        self.start_thread(t.id, t.pid, client, backlog);
         let mut restore = Vec::new();
         for row in rows {
             match self.attach_plugins(&row.plugins) {
@@ -505,6 +812,8 @@ struct Conn {
     id: i64,
     pid: i32,
     client: Client,
+    /// Frames read while a call waited for its reply, handled first.
+    backlog: VecDeque<Frame>,
     wake: Arc<Wake>,
     by_core: HashMap<u32, Local>,
     /// The connection is over (the target ended or was let go).
@@ -516,11 +825,14 @@ impl Conn {
         while !self.done {
             loop {
                 match rx.try_recv() {
+                    // Once the connection is over, the rest is refused
+                    // with what is true of the target.
+                    Ok(cmd) if self.done => self.refuse(cmd),
                     Ok(cmd) => self.command(cmd),
                     Err(mpsc::TryRecvError::Empty) => break,
                     // The service is going away: let go of the process.
                     Err(mpsc::TryRecvError::Disconnected) => {
-                        let _ = self.client.call(Op::Detach { pid: self.pid });
+                        let _ = self.call(Op::Detach { pid: self.pid });
                         self.done = true;
                         break;
                     }
@@ -531,16 +843,12 @@ impl Conn {
             // a flood of events a request still gets its answer at once.
             let mut read = 0;
             while !self.done && read < FRAMES_PER_TURN {
-                match self.client.next(Some(Duration::from_millis(1))) {
-                    Ok(Some(f)) => {
+                match self.next(Duration::from_millis(1)) {
+                    Some(f) => {
                         self.frame(f);
                         read += 1;
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.closed(&format!("the connection to wprobe-core ended: {e}"));
-                        break;
-                    }
+                    None => break,
                 }
             }
             if !self.done && read < FRAMES_PER_TURN {
@@ -557,16 +865,69 @@ impl Conn {
     }
 
     fn refuse(&self, cmd: Cmd) {
-        let e = || not_traced(self.id);
+        let e = || self.targets.why_not_live(self.id);
         match cmd {
             Cmd::AddProbes(_, r) => drop(r.send(Err((0, e())))),
             Cmd::SetEnabled(.., r) | Cmd::SetPlugins(.., r) | Cmd::Remove(_, r) => {
                 drop(r.send(Err(e())))
             }
+            // Whether the process is still traced is checked by the caller.
             Cmd::Detach(r) => drop(r.send(Ok(()))),
             Cmd::Counters(r) => drop(r.send(())),
             Cmd::Restore(_) => {}
         }
+    }
+
+    /// The next frame: from the backlog, else from the core within
+    /// `timeout`. A connection that fails is lost.
+    fn next(&mut self, timeout: Duration) -> Option<Frame> {
+        if let Some(f) = self.backlog.pop_front() {
+            return Some(f);
+        }
+        match self.client.next(Some(timeout)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.lost(&format!("the connection to wprobe-core ended: {e}"));
+                None
+            }
+        }
+    }
+
+    /// One request to the core (see [`Targets::call`]). A connection that
+    /// fails or does not answer in time is lost: a core that has stopped
+    /// reading or writing would leave every later request waiting.
+    fn call(&mut self, op: Op) -> Result<Body, ClientError> {
+        if self.done {
+            return Err(ClientError::Closed);
+        }
+        let r = self.targets.call(&mut self.client, &mut self.backlog, op);
+        if let Err(e @ (ClientError::Io(_) | ClientError::Closed | ClientError::Proto(_))) = &r {
+            let why = match e {
+                ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => io.to_string(),
+                e => format!("the connection to wprobe-core ended: {e}"),
+            };
+            self.lost(&why);
+        }
+        r
+    }
+
+    /// The connection failed: it is closed (the core lets go of every
+    /// target of a connection that ends), the target is "lost" with the
+    /// reason, its probes inactive, and every later command is answered
+    /// at once.
+    fn lost(&mut self, why: &str) {
+        if self.done {
+            return;
+        }
+        let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
+        eprintln!(
+            "wprobe serve: target {} (pid {}) lost: {why}",
+            self.id, self.pid
+        );
+        if let Err(e) = self.targets.store().target_lost(self.id, why) {
+            eprintln!("wprobe serve: target {}: recording its loss: {e}", self.id);
+        }
+        self.closed(&format!("its target was lost: {why}"));
     }
 
     /// The connection is over: the probes stay listed, inactive.
@@ -607,7 +968,7 @@ impl Conn {
                 let _ = reply.send(());
             }
             Cmd::Detach(reply) => {
-                let r = match self.client.call(Op::Detach { pid: self.pid }) {
+                let r = match self.call(Op::Detach { pid: self.pid }) {
                     Ok(_)
                     | Err(ClientError::Core {
                         kind: ErrorKind::NoTarget,
@@ -635,7 +996,7 @@ impl Conn {
             allow_mutation: row.allow_mutation,
             sync_deadline_us: SYNC_DEADLINE_US,
         };
-        let core = match self.client.call(Op::AddProbe {
+        let core = match self.call(Op::AddProbe {
             spec: row.spec.clone(),
             options,
         }) {
@@ -644,8 +1005,8 @@ impl Conn {
             Err(e) => return Err(core_error(e, &format!("probe `{}`", row.spec))),
         };
         if !row.enabled {
-            if let Err(e) = self.client.call(Op::DisableProbe { id: core }) {
-                let _ = self.client.call(Op::RemoveProbe { id: core });
+            if let Err(e) = self.call(Op::DisableProbe { id: core }) {
+                let _ = self.call(Op::RemoveProbe { id: core });
                 return Err(core_error(e, &format!("disabling probe `{}`", row.spec)));
             }
         }
@@ -653,6 +1014,16 @@ impl Conn {
     }
 
     fn add_probes(&mut self, list: Vec<NewProbe>) -> Result<Vec<i64>, (usize, ApiError)> {
+        // The cap is checked here, on the one thread that adds this
+        // target's probes, so that concurrent requests cannot all pass it.
+        let have = self
+            .targets
+            .store()
+            .probe_count(self.id)
+            .map_err(|e| (0, e.into()))?;
+        if let Err(e) = cap_check(self.id, have, list.len(), self.targets.max_probes) {
+            return Err((0, e));
+        }
         let mut cores = Vec::new();
         for (i, np) in list.iter().enumerate() {
             match self.add_one(&np.row) {
@@ -691,10 +1062,8 @@ impl Conn {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while undecided(&self.targets) && std::time::Instant::now() < deadline && !self.done {
-            match self.client.next(Some(Duration::from_millis(10))) {
-                Ok(Some(f)) => self.frame(f),
-                Ok(None) => {}
-                Err(e) => self.closed(&format!("the connection to wprobe-core ended: {e}")),
+            if let Some(f) = self.next(Duration::from_millis(10)) {
+                self.frame(f);
             }
         }
         let mut live = lock(&self.targets.probes);
@@ -708,7 +1077,7 @@ impl Conn {
 
     fn undo(&mut self, cores: &[u32]) {
         for &id in cores {
-            let _ = self.client.call(Op::RemoveProbe { id });
+            let _ = self.call(Op::RemoveProbe { id });
         }
     }
 
@@ -772,8 +1141,7 @@ impl Conn {
         } else {
             Op::DisableProbe { id: core }
         };
-        self.client
-            .call(op)
+        self.call(op)
             .map_err(|e| core_error(e, &format!("probe {id}")))?;
         let stored = self.targets.store().set_probe_enabled(id, on);
         if let Err(e) = stored {
@@ -783,7 +1151,7 @@ impl Conn {
             } else {
                 Op::EnableProbe { id: core }
             };
-            let _ = self.client.call(undo);
+            let _ = self.call(undo);
             return Err(e.into());
         }
         Ok(())
@@ -809,7 +1177,7 @@ impl Conn {
     fn remove(&mut self, id: i64) -> Result<(), ApiError> {
         // A probe refused at start-up is in the store only.
         if let Ok(core) = self.local(id) {
-            match self.client.call(Op::RemoveProbe { id: core }) {
+            match self.call(Op::RemoveProbe { id: core }) {
                 Ok(_)
                 | Err(ClientError::Core {
                     kind: ErrorKind::NoProbe,
@@ -825,7 +1193,7 @@ impl Conn {
     }
 
     fn counters(&mut self) {
-        let Ok(Body::Stats(stats)) = self.client.call(Op::Stats) else {
+        let Ok(Body::Stats(stats)) = self.call(Op::Stats) else {
             return;
         };
         let mut live = lock(&self.targets.probes);
@@ -864,7 +1232,7 @@ impl Conn {
     fn event(&mut self, e: Event) {
         let Some(local) = self.by_core.get(&e.probe) else {
             if e.sync {
-                let _ = self.client.verdict(e.seq, Action::Continue);
+                self.verdict(e.seq, Action::Continue);
             }
             return;
         };
@@ -874,27 +1242,55 @@ impl Conn {
             return_probe: local.return_probe && e.kind != EventKind::Return,
         };
         let mut records = Vec::new();
-        let action = dispatch(
-            &self.targets.runtime,
-            local.plugins.iter().map(|a| &a.att),
-            &e,
-            info,
-            |n, _, r| {
-                records.push(serde_json::json!({"plugin": local.plugins[n].plugin, "record": r}))
-            },
-            |_, _| {},
-        );
+        // A panic in the plugins' host side ends this event's dispatch,
+        // not the target's thread: the event gets no verdict but Continue.
+        let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dispatch(
+                &self.targets.runtime,
+                local.plugins.iter().map(|a| &a.att),
+                &e,
+                info,
+                |n, _, r| {
+                    records
+                        .push(serde_json::json!({"plugin": local.plugins[n].plugin, "record": r}))
+                },
+                |_, _| {},
+            )
+        }));
+        let action = match dispatched {
+            Ok(action) => action,
+            Err(panic) => {
+                eprintln!(
+                    "wprobe serve: target {}: probe {}: a plugin call panicked ({}); the \
+                     event continues unchanged",
+                    self.id,
+                    local.id,
+                    panic_message(&panic)
+                );
+                e.sync.then_some(Action::Continue)
+            }
+        };
         let json = event_json(self.id, local.id, &local.spec, &local.symbol, &e, &records);
         let probe = local.id;
         if let Some(action) = action {
             // The thread waits: the verdict before anything else.
-            let _ = self.client.verdict(e.seq, action);
+            self.verdict(e.seq, action);
         }
         self.targets.bus.publish(Item::Hit {
             target: self.id,
             probe,
             json,
         });
+    }
+
+    /// Answers a sync event; a write that fails loses the connection.
+    fn verdict(&mut self, seq: u64, action: Action) {
+        if self.done {
+            return;
+        }
+        if let Err(e) = self.client.verdict(seq, action) {
+            self.lost(&format!("sending a verdict to wprobe-core: {e}"));
+        }
     }
 
     fn id_of(&self, core: u32) -> Option<i64> {
@@ -930,6 +1326,11 @@ impl Conn {
             }
             Notice::Refused { probe, pid, reason } => {
                 self.set_state(self.id_of(probe), "refused", reason, Some(pid));
+                // A refusal found while the program runs (a library loaded
+                // later) holds the process until its client says: it goes
+                // on untouched, without this probe. (Gone meanwhile: the
+                // core says so, and its Exited follows.)
+                let _ = self.call(Op::Resume { pid });
             }
             Notice::Gone { probe, pid, reason } => {
                 self.set_state(self.id_of(probe), "gone", reason, Some(pid));
@@ -1004,6 +1405,77 @@ fn core_error(e: ClientError, what: &str) -> ApiError {
     }
 }
 
+/// Whether target `target`, with `have` probes, may take `adding` more.
+pub fn cap_check(target: i64, have: usize, adding: usize, cap: usize) -> Result<(), ApiError> {
+    if have + adding > cap {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "target {target} has {have} probes; {adding} more would pass the cap of {cap} \
+                 (--max-probes-per-target): remove some first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+/// A numeric field of /proc/PID/status ("TracerPid:", "Tgid:").
+fn status_field<T: std::str::FromStr>(status: &str, name: &str) -> Option<T> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].trim().parse().ok()
+}
+
+/// Kills target `t`'s process (SIGKILL), through a pidfd opened while its
+/// start time was checked, so that a later process with the same pid is
+/// never hit. A process already gone is fine.
+fn kill_process(t: &Target) -> Result<(), ApiError> {
+    if start_time(t.pid) != Some(t.start_time) {
+        return Ok(());
+    }
+    // SAFETY: pidfd_open takes a pid and flags, no memory.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, t.pid, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(ApiError::internal(format!("opening pid {}: {e}", t.pid)));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    if start_time(t.pid) != Some(t.start_time) {
+        return Ok(());
+    }
+    // SAFETY: a signal through a valid pidfd; no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            return Err(ApiError::internal(format!("killing pid {}: {e}", t.pid)));
+        }
+    }
+    Ok(())
+}
+
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks
 /// since boot. `None` when there is no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -1064,16 +1536,18 @@ fn user_names() -> std::collections::HashMap<u32, String> {
         .collect()
 }
 
-/// Every process with a command line, by pid, but the service itself.
-pub fn processes() -> Vec<Process> {
+/// Every process with a command line, by pid, but the service itself and
+/// `core` (which cannot be targets).
+pub fn processes(core: u32) -> Vec<Process> {
     let users = user_names();
     let me = std::process::id() as i32;
+    let core = core as i32;
     let mut list: Vec<Process> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|&pid| pid != me && pid != core)
         .filter_map(|pid| {
             let cmdline = cmdline(pid)?;
             let uid = uid_of(pid)?;
@@ -1099,6 +1573,6 @@ mod tests {
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert!(cmdline(me).is_some());
         assert_eq!(start_time(i32::MAX), None);
-        assert!(processes().windows(2).all(|w| w[0].pid < w[1].pid));
+        assert!(processes(0).windows(2).all(|w| w[0].pid < w[1].pid));
     }
 }
