@@ -31,3 +31,6 @@ pub mod proto;
 pub mod spec;
 pub mod symbols;
 pub mod target;
+
+#[cfg(test)]
+pub(crate) mod fuzz_corpus;

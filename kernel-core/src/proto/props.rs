@@ -318,7 +318,7 @@ fn frame_type_byte() -> impl Strategy<Value = u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(crate::fuzz_corpus::config(2000))]
 
     /// Arbitrary bytes, as they come.
     #[test]
@@ -368,7 +368,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(crate::fuzz_corpus::config(500))]
 
     #[test]
     fn decode_inverts_encode(f in frame()) {
