@@ -38,4 +38,6 @@ bash plugins/check-demo.sh
 npm ci --prefix web-ui/tests --no-audit --no-fund
 
 cargo build --workspace --all-targets
+# The property tests run here with their own bounded case counts; set
+# PROPTEST_CASES for a longer run (docs/testing.md).
 cargo test --workspace -- --test-threads=2

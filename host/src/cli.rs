@@ -278,7 +278,11 @@ impl SseParser {
             // An event without data is not dispatched.
             let data = self.data.take()?;
             return Some(SseEvent {
-                event: event.unwrap_or_else(|| "message".to_string()),
+                // No type, or an empty one, is `message` (the standard's
+                // "dispatch the event" step).
+                event: event
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or_else(|| "message".to_string()),
                 data,
             });
         }
@@ -1085,6 +1089,9 @@ fn uploaded_line(up: &Value) -> String {
         }
     )
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

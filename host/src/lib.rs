@@ -21,3 +21,6 @@ pub fn core_binary() -> std::path::PathBuf {
         .filter(|p| p.exists())
         .unwrap_or_else(|| "wprobe-core".into())
 }
+
+#[cfg(test)]
+mod props;

@@ -34,3 +34,6 @@ pub mod ring;
 pub mod spec;
 pub mod symbols;
 pub mod target;
+
+#[cfg(test)]
+pub(crate) mod fuzz_corpus;

@@ -281,7 +281,7 @@ fn parse_capture(w: &str) -> Result<Capture, String> {
         Some((f, t)) if !t.contains(')') => (f, Some(t)),
         _ => (rest, None),
     };
-    let fetch = parse_fetch(fetch_s)?;
+    let fetch = parse_fetch(fetch_s, 0)?;
     let ty = match ty_s {
         None => CaptureType::Hex(64),
         Some(t) => parse_type(t)?,
@@ -315,11 +315,16 @@ fn parse_type(t: &str) -> Result<CaptureType, String> {
     if let Some(n) = sized("bytes") {
         return n.map(CaptureType::Bytes);
     }
-    let (ctor, bits): (fn(u8) -> CaptureType, &str) = match t.split_at(1) {
-        ("u", b) => (CaptureType::Unsigned, b),
-        ("s", b) => (CaptureType::Signed, b),
-        ("x", b) => (CaptureType::Hex, b),
-        _ => return Err(type_error(t)),
+    // By prefix, not by splitting at byte 1: `t` may be empty, or start
+    // with a character longer than a byte.
+    let (ctor, bits): (fn(u8) -> CaptureType, &str) = if let Some(b) = t.strip_prefix('u') {
+        (CaptureType::Unsigned, b)
+    } else if let Some(b) = t.strip_prefix('s') {
+        (CaptureType::Signed, b)
+    } else if let Some(b) = t.strip_prefix('x') {
+        (CaptureType::Hex, b)
+    } else {
+        return Err(type_error(t));
     };
     match bits {
         "8" | "16" | "32" | "64" => Ok(ctor(bits.parse().expect("literal"))),
@@ -333,7 +338,12 @@ fn type_error(t: &str) -> String {
     )
 }
 
-fn parse_fetch(s: &str) -> Result<Fetch, String> {
+/// How many `OFF(...)` memory reads a fetch may nest: a bound on the
+/// parser's recursion, far above what a capture needs.
+const MAX_DEREF_DEPTH: usize = 16;
+
+/// Parses a fetch nested inside `depth` memory reads.
+fn parse_fetch(s: &str, depth: usize) -> Result<Fetch, String> {
     if let Some(r) = s.strip_prefix('%') {
         return Ok(Fetch::Reg(r.to_ascii_lowercase()));
     }
@@ -362,21 +372,108 @@ fn parse_fetch(s: &str) -> Result<Fetch, String> {
     if let (Some(open), true) = (s.find('('), s.ends_with(')')) {
         let off_s = &s[..open];
         let inner = &s[open + 1..s.len() - 1];
-        let off = match off_s.strip_prefix('-') {
-            Some(n) => parse_number(n).map(|v| -(v as i64)),
-            None => parse_number(off_s.strip_prefix('+').unwrap_or(off_s)).map(|v| v as i64),
+        let (negative, magnitude) = match off_s.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, off_s.strip_prefix('+').unwrap_or(off_s)),
+        };
+        let magnitude =
+            parse_number(magnitude).ok_or_else(|| format!("bad offset `{off_s}` in `{s}`"))?;
+        let off = if negative {
+            0i64.checked_sub_unsigned(magnitude)
+        } else {
+            i64::try_from(magnitude).ok()
         }
-        .ok_or_else(|| format!("bad offset `{off_s}` in `{s}`"))?;
-        return Ok(Fetch::Deref(off, Box::new(parse_fetch(inner)?)));
+        .ok_or_else(|| {
+            format!(
+                "offset `{off_s}` in `{s}` is out of range: it must be between \
+                 -0x8000000000000000 and +0x7fffffffffffffff"
+            )
+        })?;
+        if depth >= MAX_DEREF_DEPTH {
+            return Err(format!(
+                "`{s}` nests memory reads more than {MAX_DEREF_DEPTH} deep; read fewer levels"
+            ));
+        }
+        return Ok(Fetch::Deref(off, Box::new(parse_fetch(inner, depth + 1)?)));
     }
     Err(format!(
         "bad fetch `{s}`: use %REG, $argN, $stackN, $stack, @ADDR or OFF(FETCH)"
     ))
 }
 
+/// The canonical text of a spec: it parses back to the same spec. Kinds
+/// are spelled out (`uprobe`, `uretprobe`), numbers are hex, and every
+/// capture names its type.
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Entry => f.write_str("uprobe:")?,
+            Kind::Return => f.write_str("uretprobe:")?,
+        }
+        if let Some(module) = &self.module {
+            write!(f, "{module}:")?;
+        }
+        write!(f, "{}", self.location)?;
+        if self.post {
+            f.write_str(" post")?;
+        }
+        if self.force {
+            f.write_str(" force")?;
+        }
+        if self.entry {
+            f.write_str(" entry")?;
+        }
+        if let Some(n) = self.maxactive {
+            write!(f, " maxactive={n}")?;
+        }
+        for c in &self.captures {
+            write!(f, " {}={}:{}", c.name, c.fetch, c.ty)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Fetch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fetch::Reg(r) => write!(f, "%{r}"),
+            Fetch::Arg(n) => write!(f, "$arg{n}"),
+            Fetch::Stack(n) => write!(f, "$stack{n}"),
+            Fetch::StackPointer => f.write_str("$stack"),
+            Fetch::Absolute(a) => write!(f, "@{a:#x}"),
+            Fetch::Deref(off, inner) if *off < 0 => {
+                write!(f, "-{:#x}({inner})", off.unsigned_abs())
+            }
+            Fetch::Deref(off, inner) => write!(f, "+{off:#x}({inner})"),
+        }
+    }
+}
+
+impl fmt::Display for CaptureType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaptureType::Unsigned(bits) => write!(f, "u{bits}"),
+            CaptureType::Signed(bits) => write!(f, "s{bits}"),
+            CaptureType::Hex(bits) => write!(f, "x{bits}"),
+            CaptureType::String(DEFAULT_STRING) => f.write_str("string"),
+            CaptureType::String(n) => write!(f, "string[{n}]"),
+            CaptureType::Bytes(n) => write!(f, "bytes[{n}]"),
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // A name that itself ends in `+NUMBER` keeps its `+0x0`, or it
+            // would read back as that number of bytes into a shorter name.
+            Location::Symbol { name, offset: 0 }
+                if name
+                    .rsplit_once('+')
+                    .is_some_and(|(_, off)| parse_number(off).is_some()) =>
+            {
+                write!(f, "{name}+0x0")
+            }
             Location::Symbol { name, offset: 0 } => write!(f, "{name}"),
             Location::Symbol { name, offset } => write!(f, "{name}+{offset:#x}"),
             Location::FileAddress(a) | Location::ProcessAddress(a) => write!(f, "{a:#x}"),
@@ -491,9 +588,35 @@ mod tests {
             "uprobe:/b:f oops",
             "error: `oops` is not a capture: expected NAME=FETCH[:TYPE], e.g. `size=%rdi:u64`",
         );
+        check("uprobe:/b:f x=%rdi:", "error: unknown capture type `` (use u8..u64, s8..s64, x8..x64, string, string[N] or bytes[N])");
+        check("uprobe:/b:f x=%rdi:é", "error: unknown capture type `é` (use u8..u64, s8..s64, x8..x64, string, string[N] or bytes[N])");
+        check(
+            "uprobe:/b:f x=-0x8000000000000000(%rdi):u8",
+            r#"Entry Some("/b") f ["x=Deref(-9223372036854775808, Reg(\"rdi\")):Unsigned(8)"]"#,
+        );
+        check(
+            "uprobe:/b:f x=-0x8000000000000001(%rdi)",
+            "error: offset `-0x8000000000000001` in `-0x8000000000000001(%rdi)` is out of range: it must be between -0x8000000000000000 and +0x7fffffffffffffff",
+        );
+        check(
+            "uprobe:/b:f x=+0x8000000000000000(%rdi)",
+            "error: offset `+0x8000000000000000` in `+0x8000000000000000(%rdi)` is out of range: it must be between -0x8000000000000000 and +0x7fffffffffffffff",
+        );
+        // Nesting is bounded, so a long spec cannot exhaust the stack.
+        let nested = |n: usize| format!("uprobe:/b:f x={}%rdi{}", "0(".repeat(n), ")".repeat(n));
+        assert!(ProbeSpec::parse(&nested(16)).is_ok());
+        let deep = ProbeSpec::parse(&nested(17)).expect_err("17 levels are refused");
+        assert!(
+            deep.reason.contains("nests memory reads more than 16 deep"),
+            "{deep}"
+        );
+        assert!(ProbeSpec::parse(&nested(300_000)).is_err());
         check(
             "uprobe:/b:f x=rdi",
             "error: bad fetch `rdi`: use %REG, $argN, $stackN, $stack, @ADDR or OFF(FETCH)",
         );
     }
 }
+
+#[cfg(test)]
+mod props;

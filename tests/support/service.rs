@@ -89,7 +89,23 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    request_within(addr, method, path, headers, body, None)
+}
+
+/// [`request`], with a bound on each read: a reply that never ends (an
+/// event stream answered where a refusal was due) fails the test instead
+/// of hanging it.
+pub fn request_within(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    read_timeout: Option<std::time::Duration>,
+) -> Reply {
     let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(read_timeout)
+        .expect("set the read timeout");
     let mut head = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         head += &format!("Host: {addr}\r\n");

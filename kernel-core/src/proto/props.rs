@@ -1,6 +1,8 @@
 //! Property tests: the decoder on arbitrary and on damaged input (it never
 //! panics and never holds more memory than its input could describe),
-//! round trips of arbitrary frames, and the reader on arbitrary chunking.
+//! round trips of arbitrary frames, the reader on arbitrary chunking, every
+//! frame type cut short or lengthened, lengths of 0 or above `MAX_FRAME`, and
+//! the seeds of `tests/fuzz-corpus/proto/`.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -330,7 +332,7 @@ fn frame_type_byte() -> impl Strategy<Value = u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(crate::fuzz_corpus::config(2000))]
 
     /// Arbitrary bytes, as they come.
     #[test]
@@ -380,7 +382,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(500))]
+    #![proptest_config(crate::fuzz_corpus::config(500))]
 
     #[test]
     fn decode_inverts_encode(f in frame()) {
@@ -418,5 +420,174 @@ proptest! {
         }
         prop_assert!(r.finish().is_ok());
         prop_assert_eq!(got, frames);
+    }
+}
+
+/// A length field the decoder must refuse before looking further: zero, or
+/// above [`MAX_FRAME`] up to `u32::MAX`.
+fn bad_length() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0), (MAX_FRAME + 1)..=u32::MAX, Just(u32::MAX)]
+}
+
+proptest! {
+    #![proptest_config(crate::fuzz_corpus::config(1000))]
+
+    /// Every frame type cut short, its length fixed up so the payload
+    /// decoder sees the cut, is an error, never a shorter frame; so is a
+    /// frame with bytes added at its end.
+    #[test]
+    fn truncated_or_extended_frames_are_errors(
+        f in frame(),
+        cut in any::<prop::sample::Index>(),
+        extra in vec(any::<u8>(), 1..8),
+    ) {
+        let whole = encode(&f);
+        let payload = whole.len() - HEADER_LEN;
+        // Keep the type byte and 0..payload-1 bytes after it.
+        let keep = 1 + cut.index(payload);
+        if keep < payload {
+            let mut cut_short = ((keep as u32).to_le_bytes()).to_vec();
+            cut_short.extend_from_slice(&whole[HEADER_LEN..HEADER_LEN + keep]);
+            prop_assert!(decode(&cut_short).is_err(), "{f:?} cut to {keep} payload bytes decoded");
+        }
+        let mut longer = whole.clone();
+        longer.extend_from_slice(&extra);
+        let len = (longer.len() - HEADER_LEN) as u32;
+        longer[..HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+        prop_assert!(decode(&longer).is_err(), "{f:?} with {extra:02x?} after it decoded");
+    }
+
+    /// A length of 0 or above MAX_FRAME is refused by every entry point,
+    /// whatever follows it, before anything is allocated for it.
+    #[test]
+    fn huge_or_zero_lengths_are_refused(len in bad_length(), rest in vec(any::<u8>(), 0..64)) {
+        let input = [&len.to_le_bytes()[..], &rest].concat();
+        prop_assert!(decode(&input).is_err());
+        let mut r = FrameReader::new();
+        r.push(&input);
+        prop_assert!(r.next_frame().is_err());
+        prop_assert!(read_frame(&mut &input[..]).is_err());
+    }
+}
+
+/// The committed seeds (`tests/fuzz-corpus/proto/`): `ok-*` files are one
+/// frame each, which decodes and encodes back to the same bytes; `bad-*`
+/// files do not decode. All go through the bounded-memory check and the
+/// reader in pieces of every size.
+#[test]
+fn corpus_replays() {
+    for (name, input) in crate::fuzz_corpus::seeds("proto") {
+        check_bounded(&input);
+        let decoded = decode(&input);
+        if name.starts_with("ok-") {
+            let f = decoded.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(encode(&f), input, "{name}: does not encode back");
+        } else {
+            assert!(decoded.is_err(), "{name} decoded: {decoded:?}");
+        }
+        for size in 1..=input.len().max(1) {
+            let mut r = FrameReader::new();
+            let mut got = vec![];
+            for chunk in input.chunks(size) {
+                r.push(chunk);
+                match r.next_frame() {
+                    Ok(Some(f)) => got.push(f),
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+            if name.starts_with("ok-") {
+                assert_eq!(got.len(), 1, "{name} in pieces of {size}");
+            }
+        }
+    }
+}
+
+/// Writes the `ok-*` seeds of `tests/fuzz-corpus/proto/` (run by hand with
+/// `WPROBE_WRITE_CORPUS=1` after a protocol change; otherwise it only checks
+/// that the committed files are what it would write).
+#[test]
+fn corpus_seeds_are_current() {
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz-corpus/proto");
+    let seeds: Vec<(&str, Frame)> = vec![
+        (
+            "ok-hello.bin",
+            Frame::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                client: "wprobe trace".into(),
+            }),
+        ),
+        (
+            "ok-request-add-probe.bin",
+            Frame::Request(Request {
+                id: 7,
+                op: Op::AddProbe {
+                    spec: "uprobe:libc:malloc size=%rdi:u64".into(),
+                    options: ProbeOptions {
+                        mode: Mode::Sync,
+                        allow_mutation: true,
+                        sync_deadline_us: 1000,
+                    },
+                },
+            }),
+        ),
+        (
+            "ok-events.bin",
+            Frame::Events(vec![Event {
+                seq: 1,
+                probe: 2,
+                kind: EventKind::Return,
+                sync: false,
+                pid: 100,
+                tid: 101,
+                time_ns: 5,
+                addr: 0x40_1000,
+                regs: RegSet::X86_64([3; X86_64_NREGS]),
+                captures: vec![
+                    (
+                        "s".into(),
+                        CaptureValue::String {
+                            bytes: b"hi".to_vec(),
+                            truncated: true,
+                        },
+                    ),
+                    ("b".into(), CaptureValue::Bytes(vec![0, 255])),
+                    ("e".into(), CaptureValue::Error("cannot read 0x0".into())),
+                ],
+                ret: Some(RetInfo {
+                    value: 1,
+                    entry_time_ns: 2,
+                    entry_args: [1, 2, 3, 4, 5, 6],
+                    return_address: 0x40_2000,
+                }),
+            }]),
+        ),
+        (
+            "ok-notice-exited.bin",
+            Frame::Notice(Notice::Exited {
+                pid: 9,
+                status: ExitStatus::Signal(11),
+            }),
+        ),
+        (
+            "ok-verdict.bin",
+            Frame::Verdict {
+                seq: 3,
+                action: Action::SetReturn(u64::MAX),
+            },
+        ),
+    ];
+    for (name, f) in seeds {
+        let path = dir.join(name);
+        let bytes = encode(&f);
+        if std::env::var_os("WPROBE_WRITE_CORPUS").is_some() {
+            std::fs::write(&path, &bytes).expect("write a seed");
+        }
+        let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            committed, bytes,
+            "{name} is stale: rerun with WPROBE_WRITE_CORPUS=1"
+        );
     }
 }

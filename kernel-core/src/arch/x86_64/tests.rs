@@ -14,6 +14,7 @@ mod simulate;
 mod slot;
 #[rustfmt::skip]
 mod xol;
+mod props;
 
 use super::{Action, LoopKind, Memory, MemoryError, Prepared, Sim, Xol};
 use std::fmt::Write as _;
