@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use wprobe_core::arch::native::{arch_prepare_optimized_kprobe, arch_prepare_trampoline, RingPlace};
+use wprobe_core::arch::native::{
+    arch_prepare_optimized_kprobe, arch_prepare_trampoline, RingPlace,
+};
 use wprobe_core::ring::Ring;
 use wprobe_tests::{scratch_dir, write_doc_section};
 
@@ -87,9 +89,15 @@ impl Mapped {
         // SAFETY: pages of our own mapping; no thread runs them meanwhile.
         unsafe {
             let p = self.base.add(page).cast();
-            assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_WRITE), 0);
+            assert_eq!(
+                libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_WRITE),
+                0
+            );
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(off), bytes.len());
-            assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            assert_eq!(
+                libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
         }
     }
 }
@@ -219,7 +227,10 @@ fn main() {
         date.trim(),
     );
     if let Some(k) = kernel {
-        body += &format!("| kernel uprobe (int3, in-kernel handler) | {k:.1} | {:.1} |\n", k - bare);
+        body += &format!(
+            "| kernel uprobe (int3, in-kernel handler) | {k:.1} | {:.1} |\n",
+            k - bare
+        );
     }
     body += &format!(
         "| wprobe optimized (jmp, trampoline, ring) | {optimized:.1} | {:.1} |\n\n",
