@@ -907,6 +907,12 @@ impl Tracer for Outside<'_> {
         self.started
     }
 
+    // Still starting: the libraries it needs at start are checked in the
+    // files the dynamic linker will map, as the engine checks them.
+    fn before_start(&self, _pid: i32) -> bool {
+        !self.started
+    }
+
     fn return_probe_refusal(&mut self, pid: i32, file: &Path) -> std::result::Result<(), String> {
         return_probe_refusal(self.elf, pid, file)
     }
