@@ -29,6 +29,9 @@ pub struct Limits {
     pub module_bytes: usize,
     pub memory_bytes: usize,
     pub call_deadline: Duration,
+    /// The wall-clock bound of one call (never less than `call_deadline`):
+    /// CPU time alone does not see a call that waits.
+    pub wall_deadline: Duration,
     pub stack_bytes: usize,
     pub max_keys: usize,
     pub emits_per_sec: u32,
@@ -39,12 +42,21 @@ pub struct Limits {
     pub call_data_calls: usize,
 }
 
+impl Limits {
+    /// The wall-clock bound in effect: `wall_deadline`, or the CPU-time
+    /// bound when that is longer.
+    pub fn wall(&self) -> Duration {
+        self.wall_deadline.max(self.call_deadline)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             module_bytes: 8 << 20,
             memory_bytes: 64 << 20,
             call_deadline: Duration::from_millis(5),
+            wall_deadline: Duration::from_secs(1),
             stack_bytes: 512 << 10,
             max_keys: 10_000,
             emits_per_sec: 10_000,
@@ -316,6 +328,10 @@ pub struct State {
     /// The calling thread's CPU time at the first epoch tick of the call
     /// in progress (`None` until a call lasts that long).
     cpu_at_first_tick: Option<u64>,
+    /// When the call in progress began, for the wall-clock bound.
+    call_started: Instant,
+    /// The call in progress was cut by the wall-clock bound.
+    cut_by_wall: bool,
     /// The instance's exported memory, once known (looking it up by name
     /// at every host call was a tenth of a handler's cost).
     memory: Option<Memory>,
@@ -335,7 +351,10 @@ fn thread_cpu_ns() -> u64 {
 /// Arms the deadline for one call: the next epoch tick runs the callback,
 /// which measures the CPU time the call has used.
 fn arm(store: &mut Store<State>) {
-    store.data_mut().cpu_at_first_tick = None;
+    let s = store.data_mut();
+    s.cpu_at_first_tick = None;
+    s.call_started = Instant::now();
+    s.cut_by_wall = false;
     store.set_epoch_deadline(1);
 }
 
@@ -364,9 +383,16 @@ struct Instance {
     scratch: Vec<u8>,
 }
 
-fn trap_reason(e: &wasmtime::Error, deadline: Duration) -> String {
+fn trap_reason(e: &wasmtime::Error, s: &State) -> String {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("ran longer than its {deadline:?} deadline (CPU time)"),
+        Some(Trap::Interrupt) if s.cut_by_wall => format!(
+            "ran longer than its {:?} wall-clock bound (it waited, or the host was stalled)",
+            s.rt.wall()
+        ),
+        Some(Trap::Interrupt) => format!(
+            "ran longer than its {:?} deadline (CPU time)",
+            s.rt.call_deadline
+        ),
         Some(Trap::StackOverflow) => "overflowed its wasm stack".into(),
         Some(t) => format!("trapped: {t}"),
         None => format!("failed: {e:#}"),
@@ -398,6 +424,12 @@ impl Runtime {
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)?;
         add_host_functions(&mut linker)?;
+        // Some of WASI's functions are ours, not wasmtime-wasi's: the
+        // ones that would block the host's thread, and those whose bad
+        // arguments would trap instead of failing.
+        linker.allow_shadowing(true);
+        add_wasi_overrides(&mut linker)?;
+        linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -595,6 +627,8 @@ impl Runtime {
             may_mutate: plugin.manifest.needs.mutation,
             output: output.clone(),
             cpu_at_first_tick: None,
+            call_started: Instant::now(),
+            cut_by_wall: false,
             memory: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -604,20 +638,26 @@ impl Runtime {
         // millisecond of wall time; at each tick during a call this
         // callback looks at the thread's CPU clock (it started counting at
         // the first tick, so a call is cut within a tick of its budget).
+        // Wall time bounds a call as well, more loosely (`Limits::wall`):
+        // a call that waits in a host function uses no CPU.
         let budget = self.limits.call_deadline.as_nanos() as u64;
+        let wall = self.limits.wall();
         let tick = TICK.as_nanos() as u64;
         store.epoch_deadline_callback(move |mut ctx| {
             let now = thread_cpu_ns();
             let s = ctx.data_mut();
+            if s.call_started.elapsed() > wall {
+                s.cut_by_wall = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
             let first = *s.cpu_at_first_tick.get_or_insert(now);
-            if now - first + tick > budget {
+            if now.saturating_sub(first) + tick > budget {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
         arm(&mut store);
-        let deadline = self.limits.call_deadline;
         let instance = self
             .linker
             .instantiate(&mut store, &plugin.module)
@@ -632,7 +672,7 @@ impl Runtime {
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             arm(&mut store);
             init.call(&mut store, ())
-                .map_err(|e| format!("_initialize {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("_initialize {}", trap_reason(&e, store.data())))?;
         }
         let version = instance
             .get_typed_func::<(), i32>(&mut store, "wprobe_abi_version")
@@ -640,7 +680,7 @@ impl Runtime {
         arm(&mut store);
         let v = version
             .call(&mut store, ())
-            .map_err(|e| format!("wprobe_abi_version {}", trap_reason(&e, deadline)))?;
+            .map_err(|e| format!("wprobe_abi_version {}", trap_reason(&e, store.data())))?;
         if v != abi::ABI_VERSION {
             return Err(format!(
                 "exports ABI version {v}; this host serves version {}",
@@ -662,11 +702,11 @@ impl Runtime {
         };
         if let Some(init) = typed(&mut inst.store, "wprobe_init") {
             let bytes = config.as_bytes().to_vec();
-            let ptr = inst.put(&bytes, deadline)?;
+            let ptr = inst.put(&bytes)?;
             arm(&mut inst.store);
             let r = init
                 .call(&mut inst.store, (ptr, bytes.len() as i32))
-                .map_err(|e| format!("wprobe_init {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("wprobe_init {}", trap_reason(&e, inst.store.data())))?;
             let seen = copy_output(&inst.store, 0);
             if r != 0 {
                 return Err(format!(
@@ -708,14 +748,14 @@ fn push_log(log: &mut VecDeque<String>, cap: usize, line: String) {
 impl Instance {
     /// Puts `bytes` into the plugin's buffer (growing it with
     /// `wprobe_alloc`); the pointer.
-    fn put(&mut self, bytes: &[u8], deadline: Duration) -> Result<i32, String> {
+    fn put(&mut self, bytes: &[u8]) -> Result<i32, String> {
         if bytes.len() > self.buf.1 {
             let want = bytes.len().next_power_of_two().max(1024);
             arm(&mut self.store);
             let ptr = self
                 .alloc
                 .call(&mut self.store, want as i32)
-                .map_err(|e| format!("wprobe_alloc {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("wprobe_alloc {}", trap_reason(&e, self.store.data())))?;
             if ptr <= 0 {
                 return Err(format!("wprobe_alloc({want}) returned {ptr}"));
             }
@@ -789,8 +829,7 @@ impl Attachment {
         let mut scratch = std::mem::take(&mut inst.scratch);
         abi::encode_event(e, flags, &mut scratch);
         let started = Instant::now();
-        let deadline = rt.limits.call_deadline;
-        let result = inst.put(&scratch, deadline).and_then(|ptr| {
+        let result = inst.put(&scratch).and_then(|ptr| {
             inst.store.data_mut().call = Some(CallCtx {
                 pid: e.pid,
                 tid: e.tid,
@@ -806,7 +845,7 @@ impl Attachment {
             arm(&mut inst.store);
             handler
                 .call(&mut inst.store, (ptr, scratch.len() as i32))
-                .map_err(|err| trap_reason(&err, deadline))
+                .map_err(|err| trap_reason(&err, inst.store.data()))
         });
         inst.scratch = scratch;
         let call = inst.store.data_mut().call.take();
@@ -1024,6 +1063,85 @@ fn map_update(
             .expect("maps")
             .update(name, op, key, value, max),
     )
+}
+
+/// WASI preview 1 errno values.
+mod errno {
+    pub const SUCCESS: u16 = 0;
+    pub const FAULT: i32 = 21;
+    pub const INVAL: i32 = 28;
+    pub const NOTSUP: u16 = 58;
+}
+
+/// `poll_oneoff(subscriptions, events, n, nevents)` that never waits: a
+/// plugin's WASI clocks stand still, so a clock subscription is reported
+/// elapsed at once, and an fd subscription fails with `ENOTSUP` (stdin is
+/// empty, the output is never full, files are always ready). wasmtime-wasi's
+/// own sleeps on the host's thread for as long as the plugin asks.
+fn poll_oneoff(
+    caller: &mut Caller<'_, State>,
+    subs: i32,
+    events: i32,
+    n: i32,
+    nevents: i32,
+) -> i32 {
+    /// `subscription` and `event`, as the witx lays them out.
+    const SUB: usize = 48;
+    const EVENT: usize = 32;
+    let Some((mem, _)) = memory(caller) else {
+        return errno::FAULT;
+    };
+    if n == 0 {
+        // wasmtime-wasi's answer too: "indefinite sleeping" is not served.
+        return errno::INVAL;
+    }
+    let count = n as u32 as usize;
+    let sizes = (count.checked_mul(SUB), count.checked_mul(EVENT));
+    let (Some(sub_bytes), Some(event_bytes)) = sizes else {
+        return errno::FAULT;
+    };
+    let as_len = |n: usize| i32::try_from(n).unwrap_or(-1);
+    let (Some(subs), Some(events), Some(out)) = (
+        range(subs, as_len(sub_bytes), mem.len()),
+        range(events, as_len(event_bytes), mem.len()),
+        range(nevents, 4, mem.len()),
+    ) else {
+        return errno::FAULT;
+    };
+    let read: Vec<([u8; 8], u8)> = mem[subs]
+        .chunks_exact(SUB)
+        .map(|s| {
+            let userdata: [u8; 8] = s[..8].try_into().expect("8 bytes");
+            (userdata, s[8])
+        })
+        .collect();
+    for ((userdata, tag), ev) in read.into_iter().zip(mem[events].chunks_exact_mut(EVENT)) {
+        let error = if tag == 0 {
+            errno::SUCCESS
+        } else {
+            errno::NOTSUP
+        };
+        ev.fill(0);
+        ev[..8].copy_from_slice(&userdata);
+        ev[8..10].copy_from_slice(&error.to_le_bytes());
+        ev[10] = tag;
+    }
+    mem[out].copy_from_slice(&(count as u32).to_le_bytes());
+    0
+}
+
+fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    const WASI: &str = "wasi_snapshot_preview1";
+    linker.func_wrap(
+        WASI,
+        "poll_oneoff",
+        |mut caller: Caller<'_, State>, subs: i32, events: i32, n: i32, nevents: i32| -> i32 {
+            poll_oneoff(&mut caller, subs, events, n, nevents)
+        },
+    )?;
+    // wasmtime-wasi's returns at once as well; ours says so here.
+    linker.func_wrap(WASI, "sched_yield", |_: Caller<'_, State>| -> i32 { 0 })?;
+    Ok(())
 }
 
 fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {

@@ -690,3 +690,146 @@ fn a_data_directory_only_when_the_manifest_asks() {
     assert!(e.contains("needs a data directory"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+// Hostile plugins of issue 17: each case once crashed, stalled or fooled
+// the host.
+
+#[test]
+fn lhist_bounds_that_overflow_are_an_error_code_not_a_panic() {
+    let rt = rt_default();
+    // (min, max, step, expected result of map_lhist), each on its own map
+    // ("a", "b", …: the first call fixes a map's bounds).
+    let cases: &[(i64, i64, i64, i64)] = &[
+        (i64::MIN, i64::MAX, 1, -4),
+        (-(1 << 62), 1 << 62, 1 << 61, 0),
+        (i64::MIN, i64::MAX, i64::MAX, 0),
+        (0, 100, 10, 0),
+    ];
+    let mut body = String::new();
+    for (i, (min, max, step, _)) in cases.iter().enumerate() {
+        body.push_str(&format!(
+            "(call $report (i64.const {i}) (call $map_lhist (i32.const {}) (i32.const 1) (i32.const 0) \
+             (i32.const 0) (i32.const 0) (i64.const {min}) (i64.const {min}) (i64.const {max}) (i64.const {step})))\n",
+            300 + i
+        ));
+    }
+    let a = attach(&rt, &module(&body, "", r#"(data (i32.const 300) "abcd")"#));
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(out.fault.is_none(), "{out:?}");
+    for (i, (min, max, step, expect)) in cases.iter().enumerate() {
+        assert_eq!(
+            result(&a, i as i64),
+            Some(*expect),
+            "map_lhist(min {min}, max {max}, step {step})"
+        );
+    }
+    // The maps show without trouble.
+    assert!(a.maps_text().contains("@c:"), "{}", a.maps_text());
+}
+
+/// Runs `a`'s entry handler on another thread; its outcome, or `None` when
+/// it has not returned within a minute (far longer than any call may
+/// take: the bounds are milliseconds to a second).
+fn handle_bounded(rt: &Arc<Runtime>, a: &Arc<super::Attachment>) -> Option<super::Outcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (rt, a) = (rt.clone(), a.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default()));
+    });
+    rx.recv_timeout(Duration::from_secs(60)).ok()
+}
+
+#[test]
+fn poll_oneoff_and_sched_yield_return_at_once() {
+    // Three subscriptions: a relative clock of an hour (userdata 11), an
+    // absolute one at the end of time (12), a read of stdin (13).
+    let wasi = r#"
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))"#;
+    let body = r#"
+    (i64.store (i32.const 1000) (i64.const 11))
+    (i32.store8 (i32.const 1008) (i32.const 0))
+    (i32.store (i32.const 1016) (i32.const 1))
+    (i64.store (i32.const 1024) (i64.const 3600000000000))
+    (i64.store (i32.const 1048) (i64.const 12))
+    (i32.store8 (i32.const 1056) (i32.const 0))
+    (i32.store (i32.const 1064) (i32.const 0))
+    (i64.store (i32.const 1072) (i64.const -1))
+    (i32.store16 (i32.const 1088) (i32.const 1))
+    (i64.store (i32.const 1096) (i64.const 13))
+    (i32.store8 (i32.const 1104) (i32.const 1))
+    (i32.store (i32.const 1112) (i32.const 0))
+    (call $report (i64.const 1) (call $poll (i32.const 1000) (i32.const 2000) (i32.const 3) (i32.const 2200)))
+    (call $report (i64.const 2) (i32.load (i32.const 2200)))
+    ;; each event: userdata, error, type
+    (call $report (i64.const 3) (i32.wrap_i64 (i64.load (i32.const 2000))))
+    (call $report (i64.const 4) (i32.load16_u (i32.const 2008)))
+    (call $report (i64.const 5) (i32.load8_u (i32.const 2010)))
+    (call $report (i64.const 6) (i32.wrap_i64 (i64.load (i32.const 2032))))
+    (call $report (i64.const 7) (i32.load16_u (i32.const 2040)))
+    (call $report (i64.const 8) (i32.wrap_i64 (i64.load (i32.const 2064))))
+    (call $report (i64.const 9) (i32.load16_u (i32.const 2072)))
+    (call $report (i64.const 10) (i32.load8_u (i32.const 2074)))
+    ;; no subscriptions, and subscriptions outside the memory: errors
+    (call $report (i64.const 11) (call $poll (i32.const 1000) (i32.const 2000) (i32.const 0) (i32.const 2200)))
+    (call $report (i64.const 12) (call $poll (i32.const 131000) (i32.const 2000) (i32.const 1000) (i32.const 2200)))
+    (call $report (i64.const 13) (call $yield))"#;
+    let wat = module(body, "", "").replacen(IMPORTS, &format!("{IMPORTS}{wasi}"), 1);
+    let rt = Arc::new(rt_default());
+    let a = Arc::new(attach(&rt, &wat));
+    let out = handle_bounded(&rt, &a).expect("poll_oneoff slept on the host's thread");
+    assert!(out.fault.is_none(), "{out:?}");
+    let got: Vec<Option<i64>> = (1..=13).map(|k| result(&a, k)).collect();
+    let expect = [
+        0,  // poll_oneoff succeeded
+        3,  // three events
+        11, // a relative clock: elapsed at once, no error, type clock
+        0, 0, 12, // an absolute one: the same
+        0, 13, // a read of stdin: ENOTSUP, type fd_read
+        58, 1, 28, // EINVAL
+        21, // EFAULT
+        0,  // sched_yield
+    ];
+    assert_eq!(got, expect.map(Some), "results 1..=13");
+}
+
+/// Target memory that takes its time: a read that waits, as a host call
+/// blocked on something would.
+struct SlowMemory;
+
+impl super::TargetMemory for SlowMemory {
+    fn read(&self, _: i32, _: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        std::thread::sleep(Duration::from_millis(5));
+        buf.fill(0);
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn a_call_that_waits_is_cut_by_the_wall_clock_bound() {
+    // 2000 reads of 5 ms: ten seconds of waiting, next to no CPU time. The
+    // CPU-time deadline never fires; the wall-clock bound does.
+    let limits = Limits {
+        call_deadline: Duration::from_millis(100),
+        wall_deadline: Duration::from_millis(200),
+        ..relaxed()
+    };
+    assert_eq!(limits.wall(), Duration::from_millis(200));
+    // The bound in effect is never below the CPU-time deadline.
+    let long = Limits {
+        call_deadline: Duration::from_secs(2),
+        ..limits.clone()
+    };
+    assert_eq!(long.wall(), Duration::from_secs(2));
+    let rt = Runtime::with_reader(limits, Arc::new(SlowMemory), None).unwrap();
+    hostile(
+        &rt,
+        r#"(local $i i32)
+           (loop $l
+             (drop (call $read_memory (i64.const 4096) (i32.const 100) (i32.const 8)))
+             (local.set $i (i32.add (local.get $i) (i32.const 1)))
+             (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))"#,
+        "",
+        "wall-clock bound",
+    );
+}
