@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -138,7 +139,13 @@ pub fn main(args: TraceArgs) -> i32 {
         }
     }
     let out: Box<dyn Write> = match args.output.as_deref() {
-        None | Some("-") => Box::new(std::io::stdout()),
+        // A File over stdout's descriptor, not `Stdout`: its line buffer
+        // would retry a write a signal interrupted (see LineChunks), and
+        // LineChunks buffers already.
+        None | Some("-") => match std::io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) => Box::new(std::fs::File::from(fd)),
+            Err(e) => return fail(format!("cannot write to stdout: {e}")),
+        },
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(f),
             Err(e) => return fail(format!("cannot write {path}: {e}")),
@@ -466,9 +473,49 @@ fn unexpected(body: &Body) -> ClientError {
 /// command (stdout), such writes are atomic, so the command's own output
 /// is never cut into the middle of an event line, nor an event line into
 /// the command's.
+///
+/// Each byte is looked at a bounded number of times, however long a line
+/// is: `write` notes whether new data holds a newline, and the buffer is
+/// scanned only then (a line of megabytes written in small pieces once
+/// made the output quadratic).
 struct LineChunks {
     inner: Box<dyn Write>,
     buf: Vec<u8>,
+    /// `buf` holds a newline (it holds none after `write_lines`).
+    has_line: bool,
+    /// A stop signal came while a write was blocked (a full pipe nobody
+    /// reads): the output is given up, so that wprobe can end.
+    stopped: bool,
+}
+
+/// `write_all`, but a write interrupted by a signal while Ctrl-C or
+/// SIGTERM has been pressed gives the output up (then and from then on)
+/// instead of waiting again: with the reader of a pipe gone quiet, the
+/// signals are honoured.
+fn write_all_or_stop(
+    w: &mut dyn Write,
+    mut data: &[u8],
+    stopped: &mut bool,
+) -> std::io::Result<()> {
+    let gone = || {
+        std::io::Error::other("the output was given up: a stop signal came while it was blocked")
+    };
+    while !data.is_empty() {
+        if *stopped {
+            return Err(gone());
+        }
+        match w.write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if STOPS.load(Ordering::SeqCst) > 0 {
+                    *stopped = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl LineChunks {
@@ -478,12 +525,20 @@ impl LineChunks {
         LineChunks {
             inner,
             buf: Vec::with_capacity(1 << 16),
+            has_line: false,
+            stopped: false,
         }
     }
 
     /// Writes the complete lines buffered.
     fn write_lines(&mut self) -> std::io::Result<()> {
+        if !self.has_line {
+            return Ok(());
+        }
+        // Scanned from the end: only the unfinished last line is passed
+        // over, and it was written since the last call.
         let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
+            self.has_line = false;
             return Ok(());
         };
         let mut start = 0;
@@ -501,10 +556,11 @@ impl LineChunks {
                         + 1
                 }
             };
-            self.inner.write_all(&self.buf[start..cut])?;
+            write_all_or_stop(&mut self.inner, &self.buf[start..cut], &mut self.stopped)?;
             start = cut;
         }
         self.buf.drain(..=end);
+        self.has_line = false;
         Ok(())
     }
 }
@@ -512,7 +568,8 @@ impl LineChunks {
 impl Write for LineChunks {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= 1 << 16 {
+        self.has_line |= data.contains(&b'\n');
+        if self.has_line && self.buf.len() >= 1 << 16 {
             self.write_lines()?;
         }
         Ok(data.len())
@@ -520,6 +577,9 @@ impl Write for LineChunks {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.write_lines()?;
+        if self.stopped {
+            return Ok(());
+        }
         self.inner.flush()
     }
 }
@@ -700,4 +760,130 @@ fn list(text: &str, pid: Option<i32>) -> i32 {
         return fail(format!("nothing matches `{text}`"));
     }
     0
+}
+
+#[cfg(test)]
+mod line_chunks_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records each write it gets.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(data.to_vec());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn whole_lines_in_pipe_sized_writes() {
+        let w = Writes::default();
+        let mut out = LineChunks::new(Box::new(w.clone()));
+        let short = vec![b'a'; 99];
+        for _ in 0..1000 {
+            out.write_all(&short).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+        let long = vec![b'b'; 10_000];
+        out.write_all(&long).unwrap();
+        out.write_all(b"\ntail").unwrap();
+        out.flush().unwrap();
+        let writes = w.0.lock().unwrap();
+        let all: Vec<u8> = writes.concat();
+        assert_eq!(all.len(), 1000 * 100 + 10_001, "the unfinished line stays");
+        for (i, chunk) in writes.iter().enumerate() {
+            assert_eq!(chunk.last(), Some(&b'\n'), "write {i} ends a line");
+            assert!(
+                chunk.len() <= LineChunks::PIPE_BUF || !chunk[..chunk.len() - 1].contains(&b'\n'),
+                "write {i}: {} bytes, more than one line past PIPE_BUF",
+                chunk.len()
+            );
+        }
+        assert!(
+            writes.iter().any(|c| c.len() == 10_001),
+            "the long line in one write"
+        );
+    }
+
+    #[test]
+    fn a_line_of_megabytes_in_small_writes_is_linear() {
+        // 16 MiB in 16-byte writes (a JSON summary of maps with long keys
+        // is written so). Rescanning the buffer at every write once it
+        // passed 64 KiB made this some 10^13 byte comparisons: hours. The
+        // bound below is for a hang, not a measurement.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let w = Writes::default();
+            let mut out = LineChunks::new(Box::new(w.clone()));
+            let piece = [b'x'; 16];
+            for _ in 0..(1 << 20) {
+                out.write_all(&piece).unwrap();
+            }
+            out.write_all(b"\n").unwrap();
+            out.flush().unwrap();
+            let n: usize = w.0.lock().unwrap().iter().map(Vec::len).sum();
+            let _ = tx.send(n);
+        });
+        let n = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("16 MiB through LineChunks within two minutes");
+        assert_eq!(n, (16 << 20) + 1);
+    }
+
+    #[test]
+    fn a_stop_signal_gives_up_a_blocked_output() {
+        // A pipe nobody reads: once full, a write blocks. SIGTERM (our
+        // handler, no SA_RESTART) interrupts it, and the output is given
+        // up instead of waited on again.
+        install_stop_handler();
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two descriptors for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just made these descriptors, owned from here on.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let _ = tx.send(unsafe { libc::pthread_self() });
+            let mut out = LineChunks::new(Box::new(writer));
+            let line = [b'y'; 1023];
+            let mut result = Ok(());
+            while result.is_ok() {
+                result = out
+                    .write_all(&line)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush());
+            }
+            result
+        });
+        let id = rx.recv().unwrap();
+        // Signal until the writer gives up (each signal interrupts the
+        // write it is blocked in, if it is blocked yet).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !thread.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocked writer did not give up"
+            );
+            // SAFETY: signalling a thread of this process that is alive
+            // (not finished, and joined only below).
+            unsafe { libc::pthread_kill(id, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = thread.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("given up"), "{e}");
+        drop(reader);
+    }
 }
