@@ -10,8 +10,8 @@ mod runtime;
 
 pub use dispatch::dispatch;
 pub use runtime::{
-    Attachment, CallInfo, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime, Stats,
-    TargetMemory,
+    Attachment, CallInfo, CompileLimits, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime,
+    Stats, TargetMemory,
 };
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ use super::maps::{Key, MapError, Maps, Op};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub module_bytes: usize,
+    /// Bounds on what is handed to the compiler, checked first (see
+    /// `prescan`): compiling costs memory well beyond the module's size
+    /// in deeply nested code.
+    pub compile: CompileLimits,
     pub memory_bytes: usize,
     pub call_deadline: Duration,
     /// The wall-clock bound of one call (never less than `call_deadline`):
@@ -42,6 +46,94 @@ pub struct Limits {
     pub call_data_calls: usize,
 }
 
+/// What a module may hold to be compiled (docs/plugin-abi.md, "Sandbox and
+/// limits").
+#[derive(Debug, Clone, Copy)]
+pub struct CompileLimits {
+    pub functions: u32,
+    /// Bytes of one function's body.
+    pub function_bytes: usize,
+    /// Locals of one function (its parameters left out).
+    pub locals: u64,
+    /// Blocks (`block`, `loop`, `if`, `try`) open at once in one function.
+    pub nesting: u32,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            functions: 50_000,
+            function_bytes: 1 << 20,
+            locals: 50_000,
+            nesting: 1_000,
+        }
+    }
+}
+
+/// Reads the code of a module without compiling it, and refuses one that
+/// exceeds `limits`: fifty thousand nested blocks in 150 KB took the
+/// compiler past 1 GiB. The message names the limit and the value.
+fn prescan(bytes: &[u8], limits: &CompileLimits) -> Result<(), String> {
+    use wasmparser::{Operator, Parser, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| format!("not a valid WebAssembly module: {e}");
+    let mut index = 0u32;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::CodeSectionStart { count, .. } if count > limits.functions => {
+                return Err(format!(
+                    "the module has {count} functions; plugins may have at most {}",
+                    limits.functions
+                ));
+            }
+            Payload::CodeSectionEntry(body) => {
+                let at = index;
+                index += 1;
+                let size = body.range().len();
+                if size > limits.function_bytes {
+                    return Err(format!(
+                        "function {at} is {size} bytes; a plugin's functions may be at most {} bytes",
+                        limits.function_bytes
+                    ));
+                }
+                let mut locals = 0u64;
+                for l in body.get_locals_reader().map_err(invalid)? {
+                    locals = locals.saturating_add(u64::from(l.map_err(invalid)?.0));
+                }
+                if locals > limits.locals {
+                    return Err(format!(
+                        "function {at} has {locals} locals; a plugin's functions may have at most {}",
+                        limits.locals
+                    ));
+                }
+                let mut ops = body.get_operators_reader().map_err(invalid)?;
+                let mut depth = 0u32;
+                while !ops.eof() {
+                    match ops.read().map_err(invalid)? {
+                        Operator::Block { .. }
+                        | Operator::Loop { .. }
+                        | Operator::If { .. }
+                        | Operator::Try { .. }
+                        | Operator::TryTable { .. } => {
+                            depth += 1;
+                            if depth > limits.nesting {
+                                return Err(format!(
+                                    "function {at} nests blocks more than {} deep; plugins may \
+                                     nest at most {} (the compiler's memory grows with the depth)",
+                                    limits.nesting, limits.nesting
+                                ));
+                            }
+                        }
+                        Operator::End => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Limits {
     /// The wall-clock bound in effect: `wall_deadline`, or the CPU-time
     /// bound when that is longer.
@@ -54,6 +146,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             module_bytes: 8 << 20,
+            compile: CompileLimits::default(),
             memory_bytes: 64 << 20,
             call_deadline: Duration::from_millis(5),
             wall_deadline: Duration::from_secs(1),
@@ -471,6 +564,7 @@ impl Runtime {
         let binary =
             wat::parse_bytes(bytes).map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
         let bytes: &[u8] = &binary;
+        prescan(bytes, &self.limits.compile)?;
         let module = Module::new(&self.engine, bytes)
             .map_err(|e| format!("not a valid WebAssembly module: {e:#}"))?;
         let manifest = match manifest {

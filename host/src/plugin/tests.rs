@@ -833,3 +833,64 @@ fn a_call_that_waits_is_cut_by_the_wall_clock_bound() {
         "wall-clock bound",
     );
 }
+
+#[test]
+fn code_that_would_cost_the_compiler_dearly_is_refused_first() {
+    let rt = rt_default();
+    let limits = super::CompileLimits::default();
+    // A handler whose body is `body`; flat instructions (`block` … `end`),
+    // since the text parser bounds folded nesting itself.
+    let with = |body: &str| module(body, "", "");
+    let nested = |n: u32| {
+        let mut b = "block\n".repeat(n as usize);
+        b.push_str(&"end\n".repeat(n as usize));
+        with(&b)
+    };
+    let many = |n: u32| {
+        let mut extra = String::new();
+        for _ in 0..n {
+            extra.push_str("(func)\n");
+        }
+        module("", "", &extra)
+    };
+    let locals = |n: u64| with(&format!("(local {})", "i64 ".repeat(n as usize)));
+    let long = |bytes: usize| with(&"(drop (i32.const 1))\n".repeat(bytes / 3));
+    // (module, refused with): None loads.
+    let cases: Vec<(String, Option<&str>)> = vec![
+        // Issue 17: 50 000 nested blocks in 150 KB took `wprobe trace`
+        // past 1 GiB while compiling.
+        (
+            nested(50_000),
+            Some("nests blocks more than 1000 deep; plugins may nest at most 1000"),
+        ),
+        (
+            nested(limits.nesting + 1),
+            Some("nests blocks more than 1000 deep"),
+        ),
+        (nested(limits.nesting), None),
+        (
+            many(limits.functions),
+            Some("functions; plugins may have at most 50000"),
+        ),
+        (many(100), None),
+        (
+            locals(limits.locals + 1),
+            Some("has 50001 locals; a plugin's functions may have at most 50000"),
+        ),
+        (locals(1000), None),
+        (
+            long(limits.function_bytes + 10),
+            Some("bytes; a plugin's functions may be at most 1048576 bytes"),
+        ),
+    ];
+    for (i, (wat, expect)) in cases.iter().enumerate() {
+        match (rt.load(wat.as_bytes(), None, "x.wasm"), expect) {
+            (Ok(_), None) => {}
+            (Err(e), Some(want)) => {
+                assert!(e.contains(want), "case {i}: expected `{want}` in: {e}")
+            }
+            (Ok(_), Some(want)) => panic!("case {i}: loaded; expected a refusal with `{want}`"),
+            (Err(e), None) => panic!("case {i}: refused: {e}"),
+        }
+    }
+}
