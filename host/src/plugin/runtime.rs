@@ -375,6 +375,9 @@ pub struct Stats {
     pub records: u64,
     pub records_dropped: u64,
     pub call_data_dropped: u64,
+    /// Map updates refused (`-7`) because the plugin's maps held as many
+    /// keys as they may.
+    pub map_updates_refused: u64,
     pub busy_ns: u64,
 }
 
@@ -872,7 +875,10 @@ impl Attachment {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.stats.lock().expect("stats").clone()
+        let mut s = self.shared.stats.lock().expect("stats").clone();
+        // Counted where the refusal is decided.
+        s.map_updates_refused = self.shared.maps.lock().expect("maps").overflow;
+        s
     }
 
     pub fn log(&self) -> Vec<String> {

@@ -512,6 +512,8 @@ fn map_keys_are_capped_and_counted() {
     let maps = a.shared.maps.lock().unwrap();
     assert_eq!(maps.keys(), 50);
     assert_eq!(maps.overflow, 950);
+    drop(maps);
+    assert_eq!(a.stats().map_updates_refused, 950, "in the stats");
 }
 
 #[test]
