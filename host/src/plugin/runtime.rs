@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wasmtime::{
-    Caller, Config, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
+    AsContextMut, Caller, Config, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, ValType,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -1241,6 +1241,59 @@ fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     )?;
     // wasmtime-wasi's returns at once as well; ours says so here.
     linker.func_wrap(WASI, "sched_yield", |_: Caller<'_, State>| -> i32 { 0 })?;
+
+    // wasmtime-wasi converts flags and enums before calling its function,
+    // and a value with bits or a number WASI does not define traps there
+    // (a fault, then quarantine) where it should merely fail. These check
+    // first and answer EINVAL, then call wasmtime-wasi's function.
+    use wasmtime_wasi::p1::types::{
+        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Rights, Sdflags, Whence,
+    };
+    use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
+    macro_rules! checked {
+        ($mode:ident $name:ident ($($arg:ident: $ty:ty),*) [$($flag:ident: $fty:ty),*]) => {
+            linker.func_wrap(
+                WASI,
+                stringify!($name),
+                |mut caller: Caller<'_, State>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                    if false $(|| <$fty>::try_from($flag).is_err())* {
+                        return Ok(errno::INVAL);
+                    }
+                    // As wasmtime-wasi's own wrapper does: the fuel bounds
+                    // what one call may copy out of the plugin's memory.
+                    let fuel = caller.as_context_mut().hostcall_fuel();
+                    let Some((mem, state)) = memory(&mut caller) else {
+                        return Ok(errno::FAULT);
+                    };
+                    p1::WasiSnapshotPreview1::set_hostcall_fuel(&mut state.wasi, fuel);
+                    let mut mem = wiggle::GuestMemory::Unshared(mem);
+                    checked!(@call $mode p1::$name(&mut state.wasi, &mut mem, $($arg),*))
+                },
+            )?;
+        };
+        (@call async $call:expr) => { wasmtime_wasi::runtime::in_tokio($call) };
+        (@call sync $call:expr) => { $call };
+    }
+    checked!(async path_open(fd: i32, dirflags: i32, path: i32, path_len: i32, oflags: i32,
+        base: i64, inheriting: i64, fdflags: i32, out: i32)
+        [dirflags: Lookupflags, oflags: Oflags, base: Rights, inheriting: Rights, fdflags: Fdflags]);
+    checked!(async fd_seek(fd: i32, offset: i64, whence: i32, out: i32) [whence: Whence]);
+    checked!(async fd_advise(fd: i32, offset: i64, len: i64, advice: i32) [advice: Advice]);
+    checked!(async fd_filestat_set_times(fd: i32, atim: i64, mtim: i64, fst: i32)
+        [fst: Fstflags]);
+    checked!(async path_filestat_get(fd: i32, flags: i32, path: i32, path_len: i32, out: i32)
+        [flags: Lookupflags]);
+    checked!(async path_filestat_set_times(fd: i32, flags: i32, path: i32, path_len: i32,
+        atim: i64, mtim: i64, fst: i32) [flags: Lookupflags, fst: Fstflags]);
+    checked!(async path_link(fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32,
+        new: i32, new_len: i32) [flags: Lookupflags]);
+    checked!(sync fd_fdstat_set_flags(fd: i32, flags: i32) [flags: Fdflags]);
+    checked!(sync fd_fdstat_set_rights(fd: i32, base: i64, inheriting: i64)
+        [base: Rights, inheriting: Rights]);
+    checked!(sync clock_time_get(id: i32, precision: i64, out: i32) [id: Clockid]);
+    checked!(sync clock_res_get(id: i32, out: i32) [id: Clockid]);
+    checked!(sync sock_accept(fd: i32, flags: i32, out: i32) [flags: Fdflags]);
+    checked!(sync sock_shutdown(fd: i32, how: i32) [how: Sdflags]);
     Ok(())
 }
 

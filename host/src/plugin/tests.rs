@@ -896,3 +896,56 @@ fn code_that_would_cost_the_compiler_dearly_is_refused_first() {
         }
     }
 }
+
+#[test]
+fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
+    // Each call has one argument with bits or a value WASI does not
+    // define; wasmtime-wasi trapped on them (a fault, then quarantine) for
+    // a call that should merely fail with EINVAL (28).
+    let wasi = r#"
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_advise" (func $fd_advise (param i32 i64 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $fd_fdstat_set_flags (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_rights" (func $fd_fdstat_set_rights (param i32 i64 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_set_times" (func $fd_filestat_set_times (param i32 i64 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get" (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))"#;
+    let calls = [
+        // Issue 17: rights with bits past the last defined one.
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const -1) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const -1) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0x100) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0x10000) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0x80) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $fd_seek (i32.const 1) (i64.const 0) (i32.const 9) (i32.const 400))",
+        "(call $fd_advise (i32.const 1) (i64.const 0) (i64.const 0) (i32.const 9))",
+        "(call $fd_fdstat_set_flags (i32.const 1) (i32.const 0x7fff0000))",
+        "(call $fd_fdstat_set_rights (i32.const 1) (i64.const -1) (i64.const 0))",
+        "(call $fd_filestat_set_times (i32.const 1) (i64.const 0) (i64.const 0) (i32.const 0x100))",
+        "(call $path_filestat_get (i32.const 3) (i32.const 0x80) (i32.const 300) (i32.const 3) (i32.const 400))",
+        "(call $clock_time_get (i32.const 9) (i64.const 0) (i32.const 400))",
+        "(call $clock_res_get (i32.const -1) (i32.const 400))",
+        "(call $sock_accept (i32.const 3) (i32.const 0x10000) (i32.const 400))",
+        "(call $sock_shutdown (i32.const 3) (i32.const 0x100))",
+    ];
+    let mut body = String::new();
+    for (i, c) in calls.iter().enumerate() {
+        body.push_str(&format!("(call $report (i64.const {i}) {c})\n"));
+    }
+    let wat = module(&body, "", r#"(data (i32.const 300) "a.t")"#).replacen(
+        IMPORTS,
+        &format!("{IMPORTS}{wasi}"),
+        1,
+    );
+    let rt = rt_default();
+    let a = attach(&rt, &wat);
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(out.fault.is_none(), "{out:?}");
+    for (i, c) in calls.iter().enumerate() {
+        assert_eq!(result(&a, i as i64), Some(28), "call {i}: {c}");
+    }
+}
