@@ -562,10 +562,7 @@ impl Runtime {
                 self.limits.module_bytes
             ));
         }
-        // Text is turned into binary first, so that its custom sections
-        // (`(@custom "wprobe.manifest" …)`) are found like a binary's.
-        let binary =
-            wat::parse_bytes(bytes).map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+        let binary = to_binary(bytes)?;
         let bytes: &[u8] = &binary;
         prescan(bytes, &self.limits.compile)?;
         let module = Module::new(&self.engine, bytes)
@@ -632,6 +629,9 @@ impl Runtime {
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err("does not export its memory as `memory`".into());
         }
+        // A reactor's constructor of another type would not be called:
+        // refused like any mistyped export.
+        func("_initialize", &[], &[])?;
         if !func("wprobe_abi_version", &[], &i32_)? {
             return Err("does not export `wprobe_abi_version` (is it a wprobe plugin?)".into());
         }
@@ -813,6 +813,59 @@ impl Runtime {
             return Ok((inst, seen));
         }
         Ok((inst, 0))
+    }
+}
+
+/// The module as binary: binary as it is; the text format (documented in
+/// docs/plugin-abi.md, "The module": what starts with `(` after blanks and
+/// comments) turned into binary, so that its custom sections
+/// (`(@custom "wprobe.manifest" …)`) are found like a binary's; anything
+/// else refused, naming its first bytes.
+fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.starts_with(MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    if looks_like_text(bytes) {
+        return wat::parse_bytes(bytes).map_err(|e| format!("not valid WebAssembly text: {e}"));
+    }
+    let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let shown: String = bytes
+        .iter()
+        .take(4)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    Err(format!(
+        "not a WebAssembly module (magic bytes {} `{shown}`; a module starts with 00 61 73 6d \
+         `\\0asm`, or is WebAssembly text starting with `(`)",
+        if head.is_empty() {
+            "none: the file is empty".to_string()
+        } else {
+            head.join(" ")
+        }
+    ))
+}
+
+/// Whether `bytes` are WebAssembly text: `(` first, after blanks and
+/// `;;` line or `(; … ;)` block comments.
+fn looks_like_text(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    loop {
+        rest = match rest {
+            [b' ' | b'\t' | b'\n' | b'\r', tail @ ..] => tail,
+            [b';', b';', tail @ ..] => match tail.iter().position(|&b| b == b'\n') {
+                Some(i) => &tail[i + 1..],
+                None => return false,
+            },
+            [b'(', ..] => return true,
+            _ => return false,
+        };
     }
 }
 

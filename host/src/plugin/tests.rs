@@ -311,7 +311,21 @@ fn refused_modules_say_why() {
         assert!(e.contains(expect), "expected `{expect}` in: {e}");
     };
     refused(b"\0asm\x01\0\0\0\x01\x05", "not a valid WebAssembly module");
-    refused(b"not wasm at all", "not a valid WebAssembly module");
+    // Issue 17: neither binary nor text is said so, not with a message of
+    // the text parser.
+    refused(
+        b"not wasm at all",
+        "not a WebAssembly module (magic bytes 6e 6f 74 20 `not `; a module starts with 00 61 73 6d",
+    );
+    refused(
+        b"\x7fELF\x02\x01",
+        "not a WebAssembly module (magic bytes 7f 45 4c 46 `.ELF`",
+    );
+    refused(
+        b"",
+        "not a WebAssembly module (magic bytes none: the file is empty",
+    );
+    refused(b"  (modul", "not valid WebAssembly text");
     refused(&vec![0u8; 200_000], "at most 100000 bytes");
     let good = module("", "", "");
     let mut truncated = wat::parse_str(&good).unwrap();
@@ -340,6 +354,24 @@ fn refused_modules_say_why() {
              (func (export "wprobe_alloc") (param i32) (result i32) i32.const 0))"#,
         "exports no handler",
     );
+    // Issue 17: an `_initialize` of another type than `() -> ()` was
+    // silently not called.
+    refused(
+        good.replacen(
+            "(memory",
+            r#"(func (export "_initialize") (param i32) (result i32) i32.const 0) (memory"#,
+            1,
+        )
+        .as_bytes(),
+        "exports `_initialize` with the wrong type",
+    );
+    // Text after blanks and comments is text.
+    rt.load(
+        format!(";; a plugin\n (; in text ;)\n{good}").as_bytes(),
+        None,
+        "c",
+    )
+    .expect("text after comments");
     let v2 = good.replace("(result i32) i32.const 1)", "(result i32) i32.const 2)");
     let p = rt.load(v2.as_bytes(), None, "v2").unwrap();
     let e = rt.attach(Arc::new(p), "{}").err().unwrap();
