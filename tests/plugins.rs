@@ -412,3 +412,66 @@ fn a_sync_plugin_changes_return_values_only_when_allowed() {
         );
     }
 }
+
+/// Issue 17: the flags of every event, by kind (`entry` and `return` maps,
+/// keyed by the flags byte), and what `set_register` answers at entry.
+const FLAGS: &str = r#"(module
+  (import "wprobe" "map_update" (func $map_update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (import "wprobe" "set_register" (func $set_register (param i32 i64) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"flags\",\"version\":\"1\",\"abi\":1,\"needs\":{\"mutation\":true}}")
+  (memory (export "memory") 1)
+  (data (i32.const 0) "entryreturnset_register")
+  (func $count (param $name i32) (param $len i32) (param $key i64)
+    (i64.store (i32.const 64) (local.get $key))
+    (drop (call $map_update (i32.const 0) (local.get $name) (local.get $len) (i32.const 2)
+                            (i32.const 64) (i32.const 8) (i64.const 0))))
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param $ev i32) (param i32) (result i32)
+    (call $count (i32.const 0) (i32.const 5) (i64.load8_u offset=9 (local.get $ev)))
+    ;; rdi (index 14) as it is: a change would be harmless, and refused.
+    (call $count (i32.const 11) (i32.const 12)
+      (i64.extend_i32_s (call $set_register (i32.const 14) (i64.load offset=232 (local.get $ev)))))
+    i32.const 0)
+  (func (export "wprobe_on_return") (param $ev i32) (param i32) (result i32)
+    (call $count (i32.const 5) (i32.const 6) (i64.load8_u offset=9 (local.get $ev)))
+    i32.const 0))"#;
+
+#[test]
+fn under_sync_a_return_probe_s_entries_are_sync_too() {
+    let bin = build("basic", "plugin-flags", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("flags.wasm");
+    std::fs::write(&file, FLAGS).unwrap();
+    let spec = format!("uretprobe:{b}:work");
+    let t = trace(&[
+        "--plugin",
+        file.to_str().unwrap(),
+        "--sync",
+        "--allow-mutation",
+        "-e",
+        &spec,
+        "--",
+        &b,
+        "10",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    let s = summary_of(&t, "flags");
+    // Entries: sync (bit 0), never mutation (bit 1): the return is
+    // hijacked from the registers as they are. Returns: sync, mutation.
+    assert_eq!(
+        map(s, "entry"),
+        vec![(&Value::from(1), &Value::from(10))],
+        "{s}"
+    );
+    assert_eq!(
+        map(s, "return"),
+        vec![(&Value::from(3), &Value::from(10))],
+        "{s}"
+    );
+    assert_eq!(
+        map(s, "set_register"),
+        vec![(&Value::from(-5), &Value::from(10))],
+        "{s}"
+    );
+}

@@ -976,7 +976,11 @@ impl Attachment {
         } else {
             flags |= FLAG_LIVE_READS;
         }
-        if info.sync && info.mutation {
+        // The entry of a return probe's call may wait (sync) but not
+        // change anything: the core hijacks the return from the registers
+        // as they are.
+        let return_entry = info.return_probe && e.kind == EventKind::Entry;
+        if info.sync && info.mutation && !return_entry {
             flags |= FLAG_MUTATION;
         }
         let mut scratch = std::mem::take(&mut inst.scratch);
