@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -880,7 +880,7 @@ fn copy_output(store: &Store<State>, seen: usize) -> usize {
     let all = s.output.contents();
     if all.len() > seen {
         let text = String::from_utf8_lossy(&all[seen..]);
-        let mut log = s.shared.log.lock().expect("log");
+        let mut log = s.shared.log.lock().unwrap_or_else(PoisonError::into_inner);
         for line in text.lines() {
             push_log(&mut log, s.rt.log_lines, format!("output: {line}"));
         }
@@ -924,13 +924,26 @@ impl Instance {
 
 impl Attachment {
     pub fn plugin(&self) -> Arc<Plugin> {
-        self.plugin.lock().expect("plugin").clone()
+        self.plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = self.shared.stats.lock().expect("stats").clone();
+        let mut s = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         // Counted where the refusal is decided.
-        s.map_updates_refused = self.shared.maps.lock().expect("maps").overflow;
+        s.map_updates_refused = self
+            .shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .overflow;
         s
     }
 
@@ -938,7 +951,7 @@ impl Attachment {
         self.shared
             .log
             .lock()
-            .expect("log")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .cloned()
             .collect()
@@ -953,13 +966,13 @@ impl Attachment {
             .shared
             .stats
             .lock()
-            .expect("stats")
+            .unwrap_or_else(PoisonError::into_inner)
             .quarantined
             .is_some()
         {
             return out;
         }
-        let mut live = self.instance.lock().expect("instance");
+        let mut live = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
         let inst = &mut live.inst;
         let handler = match e.kind {
             EventKind::Entry => inst.entry.clone(),
@@ -986,6 +999,7 @@ impl Attachment {
         let mut scratch = std::mem::take(&mut inst.scratch);
         abi::encode_event(e, flags, &mut scratch);
         let started = Instant::now();
+        let mut host_panicked = false;
         let result = inst.put(&scratch).and_then(|ptr| {
             inst.store.data_mut().call = Some(CallCtx {
                 pid: e.pid,
@@ -1000,9 +1014,28 @@ impl Attachment {
                 set_return: None,
             });
             arm(&mut inst.store);
-            handler
-                .call(&mut inst.store, (ptr, scratch.len() as i32))
-                .map_err(|err| trap_reason(&err, inst.store.data()))
+            // A panic in host code under the call (a bug of ours, not the
+            // plugin's) faults the plugin instead of unwinding through the
+            // caller (a probe's thread, `wprobe trace`'s loop); the
+            // plugin is quarantined at once below. The locks it may have
+            // poisoned are taken as they are.
+            let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.call(&mut inst.store, (ptr, scratch.len() as i32))
+            }));
+            match call {
+                Ok(r) => r.map_err(|err| trap_reason(&err, inst.store.data())),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    host_panicked = true;
+                    Err(format!(
+                        "made the host panic ({what}); this is a wprobe bug, please report it"
+                    ))
+                }
+            }
         });
         inst.scratch = scratch;
         let call = inst.store.data_mut().call.take();
@@ -1012,7 +1045,11 @@ impl Attachment {
             Ok(r) => Some(format!("handler returned {r}")),
             Err(reason) => Some(reason),
         };
-        let mut stats = self.shared.stats.lock().expect("stats");
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         stats.calls += 1;
         stats.busy_ns += started.elapsed().as_nanos() as u64;
         match fault {
@@ -1031,9 +1068,13 @@ impl Attachment {
                 let name = self.plugin().manifest.name.clone();
                 let reason = format!("plugin `{name}` {reason}");
                 stats.last_fault = Some(reason.clone());
-                let mut log = self.shared.log.lock().expect("log");
+                let mut log = self
+                    .shared
+                    .log
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 push_log(&mut log, rt.limits.log_lines, format!("fault: {reason}"));
-                if stats.consecutive_faults >= rt.limits.quarantine_after {
+                if stats.consecutive_faults >= rt.limits.quarantine_after || host_panicked {
                     let q = format!(
                         "quarantined after {} faults in a row; the last: {reason}",
                         stats.consecutive_faults
@@ -1051,10 +1092,14 @@ impl Attachment {
     /// events; maps, per-call data and the log stay. A quarantine ends.
     pub fn replace(&self, rt: &Runtime, plugin: Arc<Plugin>) -> Result<(), String> {
         let (inst, output_seen) = rt.instantiate(&plugin, &self.config, &self.shared)?;
-        let mut live = self.instance.lock().expect("instance");
+        let mut live = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
         *live = Live { inst, output_seen };
-        *self.plugin.lock().expect("plugin") = plugin;
-        let mut stats = self.shared.stats.lock().expect("stats");
+        *self.plugin.lock().unwrap_or_else(PoisonError::into_inner) = plugin;
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         stats.quarantined = None;
         stats.consecutive_faults = 0;
         Ok(())
@@ -1062,21 +1107,37 @@ impl Attachment {
 
     /// Forgets the per-call data of a process that ended.
     pub fn process_exited(&self, pid: i32) {
-        let mut cd = self.shared.call_data.lock().expect("call data");
+        let mut cd = self
+            .shared
+            .call_data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cd.map.retain(|k, _| k.0 != pid);
         cd.order.retain(|k| k.0 != pid);
     }
 
     pub fn maps_json(&self) -> Value {
-        self.shared.maps.lock().expect("maps").to_json()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_json()
     }
 
     pub fn histograms(&self) -> Vec<super::maps::Histogram> {
-        self.shared.maps.lock().expect("maps").histograms()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .histograms()
     }
 
     pub fn maps_text(&self) -> String {
-        self.shared.maps.lock().expect("maps").to_text()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_text()
     }
 }
 
@@ -1217,7 +1278,7 @@ fn map_update(
             .shared
             .maps
             .lock()
-            .expect("maps")
+            .unwrap_or_else(PoisonError::into_inner)
             .update(name, op, key, value, max),
     )
 }
@@ -1404,12 +1465,21 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             };
             {
-                let mut w = state.shared.emit_window.lock().expect("emit window");
+                let mut w = state
+                    .shared
+                    .emit_window
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if w.0.elapsed() >= Duration::from_secs(1) {
                     *w = (Instant::now(), 0);
                 }
                 if w.1 >= state.rt.emits_per_sec {
-                    state.shared.stats.lock().expect("stats").records_dropped += 1;
+                    state
+                        .shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .records_dropped += 1;
                     return code::ELIMIT;
                 }
                 w.1 += 1;
@@ -1491,12 +1561,21 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             }
             let k = (call.pid, call.tid, call.entry_time_ns);
-            let mut cd = state.shared.call_data.lock().expect("call data");
+            let mut cd = state
+                .shared
+                .call_data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if !cd.map.contains_key(&k) {
                 if cd.order.len() >= state.rt.call_data_calls {
                     if let Some(old) = cd.order.pop_front() {
                         cd.map.remove(&old);
-                        state.shared.stats.lock().expect("stats").call_data_dropped += 1;
+                        state
+                            .shared
+                            .stats
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .call_data_dropped += 1;
                     }
                 }
                 cd.order.push_back(k);
@@ -1520,7 +1599,11 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             }
             let k = (call.pid, call.tid, call.entry_time_ns);
-            let mut cd = state.shared.call_data.lock().expect("call data");
+            let mut cd = state
+                .shared
+                .call_data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let Some(data) = cd.map.remove(&k) else {
                 return code::ENOENT;
             };
@@ -1542,7 +1625,11 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 Err(c) => return c,
             };
             let text = String::from_utf8_lossy(&mem[r]).into_owned();
-            let mut log = state.shared.log.lock().expect("log");
+            let mut log = state
+                .shared
+                .log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             push_log(&mut log, state.rt.log_lines, format!("{level}: {text}"));
             0
         },

@@ -981,3 +981,38 @@ fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
         assert_eq!(result(&a, i as i64), Some(28), "call {i}: {c}");
     }
 }
+
+/// Target memory whose read panics: a stand-in for a bug in host code.
+struct PanickyMemory;
+
+impl super::TargetMemory for PanickyMemory {
+    fn read(&self, _: i32, addr: u64, _: &mut [u8]) -> Result<usize, i32> {
+        panic!("a host bug at {addr:#x}");
+    }
+}
+
+#[test]
+fn a_panic_in_host_code_faults_the_plugin_not_the_caller() {
+    let rt = Runtime::with_reader(relaxed(), Arc::new(PanickyMemory), None).unwrap();
+    let a = attach(
+        &rt,
+        &module(
+            "(drop (call $read_memory (i64.const 4096) (i32.const 100) (i32.const 8)))",
+            "",
+            "",
+        ),
+    );
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    let fault = out.fault.expect("a fault");
+    assert!(
+        fault.contains("made the host panic (a host bug at 0x1000)"),
+        "{fault}"
+    );
+    // Quarantined at once: not called again.
+    let st = a.stats();
+    assert!(st.quarantined.is_some(), "{st:?}");
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(!out.called, "{out:?}");
+    // What it kept shows all the same.
+    a.maps_json();
+}
