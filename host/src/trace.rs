@@ -70,6 +70,11 @@ pub struct TraceArgs {
     /// milliseconds, before it is cut (a fault).
     #[arg(long, value_name = "MS", default_value_t = 5)]
     plugin_deadline: u64,
+    /// How much memory compiling a plugin may take, in MiB: a module whose
+    /// compilation needs more is refused (it is compiled in a child
+    /// process under this limit).
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    plugin_compile_memory: u64,
     /// Sync probes: the hit thread waits for the plugins' handlers, whose
     /// memory reads are then consistent.
     #[arg(long)]
@@ -157,7 +162,11 @@ pub fn main(args: TraceArgs) -> i32 {
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
     };
-    let plugins = match crate::trace_plugins::Plugins::load(&args.plugins, args.plugin_deadline) {
+    let plugins = match crate::trace_plugins::Plugins::load(
+        &args.plugins,
+        args.plugin_deadline,
+        args.plugin_compile_memory,
+    ) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

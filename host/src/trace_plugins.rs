@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use wprobe_core::proto::{Action, Event};
-use wprobe_host::plugin::{dispatch, Attachment, CallInfo, Limits, Runtime};
+use wprobe_host::plugin::{dispatch, Attachment, CallInfo, CompileLimits, Limits, Runtime};
 
 /// Raised by SIGHUP.
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -54,16 +54,28 @@ pub struct Plugins {
 
 impl Plugins {
     /// Loads and attaches every plugin; an error names the file and why.
-    pub fn load(args: &[String], deadline_ms: u64) -> Result<Option<Plugins>, String> {
+    pub fn load(
+        args: &[String],
+        deadline_ms: u64,
+        compile_mib: u64,
+    ) -> Result<Option<Plugins>, String> {
         if args.is_empty() {
             return Ok(None);
         }
         if deadline_ms == 0 {
             return Err("--plugin-deadline must be at least 1 ms".into());
         }
+        if compile_mib == 0 {
+            return Err("--plugin-compile-memory must be at least 1 MiB".into());
+        }
+        let defaults = Limits::default();
         let rt = Runtime::new(Limits {
             call_deadline: std::time::Duration::from_millis(deadline_ms),
-            ..Limits::default()
+            compile: CompileLimits {
+                memory_bytes: compile_mib.saturating_mul(1 << 20),
+                ..defaults.compile
+            },
+            ..defaults
         })?;
         let mut list = Vec::new();
         for a in args {

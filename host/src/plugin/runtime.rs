@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wasmtime::{
-    AsContextMut, Caller, Config, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
+    AsContextMut, Caller, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, ValType,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -19,6 +19,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 use wprobe_core::proto::{Event, EventKind};
 
 use super::abi::{self, FLAG_LIVE_READS, FLAG_MUTATION, FLAG_SYNC};
+use super::compile::{self, Compiler};
 use super::manifest::{self, Manifest};
 use super::maps::{Key, MapError, Maps, Op};
 
@@ -57,6 +58,12 @@ pub struct CompileLimits {
     pub locals: u64,
     /// Blocks (`block`, `loop`, `if`, `try`) open at once in one function.
     pub nesting: u32,
+    /// The memory (`RLIMIT_DATA`) of the child process that compiles a
+    /// module (see [`Compiler`]): what passes the pre-scan may still cost
+    /// the compiler more than the service can spare.
+    pub memory_bytes: u64,
+    /// The CPU time (`RLIMIT_CPU`) of that child.
+    pub cpu: Duration,
 }
 
 impl Default for CompileLimits {
@@ -66,6 +73,8 @@ impl Default for CompileLimits {
             function_bytes: 1 << 20,
             locals: 50_000,
             nesting: 1_000,
+            memory_bytes: 512 << 20,
+            cpu: Duration::from_secs(60),
         }
     }
 }
@@ -314,6 +323,7 @@ pub struct Runtime {
     /// Private directories of plugins that ask for one: `<root>/<name>`.
     data_root: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+    compiler: Compiler,
 }
 
 impl Drop for Runtime {
@@ -513,10 +523,7 @@ impl Runtime {
         reader: Arc<dyn TargetMemory>,
         data_root: Option<PathBuf>,
     ) -> wasmtime::Result<Runtime> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.max_wasm_stack(limits.stack_bytes);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&compile::engine_config(limits.stack_bytes))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)?;
         add_host_functions(&mut linker)?;
@@ -543,7 +550,15 @@ impl Runtime {
             reader,
             data_root,
             stop,
+            compiler: Compiler::default(),
         })
+    }
+
+    /// Compile modules with `compiler` instead of the default (see
+    /// [`Compiler::default`]).
+    pub fn with_compiler(mut self, compiler: Compiler) -> Runtime {
+        self.compiler = compiler;
+        self
     }
 
     /// Validates and compiles a module (binary, or text for tests).
@@ -565,8 +580,22 @@ impl Runtime {
         let binary = to_binary(bytes)?;
         let bytes: &[u8] = &binary;
         prescan(bytes, &self.limits.compile)?;
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|e| format!("not a valid WebAssembly module: {e:#}"))?;
+        let invalid = |e: wasmtime::Error| format!("not a valid WebAssembly module: {e:#}");
+        let module = match &self.compiler {
+            Compiler::InProcess => Module::new(&self.engine, bytes).map_err(invalid)?,
+            Compiler::Child(helper) => {
+                // Validating costs memory in proportion to the module (its
+                // functions one at a time); compiling does not.
+                Module::validate(&self.engine, bytes).map_err(invalid)?;
+                compile::in_child(
+                    &self.engine,
+                    helper,
+                    &self.limits.compile,
+                    self.limits.stack_bytes,
+                    bytes,
+                )?
+            }
+        };
         let manifest = match manifest {
             Some(text) => Manifest::parse(text)?,
             None => match manifest::custom_section(bytes, manifest::SECTION) {
