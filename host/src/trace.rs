@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -143,21 +143,21 @@ pub fn main(args: TraceArgs) -> i32 {
             Err(e) => return fail(e),
         }
     }
-    let out: Box<dyn Write> = match args.output.as_deref() {
+    let out: std::fs::File = match args.output.as_deref() {
         // A File over stdout's descriptor, not `Stdout`: its line buffer
         // would retry a write a signal interrupted (see LineChunks), and
         // LineChunks buffers already.
         None | Some("-") => match std::io::stdout().as_fd().try_clone_to_owned() {
-            Ok(fd) => Box::new(std::fs::File::from(fd)),
+            Ok(fd) => std::fs::File::from(fd),
             Err(e) => return fail(format!("cannot write to stdout: {e}")),
         },
         Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
+            Ok(f) => f,
             Err(e) => return fail(format!("cannot write {path}: {e}")),
         },
     };
     let mut json = JsonOut {
-        out: LineChunks::new(out),
+        out: LineChunks::file(out),
         texts: Vec::new(),
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
@@ -441,16 +441,38 @@ impl Session<'_> {
                 })
             })
             .collect();
+        // A stop signal that comes while the summary is made or written
+        // (one that came before made it: Ctrl-C prints the maps) cuts it:
+        // the maps of many keys take long to make, and stderr may be a
+        // pipe nobody reads.
+        let before = STOPS.load(Ordering::SeqCst);
+        let stop = || STOPS.load(Ordering::SeqCst) > before;
+        self.json.out.careful_after = Some(before);
+        let mut whole = true;
         if let Some(p) = &self.plugins {
-            p.summary(&mut self.json.out);
+            // Through LineChunks: whole lines, and a write blocked on a
+            // full pipe gives up on a stop signal (eprintln! waits on).
+            let mut err = match std::io::stderr().as_fd().try_clone_to_owned() {
+                Ok(fd) => LineChunks::file(std::fs::File::from(fd)),
+                Err(_) => LineChunks::new(Box::new(std::io::sink())),
+            };
+            err.careful_after = Some(before);
+            whole = p.summary(&mut self.json.out, &mut err, &stop);
+            if !whole {
+                let _ = writeln!(err, "wprobe: the summary was cut short by a stop signal");
+            }
+            let _ = err.flush();
         }
         let exit = match self.exit {
             Some(ExitStatus::Code(c)) => json!({ "code": c }),
             Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
             None => Json::Null,
         };
-        self.json
-            .write(&json!({ "summary": { "probes": probes, "exit": exit } }));
+        let mut summary = json!({ "probes": probes, "exit": exit });
+        if !whole {
+            summary["cut"] = json!(true);
+        }
+        self.json.write(&json!({ "summary": summary }));
         Ok(())
     }
 }
@@ -495,16 +517,28 @@ struct LineChunks {
     /// A stop signal came while a write was blocked (a full pipe nobody
     /// reads): the output is given up, so that wprobe can end.
     stopped: bool,
+    /// The descriptor under `inner`, when it is a file.
+    fd: Option<RawFd>,
+    /// Once the stop signals counted pass this (the summary is being
+    /// written), writes never wait: see `write_all_or_stop`.
+    careful_after: Option<u32>,
 }
 
 /// `write_all`, but a write interrupted by a signal while Ctrl-C or
 /// SIGTERM has been pressed gives the output up (then and from then on)
 /// instead of waiting again: with the reader of a pipe gone quiet, the
 /// signals are honoured.
+///
+/// `careful`: a stop signal came since the output was told to be careful
+/// (see `LineChunks::careful_after`), and writing must no longer wait:
+/// each write is of at most `PIPE_BUF` bytes, made only when `poll` says
+/// the descriptor takes it now (a pipe then has a free page), and the
+/// output is given up when it does not.
 fn write_all_or_stop(
     w: &mut dyn Write,
     mut data: &[u8],
     stopped: &mut bool,
+    careful: Option<RawFd>,
 ) -> std::io::Result<()> {
     let gone = || {
         std::io::Error::other("the output was given up: a stop signal came while it was blocked")
@@ -513,7 +547,23 @@ fn write_all_or_stop(
         if *stopped {
             return Err(gone());
         }
-        match w.write(data) {
+        let mut n = data.len();
+        if let Some(fd) = careful {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, ours, for a descriptor the output owns;
+            // a zero timeout never waits.
+            let ready = unsafe { libc::poll(&mut p, 1, 0) };
+            if ready != 1 || p.revents & libc::POLLOUT == 0 {
+                *stopped = true;
+                continue;
+            }
+            n = n.min(LineChunks::PIPE_BUF);
+        }
+        match w.write(&data[..n]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
@@ -536,6 +586,29 @@ impl LineChunks {
             buf: Vec::with_capacity(1 << 16),
             has_line: false,
             stopped: false,
+            fd: None,
+            careful_after: None,
+        }
+    }
+
+    /// Over a file (stdout, stderr, `-o FILE`): its descriptor can be
+    /// polled once the output must be careful.
+    fn file(f: std::fs::File) -> Self {
+        let fd = f.as_raw_fd();
+        LineChunks {
+            fd: Some(fd),
+            ..LineChunks::new(Box::new(f))
+        }
+    }
+
+    /// The descriptor to poll before each write, when a stop signal came
+    /// since `careful_after` was set.
+    fn careful(&self) -> Option<RawFd> {
+        let n = self.careful_after?;
+        if STOPS.load(Ordering::SeqCst) > n {
+            self.fd
+        } else {
+            None
         }
     }
 
@@ -565,7 +638,13 @@ impl LineChunks {
                         + 1
                 }
             };
-            write_all_or_stop(&mut self.inner, &self.buf[start..cut], &mut self.stopped)?;
+            let careful = self.careful();
+            write_all_or_stop(
+                &mut self.inner,
+                &self.buf[start..cut],
+                &mut self.stopped,
+                careful,
+            )?;
             start = cut;
         }
         self.buf.drain(..=end);

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
@@ -296,34 +297,40 @@ impl Maps {
     pub fn to_json(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (name, m) in &self.maps {
-            let values: Vec<Value> = m
-                .entries
-                .iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Key::None => Value::Null,
-                        Key::Int(i) => json!(i),
-                        Key::Bytes(_) => json!(k.label()),
-                    };
-                    let value = match v {
-                        Value_::Int(n) => json!(n),
-                        Value_::Avg { count, sum } => json!({
-                            "count": count, "sum": sum,
-                            "avg": if *count == 0 { 0 } else { sum / *count as i64 }
-                        }),
-                        Value_::Hist(_) | Value_::Lhist(_) => Value::Array(
-                            bucket_list(m.op, v)
-                                .into_iter()
-                                .map(|(lo, hi, n)| json!({"low": lo, "high": hi, "count": n}))
-                                .collect(),
-                        ),
-                    };
-                    json!({"key": key, "value": value})
-                })
-                .collect();
+            let values: Vec<Value> = m.entries.iter().map(|(k, v)| entry_json(m, k, v)).collect();
             out.insert(name.clone(), json!({"kind": m.op.name(), "values": values}));
         }
         Value::Object(out)
+    }
+
+    /// [`to_json`](Self::to_json) written to `out` entry by entry, asking
+    /// `stop` before each: when it says so, the JSON is closed where it is
+    /// (whole entries only) and `Ok(false)` says it was cut. A summary of
+    /// many keys takes long to make; a stop signal must not wait for it.
+    pub fn write_json(&self, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        out.write_all(b"{")?;
+        for (i, (name, m)) in self.maps.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, name)?;
+            out.write_all(b":{\"kind\":")?;
+            serde_json::to_writer(&mut *out, m.op.name())?;
+            out.write_all(b",\"values\":[")?;
+            for (j, (k, v)) in m.entries.iter().enumerate() {
+                if stop() {
+                    out.write_all(b"]}}")?;
+                    return Ok(false);
+                }
+                if j > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, &entry_json(m, k, v))?;
+            }
+            out.write_all(b"]}")?;
+        }
+        out.write_all(b"}")?;
+        Ok(true)
     }
 
     /// Every map as text, histograms as bars, the way bpftrace prints them.
@@ -331,27 +338,73 @@ impl Maps {
         let mut s = String::new();
         for (name, m) in &self.maps {
             for (k, v) in &m.entries {
-                let label = match k {
-                    Key::None => format!("@{name}"),
-                    _ => format!("@{name}[{}]", k.label()),
-                };
-                match v {
-                    Value_::Int(n) => {
-                        let _ = writeln!(s, "{label}: {n}");
-                    }
-                    Value_::Avg { count, sum } => {
-                        let avg = if *count == 0 { 0 } else { sum / *count as i64 };
-                        let _ = writeln!(s, "{label}: {avg}");
-                    }
-                    _ => {
-                        let _ = writeln!(s, "{label}:");
-                        s.push_str(&bars(&bucket_list(m.op, v)));
-                        s.push('\n');
-                    }
-                }
+                entry_text(&mut s, name, m, k, v);
             }
         }
         s
+    }
+
+    /// [`to_text`](Self::to_text) written to `out` entry by entry, asking
+    /// `stop` before each; `Ok(false)` when it said so and the text was
+    /// cut (after a whole entry).
+    pub fn write_text(&self, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        let mut s = String::new();
+        for (name, m) in &self.maps {
+            for (k, v) in &m.entries {
+                if stop() {
+                    return Ok(false);
+                }
+                s.clear();
+                entry_text(&mut s, name, m, k, v);
+                out.write_all(s.as_bytes())?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One entry of map `m` as JSON: `{"key": …, "value": …}`.
+fn entry_json(m: &Map, k: &Key, v: &Value_) -> Value {
+    let key = match k {
+        Key::None => Value::Null,
+        Key::Int(i) => json!(i),
+        Key::Bytes(_) => json!(k.label()),
+    };
+    let value = match v {
+        Value_::Int(n) => json!(n),
+        Value_::Avg { count, sum } => json!({
+            "count": count, "sum": sum,
+            "avg": if *count == 0 { 0 } else { sum / *count as i64 }
+        }),
+        Value_::Hist(_) | Value_::Lhist(_) => Value::Array(
+            bucket_list(m.op, v)
+                .into_iter()
+                .map(|(lo, hi, n)| json!({"low": lo, "high": hi, "count": n}))
+                .collect(),
+        ),
+    };
+    json!({"key": key, "value": value})
+}
+
+/// One entry of map `name` as text, appended to `s`.
+fn entry_text(s: &mut String, name: &str, m: &Map, k: &Key, v: &Value_) {
+    let label = match k {
+        Key::None => format!("@{name}"),
+        _ => format!("@{name}[{}]", k.label()),
+    };
+    match v {
+        Value_::Int(n) => {
+            let _ = writeln!(s, "{label}: {n}");
+        }
+        Value_::Avg { count, sum } => {
+            let avg = if *count == 0 { 0 } else { sum / *count as i64 };
+            let _ = writeln!(s, "{label}: {avg}");
+        }
+        _ => {
+            let _ = writeln!(s, "{label}:");
+            s.push_str(&bars(&bucket_list(m.op, v)));
+            s.push('\n');
+        }
     }
 }
 
@@ -430,6 +483,74 @@ fn bars(buckets: &[(i64, i64, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Maps of two kinds, with `n` keys each.
+    fn sample(n: i64) -> Maps {
+        let mut m = Maps::default();
+        for k in 0..n {
+            m.update("a", Op::Count, Key::Int(k), 0, 1000).unwrap();
+            m.update("h", Op::Hist, Key::Bytes(vec![b'k'; 200]), k, 1000)
+                .unwrap();
+            m.update("h", Op::Hist, Key::Int(k), k, 1000).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn writing_the_maps_asks_to_stop_at_each_entry_and_cuts_cleanly() {
+        let maps = sample(50);
+        let all = maps.to_json();
+        let entries: usize = all
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["values"].as_array().unwrap().len())
+            .sum();
+        // (entries written before `stop` says so; None: never)
+        for after in [
+            Some(0),
+            Some(1),
+            Some(50),
+            Some(77),
+            Some(entries - 1),
+            None,
+        ] {
+            let asked = std::cell::Cell::new(0);
+            let stop = || {
+                asked.set(asked.get() + 1);
+                after.is_some_and(|n| asked.get() > n)
+            };
+            let mut json = Vec::new();
+            let whole = maps.write_json(&mut json, &stop).unwrap();
+            let got: Value = serde_json::from_slice(&json)
+                .unwrap_or_else(|e| panic!("cut after {after:?}: not JSON: {e}"));
+            let written: usize = got
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|m| m["values"].as_array().unwrap().len())
+                .sum();
+            assert_eq!(whole, after.is_none(), "cut after {after:?}");
+            assert_eq!(written, after.unwrap_or(entries), "cut after {after:?}");
+            if after.is_none() {
+                assert_eq!(got, all);
+            }
+            asked.set(0);
+            let mut text = Vec::new();
+            let whole = maps.write_text(&mut text, &stop).unwrap();
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(whole, after.is_none(), "text cut after {after:?}");
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with('@')).count(),
+                after.unwrap_or(entries),
+                "text cut after {after:?}"
+            );
+            assert!(
+                maps.to_text().starts_with(&text),
+                "text cut after {after:?}"
+            );
+        }
+    }
 
     #[test]
     fn aggregations_and_kinds() {

@@ -1161,12 +1161,50 @@ impl Attachment {
             .histograms()
     }
 
+    /// Whether the plugin's maps hold no key.
+    pub fn maps_empty(&self) -> bool {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            == 0
+    }
+
     pub fn maps_text(&self) -> String {
         self.shared
             .maps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .to_text()
+    }
+
+    /// The maps as JSON written to `out`, cut when `stop` says so
+    /// (`Ok(false)`); see `Maps::write_json`.
+    pub fn write_maps_json(
+        &self,
+        out: &mut dyn std::io::Write,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<bool> {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_json(out, stop)
+    }
+
+    /// The maps as text written to `out`, cut when `stop` says so
+    /// (`Ok(false)`); see `Maps::write_text`.
+    pub fn write_maps_text(
+        &self,
+        out: &mut dyn std::io::Write,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<bool> {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_text(out, stop)
     }
 }
 
