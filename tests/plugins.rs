@@ -422,3 +422,163 @@ fn a_sync_plugin_changes_return_values_only_when_allowed() {
         );
     }
 }
+
+/// Issue 17: the flags of every event, by kind (`entry` and `return` maps,
+/// keyed by the flags byte), and what `set_register` answers at entry.
+const FLAGS: &str = r#"(module
+  (import "wprobe" "map_update" (func $map_update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (import "wprobe" "set_register" (func $set_register (param i32 i64) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"flags\",\"version\":\"1\",\"abi\":1,\"needs\":{\"mutation\":true}}")
+  (memory (export "memory") 1)
+  (data (i32.const 0) "entryreturnset_register")
+  (func $count (param $name i32) (param $len i32) (param $key i64)
+    (i64.store (i32.const 64) (local.get $key))
+    (drop (call $map_update (i32.const 0) (local.get $name) (local.get $len) (i32.const 2)
+                            (i32.const 64) (i32.const 8) (i64.const 0))))
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param $ev i32) (param i32) (result i32)
+    (call $count (i32.const 0) (i32.const 5) (i64.load8_u offset=9 (local.get $ev)))
+    ;; rdi (index 14) as it is: a change would be harmless, and refused.
+    (call $count (i32.const 11) (i32.const 12)
+      (i64.extend_i32_s (call $set_register (i32.const 14) (i64.load offset=232 (local.get $ev)))))
+    i32.const 0)
+  (func (export "wprobe_on_return") (param $ev i32) (param i32) (result i32)
+    (call $count (i32.const 5) (i32.const 6) (i64.load8_u offset=9 (local.get $ev)))
+    i32.const 0))"#;
+
+#[test]
+fn under_sync_a_return_probe_s_entries_are_sync_too() {
+    let bin = build("basic", "plugin-flags", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("flags.wasm");
+    std::fs::write(&file, FLAGS).unwrap();
+    let spec = format!("uretprobe:{b}:work");
+    let t = trace(&[
+        "--plugin",
+        file.to_str().unwrap(),
+        "--sync",
+        "--allow-mutation",
+        "-e",
+        &spec,
+        "--",
+        &b,
+        "10",
+    ]);
+    assert_eq!(t.status, Some(7), "{}", t.stderr);
+    let s = summary_of(&t, "flags");
+    // Entries: sync (bit 0), never mutation (bit 1): the return is
+    // hijacked from the registers as they are. Returns: sync, mutation.
+    assert_eq!(
+        map(s, "entry"),
+        vec![(&Value::from(1), &Value::from(10))],
+        "{s}"
+    );
+    assert_eq!(
+        map(s, "return"),
+        vec![(&Value::from(3), &Value::from(10))],
+        "{s}"
+    );
+    assert_eq!(
+        map(s, "set_register"),
+        vec![(&Value::from(-5), &Value::from(10))],
+        "{s}"
+    );
+}
+
+/// A plugin that, at its first hit, counts 9 000 keys in map `keys`: its
+/// maps make a summary line of some 200 KB and 130 KB of text bars.
+const MANY_KEYS: &str = r#"(module
+  (import "wprobe" "map_update"
+    (func $map_update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "keys")
+  (global $done (mut i32) (i32.const 0))
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32)
+    (local $k i64)
+    (if (global.get $done) (then (return (i32.const 0))))
+    (global.set $done (i32.const 1))
+    (loop $next
+      (i64.store (i32.const 64) (local.get $k))
+      (drop (call $map_update (i32.const 0) (i32.const 0) (i32.const 4)
+                              (i32.const 2) (i32.const 64) (i32.const 8) (i64.const 0)))
+      (local.set $k (i64.add (local.get $k) (i64.const 1)))
+      (br_if $next (i64.lt_u (local.get $k) (i64.const 9000))))
+    i32.const 0))"#;
+
+#[test]
+fn a_stop_signal_during_the_summary_cuts_it_and_wprobe_ends() {
+    // The plugin's summary line goes out on stdout, which the test reads;
+    // then its bars go to stderr, which the test does not read until
+    // wprobe ends: past the pipe's 64 KiB, writing them waits for ever.
+    // SIGTERM sent once the summary line is seen must end wprobe (it
+    // waited on: eprintln! retries a write a signal interrupts), and the
+    // summary must say it was cut.
+    use std::io::{BufRead, Read};
+    let dir = scratch_dir().join("summary-stop");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let plugin = dir.join("keys.wasm");
+    std::fs::write(&plugin, MANY_KEYS).expect("write the plugin");
+    let mut child = Command::new(wprobe_bin())
+        .args(["trace", "--plugin-deadline", "60000", "--plugin"])
+        .arg(&plugin)
+        .args(["-e", "uprobe:libc:malloc", "--", "sh", "-c", "echo"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wprobe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(120);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with(r#"{"plugin""#)) {
+        let line = rx
+            .recv_timeout(wait)
+            .expect("the plugin's summary line within two minutes");
+        lines.push(line);
+    }
+    // SAFETY: signalling the wprobe we started, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let ended = wait_until(60, || child.try_wait().expect("try_wait").is_some());
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("wprobe did not end within a minute of SIGTERM during its summary");
+    }
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    lines.extend(rx.iter());
+    let summary: Value = lines
+        .iter()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("summary").is_some())
+        })
+        .unwrap_or_else(|| panic!("no summary line in {} lines", lines.len()));
+    assert_eq!(summary["summary"]["cut"], true, "{summary}");
+    // What went to stderr is whole lines: the bars cut between two.
+    let bars: Vec<&str> = err.lines().filter(|l| l.starts_with("@keys")).collect();
+    assert!(bars.len() < 9000, "{} bars: nothing was cut", bars.len());
+    for l in &bars {
+        assert!(
+            l.starts_with("@keys[") && l.ends_with("]: 1"),
+            "a cut line: {l:?}"
+        );
+    }
+}

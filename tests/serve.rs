@@ -151,7 +151,7 @@ fn plugins_versions_refusals_and_restart() {
             "/api/plugins?name=bad",
             b"not wasm at all",
             422,
-            "not a valid WebAssembly",
+            "not a WebAssembly module (magic bytes 6e 6f 74 20",
         ),
         (
             "/api/plugins?name=bad",

@@ -1111,3 +1111,97 @@ fn a_probe_refused_when_its_library_loads_leaves_the_program_running() {
     assert_eq!(rest, "sum=81\n");
     assert!(child.wait().unwrap().success());
 }
+
+/// Issue 17: map updates refused at the key cap (`-7`) are counted where
+/// they can be seen: the probe's and the plugin's pages, and `/metrics`.
+#[test]
+fn map_updates_refused_at_the_key_cap_are_shown() {
+    let bin = gated("key-cap");
+    let dir = data_dir("key-cap");
+    let api = Api::start(&dir, &[]);
+    // Each call adds 300 new keys to map "k" (10 000 keys at most), and
+    // counts the updates refused with -7 in map "refused" (made on the
+    // first call, under the cap).
+    let module = br#"(module
+      (import "wprobe" "map_update" (func $map_update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+      (memory (export "memory") 1)
+      (global $next (mut i64) (i64.const 0))
+      (data (i32.const 0) "krefused")
+      (func (export "wprobe_abi_version") (result i32) i32.const 1)
+      (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+      (func (export "wprobe_on_entry") (param i32 i32) (result i32)
+        (local $i i32)
+        (drop (call $map_update (i32.const 1) (i32.const 1) (i32.const 7) (i32.const 0) (i32.const 0) (i32.const 0) (i64.const 0)))
+        (loop $l
+          (i64.store (i32.const 16) (global.get $next))
+          (global.set $next (i64.add (global.get $next) (i64.const 1)))
+          (if (i32.eq (i32.const -7)
+                (call $map_update (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 2) (i32.const 16) (i32.const 8) (i64.const 0)))
+            (then (drop (call $map_update (i32.const 1) (i32.const 1) (i32.const 7) (i32.const 0) (i32.const 0) (i32.const 0) (i64.const 1)))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 300))))
+        i32.const 0))"#;
+    let auth = format!("Bearer {}", api.s.token);
+    let r = api.s.raw(
+        "POST",
+        "/api/plugins?name=hoarder",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/wasm"),
+        ],
+        module,
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let plugin = r.json["id"].as_i64().unwrap();
+    let mut g = Gated::start(&bin, 40, false);
+    let t = api.attach(g.pid());
+    let p = api.json(
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": format!("uprobe:{}:work", bin.display()),
+               "plugins": [{"plugin": plugin}]}),
+        201,
+    )["id"]
+        .as_i64()
+        .unwrap();
+    g.round();
+    let page = || api.get(&format!("/api/plugins/{plugin}"));
+    assert!(
+        wait_until(20, || page()["attachments"][0]["calls"] == 40),
+        "{}",
+        page()
+    );
+    let page = page();
+    let att = &page["attachments"][0];
+    assert_eq!(att["faults"], 0, "{page}");
+    // What the plugin saw refused, the host counted: 40 × 300 updates of
+    // new keys, 1 key of "refused", a cap of 10 000.
+    let aggs = api.get("/api/aggregations");
+    let maps = aggs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["probe"] == p)
+        .unwrap_or_else(|| panic!("no aggregation of probe {p}: {aggs}"))["maps"]
+        .clone();
+    let seen = map_total(&maps, "refused");
+    assert_eq!(seen, 40 * 300 + 1 - 10_000, "{maps}");
+    assert_eq!(att["map_updates_refused"].as_u64(), Some(seen), "{page}");
+    let probe = api.probe(p);
+    assert_eq!(
+        probe["plugins"][0]["map_updates_refused"].as_u64(),
+        Some(seen),
+        "{probe}"
+    );
+    let m = api.metrics();
+    let labels = [
+        ("probe", p.to_string()),
+        ("plugin", plugin.to_string()),
+        ("name", "hoarder".into()),
+    ];
+    let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        wprobe_tests::prom::value(&m, "wprobe_plugin_map_updates_refused_total", &l),
+        Some(seen as f64)
+    );
+}

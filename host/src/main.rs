@@ -43,10 +43,22 @@ enum Cmd {
     Plugin(wprobe_host::cli::PluginArgs),
     /// Follow a running service's events: each hit as a JSON line.
     Events(wprobe_host::cli::EventsArgs),
+    /// Compile a plugin's module for the `wprobe` that started this one
+    /// (host/src/plugin/compile.rs): wasm on stdin, the artifact on
+    /// stdout, under the memory limit the parent set.
+    #[command(name = "__compile-plugin", hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        stack_bytes: usize,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    // Plugins are compiled by a child running this very executable, under
+    // a memory limit: /proc/self/exe stays it even when the file is
+    // replaced on disk.
+    wprobe_host::plugin::compile::set_helper("/proc/self/exe".into());
     let code = match cli.cmd {
         Cmd::Trace(args) => trace::main(args),
         Cmd::Serve(args) => wprobe_host::serve::main(args),
@@ -55,6 +67,9 @@ fn main() {
         Cmd::Probe(args) => wprobe_host::cli::probe(args),
         Cmd::Plugin(args) => wprobe_host::cli::plugin(args),
         Cmd::Events(args) => wprobe_host::cli::events(args),
+        Cmd::CompilePlugin { stack_bytes } => {
+            wprobe_host::plugin::compile::helper_main(stack_bytes)
+        }
     };
     std::process::exit(code);
 }

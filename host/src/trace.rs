@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -69,6 +70,11 @@ pub struct TraceArgs {
     /// milliseconds, before it is cut (a fault).
     #[arg(long, value_name = "MS", default_value_t = 5)]
     plugin_deadline: u64,
+    /// How much memory compiling a plugin may take, in MiB: a module whose
+    /// compilation needs more is refused (it is compiled in a child
+    /// process under this limit).
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    plugin_compile_memory: u64,
     /// Sync probes: the hit thread waits for the plugins' handlers, whose
     /// memory reads are then consistent.
     #[arg(long)]
@@ -137,22 +143,32 @@ pub fn main(args: TraceArgs) -> i32 {
             Err(e) => return fail(e),
         }
     }
-    let out: Box<dyn Write> = match args.output.as_deref() {
-        None | Some("-") => Box::new(std::io::stdout()),
+    let out: std::fs::File = match args.output.as_deref() {
+        // A File over stdout's descriptor, not `Stdout`: its line buffer
+        // would retry a write a signal interrupted (see LineChunks), and
+        // LineChunks buffers already.
+        None | Some("-") => match std::io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(e) => return fail(format!("cannot write to stdout: {e}")),
+        },
         Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
+            Ok(f) => f,
             Err(e) => return fail(format!("cannot write {path}: {e}")),
         },
     };
     let mut json = JsonOut {
-        out: LineChunks::new(out),
+        out: LineChunks::file(out),
         texts: Vec::new(),
         regs: !args.no_regs,
         last_flush: monotonic_ns(),
         places: Default::default(),
         last_place: Default::default(),
     };
-    let plugins = match crate::trace_plugins::Plugins::load(&args.plugins, args.plugin_deadline) {
+    let plugins = match crate::trace_plugins::Plugins::load(
+        &args.plugins,
+        args.plugin_deadline,
+        args.plugin_compile_memory,
+    ) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -438,16 +454,38 @@ impl Session<'_> {
                 j
             })
             .collect();
+        // A stop signal that comes while the summary is made or written
+        // (one that came before made it: Ctrl-C prints the maps) cuts it:
+        // the maps of many keys take long to make, and stderr may be a
+        // pipe nobody reads.
+        let before = STOPS.load(Ordering::SeqCst);
+        let stop = || STOPS.load(Ordering::SeqCst) > before;
+        self.json.out.careful_after = Some(before);
+        let mut whole = true;
         if let Some(p) = &self.plugins {
-            p.summary(&mut self.json.out);
+            // Through LineChunks: whole lines, and a write blocked on a
+            // full pipe gives up on a stop signal (eprintln! waits on).
+            let mut err = match std::io::stderr().as_fd().try_clone_to_owned() {
+                Ok(fd) => LineChunks::file(std::fs::File::from(fd)),
+                Err(_) => LineChunks::new(Box::new(std::io::sink())),
+            };
+            err.careful_after = Some(before);
+            whole = p.summary(&mut self.json.out, &mut err, &stop);
+            if !whole {
+                let _ = writeln!(err, "wprobe: the summary was cut short by a stop signal");
+            }
+            let _ = err.flush();
         }
         let exit = match self.exit {
             Some(ExitStatus::Code(c)) => json!({ "code": c }),
             Some(ExitStatus::Signal(s)) => json!({ "signal": s }),
             None => Json::Null,
         };
-        self.json
-            .write(&json!({ "summary": { "probes": probes, "exit": exit } }));
+        let mut summary = json!({ "probes": probes, "exit": exit });
+        if !whole {
+            summary["cut"] = json!(true);
+        }
+        self.json.write(&json!({ "summary": summary }));
         Ok(())
     }
 }
@@ -479,9 +517,77 @@ fn unexpected(body: &Body) -> ClientError {
 /// command (stdout), such writes are atomic, so the command's own output
 /// is never cut into the middle of an event line, nor an event line into
 /// the command's.
+///
+/// Each byte is looked at a bounded number of times, however long a line
+/// is: `write` notes whether new data holds a newline, and the buffer is
+/// scanned only then (a line of megabytes written in small pieces once
+/// made the output quadratic).
 struct LineChunks {
     inner: Box<dyn Write>,
     buf: Vec<u8>,
+    /// `buf` holds a newline (it holds none after `write_lines`).
+    has_line: bool,
+    /// A stop signal came while a write was blocked (a full pipe nobody
+    /// reads): the output is given up, so that wprobe can end.
+    stopped: bool,
+    /// The descriptor under `inner`, when it is a file.
+    fd: Option<RawFd>,
+    /// Once the stop signals counted pass this (the summary is being
+    /// written), writes never wait: see `write_all_or_stop`.
+    careful_after: Option<u32>,
+}
+
+/// `write_all`, but a write interrupted by a signal while Ctrl-C or
+/// SIGTERM has been pressed gives the output up (then and from then on)
+/// instead of waiting again: with the reader of a pipe gone quiet, the
+/// signals are honoured.
+///
+/// `careful`: a stop signal came since the output was told to be careful
+/// (see `LineChunks::careful_after`), and writing must no longer wait:
+/// each write is of at most `PIPE_BUF` bytes, made only when `poll` says
+/// the descriptor takes it now (a pipe then has a free page), and the
+/// output is given up when it does not.
+fn write_all_or_stop(
+    w: &mut dyn Write,
+    mut data: &[u8],
+    stopped: &mut bool,
+    careful: Option<RawFd>,
+) -> std::io::Result<()> {
+    let gone = || {
+        std::io::Error::other("the output was given up: a stop signal came while it was blocked")
+    };
+    while !data.is_empty() {
+        if *stopped {
+            return Err(gone());
+        }
+        let mut n = data.len();
+        if let Some(fd) = careful {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, ours, for a descriptor the output owns;
+            // a zero timeout never waits.
+            let ready = unsafe { libc::poll(&mut p, 1, 0) };
+            if ready != 1 || p.revents & libc::POLLOUT == 0 {
+                *stopped = true;
+                continue;
+            }
+            n = n.min(LineChunks::PIPE_BUF);
+        }
+        match w.write(&data[..n]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if STOPS.load(Ordering::SeqCst) > 0 {
+                    *stopped = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl LineChunks {
@@ -491,12 +597,43 @@ impl LineChunks {
         LineChunks {
             inner,
             buf: Vec::with_capacity(1 << 16),
+            has_line: false,
+            stopped: false,
+            fd: None,
+            careful_after: None,
+        }
+    }
+
+    /// Over a file (stdout, stderr, `-o FILE`): its descriptor can be
+    /// polled once the output must be careful.
+    fn file(f: std::fs::File) -> Self {
+        let fd = f.as_raw_fd();
+        LineChunks {
+            fd: Some(fd),
+            ..LineChunks::new(Box::new(f))
+        }
+    }
+
+    /// The descriptor to poll before each write, when a stop signal came
+    /// since `careful_after` was set.
+    fn careful(&self) -> Option<RawFd> {
+        let n = self.careful_after?;
+        if STOPS.load(Ordering::SeqCst) > n {
+            self.fd
+        } else {
+            None
         }
     }
 
     /// Writes the complete lines buffered.
     fn write_lines(&mut self) -> std::io::Result<()> {
+        if !self.has_line {
+            return Ok(());
+        }
+        // Scanned from the end: only the unfinished last line is passed
+        // over, and it was written since the last call.
         let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') else {
+            self.has_line = false;
             return Ok(());
         };
         let mut start = 0;
@@ -514,10 +651,17 @@ impl LineChunks {
                         + 1
                 }
             };
-            self.inner.write_all(&self.buf[start..cut])?;
+            let careful = self.careful();
+            write_all_or_stop(
+                &mut self.inner,
+                &self.buf[start..cut],
+                &mut self.stopped,
+                careful,
+            )?;
             start = cut;
         }
         self.buf.drain(..=end);
+        self.has_line = false;
         Ok(())
     }
 }
@@ -525,7 +669,8 @@ impl LineChunks {
 impl Write for LineChunks {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= 1 << 16 {
+        self.has_line |= data.contains(&b'\n');
+        if self.has_line && self.buf.len() >= 1 << 16 {
             self.write_lines()?;
         }
         Ok(data.len())
@@ -533,6 +678,9 @@ impl Write for LineChunks {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.write_lines()?;
+        if self.stopped {
+            return Ok(());
+        }
         self.inner.flush()
     }
 }
@@ -738,4 +886,130 @@ fn list(text: &str, pid: Option<i32>) -> i32 {
         return fail(format!("nothing matches `{text}`"));
     }
     0
+}
+
+#[cfg(test)]
+mod line_chunks_tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records each write it gets.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(data.to_vec());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn whole_lines_in_pipe_sized_writes() {
+        let w = Writes::default();
+        let mut out = LineChunks::new(Box::new(w.clone()));
+        let short = vec![b'a'; 99];
+        for _ in 0..1000 {
+            out.write_all(&short).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+        let long = vec![b'b'; 10_000];
+        out.write_all(&long).unwrap();
+        out.write_all(b"\ntail").unwrap();
+        out.flush().unwrap();
+        let writes = w.0.lock().unwrap();
+        let all: Vec<u8> = writes.concat();
+        assert_eq!(all.len(), 1000 * 100 + 10_001, "the unfinished line stays");
+        for (i, chunk) in writes.iter().enumerate() {
+            assert_eq!(chunk.last(), Some(&b'\n'), "write {i} ends a line");
+            assert!(
+                chunk.len() <= LineChunks::PIPE_BUF || !chunk[..chunk.len() - 1].contains(&b'\n'),
+                "write {i}: {} bytes, more than one line past PIPE_BUF",
+                chunk.len()
+            );
+        }
+        assert!(
+            writes.iter().any(|c| c.len() == 10_001),
+            "the long line in one write"
+        );
+    }
+
+    #[test]
+    fn a_line_of_megabytes_in_small_writes_is_linear() {
+        // 16 MiB in 16-byte writes (a JSON summary of maps with long keys
+        // is written so). Rescanning the buffer at every write once it
+        // passed 64 KiB made this some 10^13 byte comparisons: hours. The
+        // bound below is for a hang, not a measurement.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let w = Writes::default();
+            let mut out = LineChunks::new(Box::new(w.clone()));
+            let piece = [b'x'; 16];
+            for _ in 0..(1 << 20) {
+                out.write_all(&piece).unwrap();
+            }
+            out.write_all(b"\n").unwrap();
+            out.flush().unwrap();
+            let n: usize = w.0.lock().unwrap().iter().map(Vec::len).sum();
+            let _ = tx.send(n);
+        });
+        let n = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("16 MiB through LineChunks within two minutes");
+        assert_eq!(n, (16 << 20) + 1);
+    }
+
+    #[test]
+    fn a_stop_signal_gives_up_a_blocked_output() {
+        // A pipe nobody reads: once full, a write blocks. SIGTERM (our
+        // handler, no SA_RESTART) interrupts it, and the output is given
+        // up instead of waited on again.
+        install_stop_handler();
+        let mut fds = [0; 2];
+        // SAFETY: a valid array of two descriptors for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe(2) just made these descriptors, owned from here on.
+        let (reader, writer) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let _ = tx.send(unsafe { libc::pthread_self() });
+            let mut out = LineChunks::new(Box::new(writer));
+            let line = [b'y'; 1023];
+            let mut result = Ok(());
+            while result.is_ok() {
+                result = out
+                    .write_all(&line)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush());
+            }
+            result
+        });
+        let id = rx.recv().unwrap();
+        // Signal until the writer gives up (each signal interrupts the
+        // write it is blocked in, if it is blocked yet).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !thread.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocked writer did not give up"
+            );
+            // SAFETY: signalling a thread of this process that is alive
+            // (not finished, and joined only below).
+            unsafe { libc::pthread_kill(id, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let e = thread.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("given up"), "{e}");
+        drop(reader);
+    }
 }

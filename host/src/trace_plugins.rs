@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use wprobe_core::proto::{Action, Event};
-use wprobe_host::plugin::{dispatch, Attachment, CallInfo, Limits, Runtime};
+use wprobe_host::plugin::{dispatch, Attachment, CallInfo, CompileLimits, Limits, Runtime};
 
 /// Raised by SIGHUP.
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -54,16 +54,28 @@ pub struct Plugins {
 
 impl Plugins {
     /// Loads and attaches every plugin; an error names the file and why.
-    pub fn load(args: &[String], deadline_ms: u64) -> Result<Option<Plugins>, String> {
+    pub fn load(
+        args: &[String],
+        deadline_ms: u64,
+        compile_mib: u64,
+    ) -> Result<Option<Plugins>, String> {
         if args.is_empty() {
             return Ok(None);
         }
         if deadline_ms == 0 {
             return Err("--plugin-deadline must be at least 1 ms".into());
         }
+        if compile_mib == 0 {
+            return Err("--plugin-compile-memory must be at least 1 MiB".into());
+        }
+        let defaults = Limits::default();
         let rt = Runtime::new(Limits {
             call_deadline: std::time::Duration::from_millis(deadline_ms),
-            ..Limits::default()
+            compile: CompileLimits {
+                memory_bytes: compile_mib.saturating_mul(1 << 20),
+                ..defaults.compile
+            },
+            ..defaults
         })?;
         let mut list = Vec::new();
         for a in args {
@@ -176,35 +188,74 @@ impl Plugins {
         }
     }
 
-    /// Each plugin's maps and counters as one JSON line; text bars on
-    /// stderr.
-    pub fn summary(&self, out: &mut dyn Write) {
+    /// Each plugin's maps and counters as one JSON line on `out`; text bars
+    /// and the log on `err`. Each part is written entry by entry, asking
+    /// `stop` before each: when it says so (a stop signal came), what is
+    /// written is closed where it is, the line says `"cut": true`, and the
+    /// rest is left out. Whether it all went out.
+    pub fn summary(
+        &self,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        stop: &dyn Fn() -> bool,
+    ) -> bool {
         for (arg, a) in &self.list {
-            let p = a.plugin();
-            let line = json!({
-                "plugin": {
-                    "name": p.manifest.name,
-                    "version": p.manifest.version,
-                    "file": arg.path,
-                    "maps": a.maps_json(),
-                    "stats": a.stats(),
-                }
-            });
-            let _ = serde_json::to_writer(&mut *out, &line);
-            let _ = out.write_all(b"\n");
-            let text = a.maps_text();
-            if !text.is_empty() {
-                eprintln!("{}:\n{text}", p.manifest.name);
-            }
-            let log = a.log();
-            if !log.is_empty() {
-                eprintln!("{} log (last {}):", p.manifest.name, log.len().min(20));
-                for l in log.iter().rev().take(20).rev() {
-                    eprintln!("  {l}");
-                }
+            match plugin_summary(arg, a, out, err, stop) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return false,
             }
         }
+        true
     }
+}
+
+/// One plugin's part of the summary; `Ok(false)` when `stop` cut it.
+fn plugin_summary(
+    arg: &PluginArg,
+    a: &Attachment,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    stop: &dyn Fn() -> bool,
+) -> std::io::Result<bool> {
+    let p = a.plugin();
+    // `{"plugin": {…, "maps": {…}}}`, the maps written as they are read.
+    let head = json!({
+        "name": p.manifest.name,
+        "version": p.manifest.version,
+        "file": arg.path,
+        "stats": a.stats(),
+    });
+    let head = serde_json::to_string(&head)?;
+    let head = head.strip_suffix('}').unwrap_or(&head);
+    write!(out, "{{\"plugin\":{head},\"maps\":")?;
+    let whole = a.write_maps_json(out, stop)?;
+    if !whole {
+        out.write_all(b",\"cut\":true")?;
+    }
+    out.write_all(b"}}\n")?;
+    // What is whole goes out now: the bars on stderr may take long.
+    out.flush()?;
+    if !whole {
+        return Ok(false);
+    }
+    if !a.maps_empty() {
+        writeln!(err, "{}:", p.manifest.name)?;
+        let whole = a.write_maps_text(err, stop)?;
+        writeln!(err)?;
+        err.flush()?;
+        if !whole {
+            return Ok(false);
+        }
+    }
+    let log = a.log();
+    if !log.is_empty() {
+        writeln!(err, "{} log (last {}):", p.manifest.name, log.len().min(20))?;
+        for l in log.iter().rev().take(20).rev() {
+            writeln!(err, "  {l}")?;
+        }
+        err.flush()?;
+    }
+    Ok(true)
 }
 
 fn attach(rt: &Runtime, arg: &PluginArg) -> Result<Attachment, String> {

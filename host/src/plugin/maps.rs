@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{self, Write};
 
 use serde_json::{json, Value};
 
@@ -121,6 +122,26 @@ pub struct Maps {
     pub overflow: u64,
 }
 
+/// The most buckets a linear histogram may have between its bounds.
+pub const MAX_LHIST_BUCKETS: i128 = 10_000;
+
+/// The number of buckets of width `step` from `min` to `max` (the ones
+/// below and above left out), or `None` when the bounds make none or more
+/// than [`MAX_LHIST_BUCKETS`]. The arithmetic is in i128: the bounds are
+/// the plugin's, and `max - min` of two i64s may not fit an i64.
+fn lhist_buckets(min: i64, max: i64, step: i64) -> Option<usize> {
+    if step <= 0 || max <= min {
+        return None;
+    }
+    // Rounded up: the last bucket may be narrower, `[lo, max)`.
+    let span = i128::from(max) - i128::from(min);
+    let n = (span + i128::from(step) - 1) / i128::from(step);
+    if !(1..=MAX_LHIST_BUCKETS).contains(&n) {
+        return None;
+    }
+    usize::try_from(n).ok()
+}
+
 fn log2_bucket(v: i64) -> usize {
     if v < 0 {
         0
@@ -142,9 +163,7 @@ impl Maps {
         max_keys: usize,
     ) -> Result<(), MapError> {
         if let Op::Lhist { min, max, step } = op {
-            if step <= 0 || max <= min || (max - min) / step > 10_000 {
-                return Err(MapError::Invalid);
-            }
+            lhist_buckets(min, max, step).ok_or(MapError::Invalid)?;
         }
         if !self.maps.contains_key(name) {
             if self.keys >= max_keys {
@@ -177,7 +196,8 @@ impl Maps {
                 Op::Avg => Value_::Avg { count: 0, sum: 0 },
                 Op::Hist => Value_::Hist(Vec::new()),
                 Op::Lhist { min, max, step } => {
-                    Value_::Lhist(vec![0; ((max - min) / step) as usize + 2])
+                    let n = lhist_buckets(min, max, step).ok_or(MapError::Invalid)?;
+                    Value_::Lhist(vec![0; n + 2])
                 }
             };
             map.entries.insert(key.clone(), fresh);
@@ -193,7 +213,7 @@ impl Maps {
             (Op::Min, Value_::Int(n)) => *n = (*n).min(value),
             (Op::Max, Value_::Int(n)) => *n = (*n).max(value),
             (Op::Avg, Value_::Avg { count, sum }) => {
-                *count += 1;
+                *count = count.saturating_add(1);
                 *sum = sum.saturating_add(value);
             }
             (Op::Hist, Value_::Hist(b)) => {
@@ -201,17 +221,22 @@ impl Maps {
                 if b.len() <= i {
                     b.resize(i + 1, 0);
                 }
-                b[i] += 1;
+                b[i] = b[i].saturating_add(1);
             }
             (Op::Lhist { min, max, step }, Value_::Lhist(b)) => {
+                // In i128: `value - min` may not fit an i64. The index is
+                // at most the bucket count (value < max), and clamped to the
+                // last bucket all the same.
+                let last = b.len() - 1;
                 let i = if value < min {
                     0
                 } else if value >= max {
-                    b.len() - 1
+                    last
                 } else {
-                    1 + ((value - min) / step) as usize
+                    let k = (i128::from(value) - i128::from(min)) / i128::from(step);
+                    usize::try_from(k).map_or(last, |k| (k + 1).min(last))
                 };
-                b[i] += 1;
+                b[i] = b[i].saturating_add(1);
             }
             _ => return Err(MapError::Invalid),
         }
@@ -272,34 +297,40 @@ impl Maps {
     pub fn to_json(&self) -> Value {
         let mut out = serde_json::Map::new();
         for (name, m) in &self.maps {
-            let values: Vec<Value> = m
-                .entries
-                .iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Key::None => Value::Null,
-                        Key::Int(i) => json!(i),
-                        Key::Bytes(_) => json!(k.label()),
-                    };
-                    let value = match v {
-                        Value_::Int(n) => json!(n),
-                        Value_::Avg { count, sum } => json!({
-                            "count": count, "sum": sum,
-                            "avg": if *count == 0 { 0 } else { sum / *count as i64 }
-                        }),
-                        Value_::Hist(_) | Value_::Lhist(_) => Value::Array(
-                            bucket_list(m.op, v)
-                                .into_iter()
-                                .map(|(lo, hi, n)| json!({"low": lo, "high": hi, "count": n}))
-                                .collect(),
-                        ),
-                    };
-                    json!({"key": key, "value": value})
-                })
-                .collect();
+            let values: Vec<Value> = m.entries.iter().map(|(k, v)| entry_json(m, k, v)).collect();
             out.insert(name.clone(), json!({"kind": m.op.name(), "values": values}));
         }
         Value::Object(out)
+    }
+
+    /// [`to_json`](Self::to_json) written to `out` entry by entry, asking
+    /// `stop` before each: when it says so, the JSON is closed where it is
+    /// (whole entries only) and `Ok(false)` says it was cut. A summary of
+    /// many keys takes long to make; a stop signal must not wait for it.
+    pub fn write_json(&self, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        out.write_all(b"{")?;
+        for (i, (name, m)) in self.maps.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, name)?;
+            out.write_all(b":{\"kind\":")?;
+            serde_json::to_writer(&mut *out, m.op.name())?;
+            out.write_all(b",\"values\":[")?;
+            for (j, (k, v)) in m.entries.iter().enumerate() {
+                if stop() {
+                    out.write_all(b"]}}")?;
+                    return Ok(false);
+                }
+                if j > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, &entry_json(m, k, v))?;
+            }
+            out.write_all(b"]}")?;
+        }
+        out.write_all(b"}")?;
+        Ok(true)
     }
 
     /// Every map as text, histograms as bars, the way bpftrace prints them.
@@ -307,27 +338,73 @@ impl Maps {
         let mut s = String::new();
         for (name, m) in &self.maps {
             for (k, v) in &m.entries {
-                let label = match k {
-                    Key::None => format!("@{name}"),
-                    _ => format!("@{name}[{}]", k.label()),
-                };
-                match v {
-                    Value_::Int(n) => {
-                        let _ = writeln!(s, "{label}: {n}");
-                    }
-                    Value_::Avg { count, sum } => {
-                        let avg = if *count == 0 { 0 } else { sum / *count as i64 };
-                        let _ = writeln!(s, "{label}: {avg}");
-                    }
-                    _ => {
-                        let _ = writeln!(s, "{label}:");
-                        s.push_str(&bars(&bucket_list(m.op, v)));
-                        s.push('\n');
-                    }
-                }
+                entry_text(&mut s, name, m, k, v);
             }
         }
         s
+    }
+
+    /// [`to_text`](Self::to_text) written to `out` entry by entry, asking
+    /// `stop` before each; `Ok(false)` when it said so and the text was
+    /// cut (after a whole entry).
+    pub fn write_text(&self, out: &mut dyn Write, stop: &dyn Fn() -> bool) -> io::Result<bool> {
+        let mut s = String::new();
+        for (name, m) in &self.maps {
+            for (k, v) in &m.entries {
+                if stop() {
+                    return Ok(false);
+                }
+                s.clear();
+                entry_text(&mut s, name, m, k, v);
+                out.write_all(s.as_bytes())?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// One entry of map `m` as JSON: `{"key": …, "value": …}`.
+fn entry_json(m: &Map, k: &Key, v: &Value_) -> Value {
+    let key = match k {
+        Key::None => Value::Null,
+        Key::Int(i) => json!(i),
+        Key::Bytes(_) => json!(k.label()),
+    };
+    let value = match v {
+        Value_::Int(n) => json!(n),
+        Value_::Avg { count, sum } => json!({
+            "count": count, "sum": sum,
+            "avg": if *count == 0 { 0 } else { sum / *count as i64 }
+        }),
+        Value_::Hist(_) | Value_::Lhist(_) => Value::Array(
+            bucket_list(m.op, v)
+                .into_iter()
+                .map(|(lo, hi, n)| json!({"low": lo, "high": hi, "count": n}))
+                .collect(),
+        ),
+    };
+    json!({"key": key, "value": value})
+}
+
+/// One entry of map `name` as text, appended to `s`.
+fn entry_text(s: &mut String, name: &str, m: &Map, k: &Key, v: &Value_) {
+    let label = match k {
+        Key::None => format!("@{name}"),
+        _ => format!("@{name}[{}]", k.label()),
+    };
+    match v {
+        Value_::Int(n) => {
+            let _ = writeln!(s, "{label}: {n}");
+        }
+        Value_::Avg { count, sum } => {
+            let avg = if *count == 0 { 0 } else { sum / *count as i64 };
+            let _ = writeln!(s, "{label}: {avg}");
+        }
+        _ => {
+            let _ = writeln!(s, "{label}:");
+            s.push_str(&bars(&bucket_list(m.op, v)));
+            s.push('\n');
+        }
     }
 }
 
@@ -361,8 +438,12 @@ fn bucket_list(op: Op, v: &Value_) -> Vec<(i64, i64, u64)> {
                 } else if i == last {
                     (max, i64::MAX)
                 } else {
-                    let lo = min + (i as i64 - 1) * step;
-                    (lo, (lo + step).min(max))
+                    // In i128, as the bucket count was: lo < max, and
+                    // hi is at most max.
+                    let lo = i128::from(min) + (i as i128 - 1) * i128::from(step);
+                    let hi = (lo + i128::from(step)).min(i128::from(max));
+                    let fit = |v: i128| i64::try_from(v).unwrap_or(max);
+                    (fit(lo), fit(hi))
                 };
                 out.push((lo, hi, n));
             }
@@ -388,12 +469,12 @@ fn bars(buckets: &[(i64, i64, u64)]) -> String {
     let top = buckets.iter().map(|b| b.2).max().unwrap_or(0).max(1);
     let mut s = String::new();
     for &(lo, hi, n) in buckets {
-        let range = if hi == lo + 1 {
+        let range = if lo.checked_add(1) == Some(hi) {
             format!("[{}]", bound(lo))
         } else {
             format!("[{}, {})", bound(lo), bound(hi))
         };
-        let width = (n * 52).div_ceil(top) as usize;
+        let width = (u128::from(n) * 52).div_ceil(u128::from(top)) as usize;
         let _ = writeln!(s, "{range:<20}{n:>8} |{:<52}|", "@".repeat(width));
     }
     s
@@ -402,6 +483,74 @@ fn bars(buckets: &[(i64, i64, u64)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Maps of two kinds, with `n` keys each.
+    fn sample(n: i64) -> Maps {
+        let mut m = Maps::default();
+        for k in 0..n {
+            m.update("a", Op::Count, Key::Int(k), 0, 1000).unwrap();
+            m.update("h", Op::Hist, Key::Bytes(vec![b'k'; 200]), k, 1000)
+                .unwrap();
+            m.update("h", Op::Hist, Key::Int(k), k, 1000).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn writing_the_maps_asks_to_stop_at_each_entry_and_cuts_cleanly() {
+        let maps = sample(50);
+        let all = maps.to_json();
+        let entries: usize = all
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| m["values"].as_array().unwrap().len())
+            .sum();
+        // (entries written before `stop` says so; None: never)
+        for after in [
+            Some(0),
+            Some(1),
+            Some(50),
+            Some(77),
+            Some(entries - 1),
+            None,
+        ] {
+            let asked = std::cell::Cell::new(0);
+            let stop = || {
+                asked.set(asked.get() + 1);
+                after.is_some_and(|n| asked.get() > n)
+            };
+            let mut json = Vec::new();
+            let whole = maps.write_json(&mut json, &stop).unwrap();
+            let got: Value = serde_json::from_slice(&json)
+                .unwrap_or_else(|e| panic!("cut after {after:?}: not JSON: {e}"));
+            let written: usize = got
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|m| m["values"].as_array().unwrap().len())
+                .sum();
+            assert_eq!(whole, after.is_none(), "cut after {after:?}");
+            assert_eq!(written, after.unwrap_or(entries), "cut after {after:?}");
+            if after.is_none() {
+                assert_eq!(got, all);
+            }
+            asked.set(0);
+            let mut text = Vec::new();
+            let whole = maps.write_text(&mut text, &stop).unwrap();
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(whole, after.is_none(), "text cut after {after:?}");
+            assert_eq!(
+                text.lines().filter(|l| l.starts_with('@')).count(),
+                after.unwrap_or(entries),
+                "text cut after {after:?}"
+            );
+            assert!(
+                maps.to_text().starts_with(&text),
+                "text cut after {after:?}"
+            );
+        }
+    }
 
     #[test]
     fn aggregations_and_kinds() {
@@ -473,6 +622,72 @@ mod tests {
         let text = m.to_text();
         assert!(text.contains("@h:\n"), "{text}");
         assert!(text.contains("[512, 1K)"), "{text}");
+    }
+
+    #[test]
+    fn lhist_bounds_at_the_ends_of_i64_are_checked_not_overflowed() {
+        // (min, max, step, values, expect): `None` refused, else the
+        // buckets.
+        type Case = (i64, i64, i64, &'static [i64], Option<Vec<(i64, i64, u64)>>);
+        let cases: &[Case] = &[
+            // Issue 17: `max - min` overflows i64; 2^64 buckets.
+            (i64::MIN, i64::MAX, 1, &[0], None),
+            // `max - min` = 2^63 wrapped to i64::MIN: a capacity overflow
+            // once; four buckets in fact.
+            (
+                -(1 << 62),
+                1 << 62,
+                1 << 61,
+                &[-(1 << 62), 0, (1 << 62) - 1, 1 << 62],
+                Some(vec![
+                    (-(1 << 62), -(1 << 61), 1),
+                    (0, 1 << 61, 1),
+                    (1 << 61, 1 << 62, 1),
+                    (1 << 62, i64::MAX, 1),
+                ]),
+            ),
+            (0, 10, 0, &[0], None),
+            (0, 10, -1, &[0], None),
+            (0, 100_001, 10, &[0], None),
+            // The widest bounds with few buckets are fine.
+            (
+                i64::MIN,
+                i64::MAX,
+                1 << 62,
+                &[i64::MIN, -1, 0, i64::MAX - 1, i64::MAX],
+                Some(vec![
+                    (i64::MIN, -(1 << 62), 1),
+                    (-(1 << 62), 0, 1),
+                    (0, 1 << 62, 1),
+                    (1 << 62, i64::MAX, 1),
+                    (i64::MAX, i64::MAX, 1),
+                ]),
+            ),
+            // A step wider than the range: one bucket, `[min, max)`.
+            (0, 5, 10, &[4, 5], Some(vec![(0, 5, 1), (5, i64::MAX, 1)])),
+            // A range that is not a multiple of the step: the last bucket
+            // is narrower, and a value below max is in it, not above.
+            (0, 25, 10, &[22], Some(vec![(20, 25, 1)])),
+        ];
+        for (min, max, step, values, expect) in cases {
+            let mut m = Maps::default();
+            let op = Op::Lhist {
+                min: *min,
+                max: *max,
+                step: *step,
+            };
+            let got: Result<(), MapError> = values
+                .iter()
+                .try_for_each(|v| m.update("l", op, Key::None, *v, 100));
+            match expect {
+                None => assert_eq!(got, Err(MapError::Invalid), "{min} {max} {step}"),
+                Some(b) => {
+                    assert_eq!(got, Ok(()), "{min} {max} {step}");
+                    assert_eq!(&m.buckets("l", &Key::None), b, "{min} {max} {step}");
+                    m.to_text();
+                }
+            }
+        }
     }
 
     #[test]

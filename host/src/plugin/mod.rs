@@ -3,15 +3,17 @@
 //! handlers in a sandbox.
 
 pub mod abi;
+pub mod compile;
 mod dispatch;
 pub mod manifest;
 pub mod maps;
 mod runtime;
 
+pub use compile::Compiler;
 pub use dispatch::dispatch;
 pub use runtime::{
-    Attachment, CallInfo, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime, Stats,
-    TargetMemory,
+    Attachment, CallInfo, CompileLimits, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime,
+    Stats, TargetMemory,
 };
 
 #[cfg(test)]

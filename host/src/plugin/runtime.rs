@@ -5,12 +5,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wasmtime::{
-    Caller, Config, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
+    AsContextMut, Caller, Engine, ExternType, Linker, Memory, Module, Store, StoreLimits,
     StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline, ValType,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -19,6 +19,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 use wprobe_core::proto::{Event, EventKind};
 
 use super::abi::{self, FLAG_LIVE_READS, FLAG_MUTATION, FLAG_SYNC};
+use super::compile::{self, Compiler};
 use super::manifest::{self, Manifest};
 use super::maps::{Key, MapError, Maps, Op};
 
@@ -27,8 +28,15 @@ use super::maps::{Key, MapError, Maps, Op};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub module_bytes: usize,
+    /// Bounds on what is handed to the compiler, checked first (see
+    /// `prescan`): compiling costs memory well beyond the module's size
+    /// in deeply nested code.
+    pub compile: CompileLimits,
     pub memory_bytes: usize,
     pub call_deadline: Duration,
+    /// The wall-clock bound of one call (never less than `call_deadline`):
+    /// CPU time alone does not see a call that waits.
+    pub wall_deadline: Duration,
     pub stack_bytes: usize,
     pub max_keys: usize,
     pub emits_per_sec: u32,
@@ -39,12 +47,118 @@ pub struct Limits {
     pub call_data_calls: usize,
 }
 
+/// What a module may hold to be compiled (docs/plugin-abi.md, "Sandbox and
+/// limits").
+#[derive(Debug, Clone, Copy)]
+pub struct CompileLimits {
+    pub functions: u32,
+    /// Bytes of one function's body.
+    pub function_bytes: usize,
+    /// Locals of one function (its parameters left out).
+    pub locals: u64,
+    /// Blocks (`block`, `loop`, `if`, `try`) open at once in one function.
+    pub nesting: u32,
+    /// The memory (`RLIMIT_DATA`) of the child process that compiles a
+    /// module (see [`Compiler`]): what passes the pre-scan may still cost
+    /// the compiler more than the service can spare.
+    pub memory_bytes: u64,
+    /// The CPU time (`RLIMIT_CPU`) of that child.
+    pub cpu: Duration,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            functions: 50_000,
+            function_bytes: 1 << 20,
+            locals: 50_000,
+            nesting: 1_000,
+            memory_bytes: 512 << 20,
+            cpu: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reads the code of a module without compiling it, and refuses one that
+/// exceeds `limits`: fifty thousand nested blocks in 150 KB took the
+/// compiler past 1 GiB. The message names the limit and the value.
+fn prescan(bytes: &[u8], limits: &CompileLimits) -> Result<(), String> {
+    use wasmparser::{Operator, Parser, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| format!("not a valid WebAssembly module: {e}");
+    let mut index = 0u32;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(invalid)? {
+            Payload::CodeSectionStart { count, .. } if count > limits.functions => {
+                return Err(format!(
+                    "the module has {count} functions; plugins may have at most {}",
+                    limits.functions
+                ));
+            }
+            Payload::CodeSectionEntry(body) => {
+                let at = index;
+                index += 1;
+                let size = body.range().len();
+                if size > limits.function_bytes {
+                    return Err(format!(
+                        "function {at} is {size} bytes; a plugin's functions may be at most {} bytes",
+                        limits.function_bytes
+                    ));
+                }
+                let mut locals = 0u64;
+                for l in body.get_locals_reader().map_err(invalid)? {
+                    locals = locals.saturating_add(u64::from(l.map_err(invalid)?.0));
+                }
+                if locals > limits.locals {
+                    return Err(format!(
+                        "function {at} has {locals} locals; a plugin's functions may have at most {}",
+                        limits.locals
+                    ));
+                }
+                let mut ops = body.get_operators_reader().map_err(invalid)?;
+                let mut depth = 0u32;
+                while !ops.eof() {
+                    match ops.read().map_err(invalid)? {
+                        Operator::Block { .. }
+                        | Operator::Loop { .. }
+                        | Operator::If { .. }
+                        | Operator::Try { .. }
+                        | Operator::TryTable { .. } => {
+                            depth += 1;
+                            if depth > limits.nesting {
+                                return Err(format!(
+                                    "function {at} nests blocks more than {} deep; plugins may \
+                                     nest at most {} (the compiler's memory grows with the depth)",
+                                    limits.nesting, limits.nesting
+                                ));
+                            }
+                        }
+                        Operator::End => depth = depth.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Limits {
+    /// The wall-clock bound in effect: `wall_deadline`, or the CPU-time
+    /// bound when that is longer.
+    pub fn wall(&self) -> Duration {
+        self.wall_deadline.max(self.call_deadline)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             module_bytes: 8 << 20,
+            compile: CompileLimits::default(),
             memory_bytes: 64 << 20,
             call_deadline: Duration::from_millis(5),
+            wall_deadline: Duration::from_secs(1),
             stack_bytes: 512 << 10,
             max_keys: 10_000,
             emits_per_sec: 10_000,
@@ -209,6 +323,7 @@ pub struct Runtime {
     /// Private directories of plugins that ask for one: `<root>/<name>`.
     data_root: Option<PathBuf>,
     stop: Arc<AtomicBool>,
+    compiler: Compiler,
 }
 
 impl Drop for Runtime {
@@ -270,6 +385,9 @@ pub struct Stats {
     pub records: u64,
     pub records_dropped: u64,
     pub call_data_dropped: u64,
+    /// Map updates refused (`-7`) because the plugin's maps held as many
+    /// keys as they may.
+    pub map_updates_refused: u64,
     pub busy_ns: u64,
 }
 
@@ -316,6 +434,10 @@ pub struct State {
     /// The calling thread's CPU time at the first epoch tick of the call
     /// in progress (`None` until a call lasts that long).
     cpu_at_first_tick: Option<u64>,
+    /// When the call in progress began, for the wall-clock bound.
+    call_started: Instant,
+    /// The call in progress was cut by the wall-clock bound.
+    cut_by_wall: bool,
     /// The instance's exported memory, once known (looking it up by name
     /// at every host call was a tenth of a handler's cost).
     memory: Option<Memory>,
@@ -335,7 +457,10 @@ fn thread_cpu_ns() -> u64 {
 /// Arms the deadline for one call: the next epoch tick runs the callback,
 /// which measures the CPU time the call has used.
 fn arm(store: &mut Store<State>) {
-    store.data_mut().cpu_at_first_tick = None;
+    let s = store.data_mut();
+    s.cpu_at_first_tick = None;
+    s.call_started = Instant::now();
+    s.cut_by_wall = false;
     store.set_epoch_deadline(1);
 }
 
@@ -364,9 +489,16 @@ struct Instance {
     scratch: Vec<u8>,
 }
 
-fn trap_reason(e: &wasmtime::Error, deadline: Duration) -> String {
+fn trap_reason(e: &wasmtime::Error, s: &State) -> String {
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("ran longer than its {deadline:?} deadline (CPU time)"),
+        Some(Trap::Interrupt) if s.cut_by_wall => format!(
+            "ran longer than its {:?} wall-clock bound (it waited, or the host was stalled)",
+            s.rt.wall()
+        ),
+        Some(Trap::Interrupt) => format!(
+            "ran longer than its {:?} deadline (CPU time)",
+            s.rt.call_deadline
+        ),
         Some(Trap::StackOverflow) => "overflowed its wasm stack".into(),
         Some(t) => format!("trapped: {t}"),
         None => format!("failed: {e:#}"),
@@ -391,13 +523,16 @@ impl Runtime {
         reader: Arc<dyn TargetMemory>,
         data_root: Option<PathBuf>,
     ) -> wasmtime::Result<Runtime> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.max_wasm_stack(limits.stack_bytes);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&compile::engine_config(limits.stack_bytes))?;
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)?;
         add_host_functions(&mut linker)?;
+        // Some of WASI's functions are ours, not wasmtime-wasi's: the
+        // ones that would block the host's thread, and those whose bad
+        // arguments would trap instead of failing.
+        linker.allow_shadowing(true);
+        add_wasi_overrides(&mut linker)?;
+        linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -415,7 +550,15 @@ impl Runtime {
             reader,
             data_root,
             stop,
+            compiler: Compiler::default(),
         })
+    }
+
+    /// Compile modules with `compiler` instead of the default (see
+    /// [`Compiler::default`]).
+    pub fn with_compiler(mut self, compiler: Compiler) -> Runtime {
+        self.compiler = compiler;
+        self
     }
 
     /// Validates and compiles a module (binary, or text for tests).
@@ -434,13 +577,25 @@ impl Runtime {
                 self.limits.module_bytes
             ));
         }
-        // Text is turned into binary first, so that its custom sections
-        // (`(@custom "wprobe.manifest" …)`) are found like a binary's.
-        let binary =
-            wat::parse_bytes(bytes).map_err(|e| format!("not a valid WebAssembly module: {e}"))?;
+        let binary = to_binary(bytes)?;
         let bytes: &[u8] = &binary;
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|e| format!("not a valid WebAssembly module: {e:#}"))?;
+        prescan(bytes, &self.limits.compile)?;
+        let invalid = |e: wasmtime::Error| format!("not a valid WebAssembly module: {e:#}");
+        let module = match &self.compiler {
+            Compiler::InProcess => Module::new(&self.engine, bytes).map_err(invalid)?,
+            Compiler::Child(helper) => {
+                // Validating costs memory in proportion to the module (its
+                // functions one at a time); compiling does not.
+                Module::validate(&self.engine, bytes).map_err(invalid)?;
+                compile::in_child(
+                    &self.engine,
+                    helper,
+                    &self.limits.compile,
+                    self.limits.stack_bytes,
+                    bytes,
+                )?
+            }
+        };
         let manifest = match manifest {
             Some(text) => Manifest::parse(text)?,
             None => match manifest::custom_section(bytes, manifest::SECTION) {
@@ -503,6 +658,9 @@ impl Runtime {
         if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err("does not export its memory as `memory`".into());
         }
+        // A reactor's constructor of another type would not be called:
+        // refused like any mistyped export.
+        func("_initialize", &[], &[])?;
         if !func("wprobe_abi_version", &[], &i32_)? {
             return Err("does not export `wprobe_abi_version` (is it a wprobe plugin?)".into());
         }
@@ -595,6 +753,8 @@ impl Runtime {
             may_mutate: plugin.manifest.needs.mutation,
             output: output.clone(),
             cpu_at_first_tick: None,
+            call_started: Instant::now(),
+            cut_by_wall: false,
             memory: None,
         };
         let mut store = Store::new(&self.engine, state);
@@ -604,20 +764,26 @@ impl Runtime {
         // millisecond of wall time; at each tick during a call this
         // callback looks at the thread's CPU clock (it started counting at
         // the first tick, so a call is cut within a tick of its budget).
+        // Wall time bounds a call as well, more loosely (`Limits::wall`):
+        // a call that waits in a host function uses no CPU.
         let budget = self.limits.call_deadline.as_nanos() as u64;
+        let wall = self.limits.wall();
         let tick = TICK.as_nanos() as u64;
         store.epoch_deadline_callback(move |mut ctx| {
             let now = thread_cpu_ns();
             let s = ctx.data_mut();
+            if s.call_started.elapsed() > wall {
+                s.cut_by_wall = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
             let first = *s.cpu_at_first_tick.get_or_insert(now);
-            if now - first + tick > budget {
+            if now.saturating_sub(first) + tick > budget {
                 Ok(UpdateDeadline::Interrupt)
             } else {
                 Ok(UpdateDeadline::Continue(1))
             }
         });
         arm(&mut store);
-        let deadline = self.limits.call_deadline;
         let instance = self
             .linker
             .instantiate(&mut store, &plugin.module)
@@ -632,7 +798,7 @@ impl Runtime {
         if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
             arm(&mut store);
             init.call(&mut store, ())
-                .map_err(|e| format!("_initialize {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("_initialize {}", trap_reason(&e, store.data())))?;
         }
         let version = instance
             .get_typed_func::<(), i32>(&mut store, "wprobe_abi_version")
@@ -640,7 +806,7 @@ impl Runtime {
         arm(&mut store);
         let v = version
             .call(&mut store, ())
-            .map_err(|e| format!("wprobe_abi_version {}", trap_reason(&e, deadline)))?;
+            .map_err(|e| format!("wprobe_abi_version {}", trap_reason(&e, store.data())))?;
         if v != abi::ABI_VERSION {
             return Err(format!(
                 "exports ABI version {v}; this host serves version {}",
@@ -662,11 +828,11 @@ impl Runtime {
         };
         if let Some(init) = typed(&mut inst.store, "wprobe_init") {
             let bytes = config.as_bytes().to_vec();
-            let ptr = inst.put(&bytes, deadline)?;
+            let ptr = inst.put(&bytes)?;
             arm(&mut inst.store);
             let r = init
                 .call(&mut inst.store, (ptr, bytes.len() as i32))
-                .map_err(|e| format!("wprobe_init {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("wprobe_init {}", trap_reason(&e, inst.store.data())))?;
             let seen = copy_output(&inst.store, 0);
             if r != 0 {
                 return Err(format!(
@@ -676,6 +842,59 @@ impl Runtime {
             return Ok((inst, seen));
         }
         Ok((inst, 0))
+    }
+}
+
+/// The module as binary: binary as it is; the text format (documented in
+/// docs/plugin-abi.md, "The module": what starts with `(` after blanks and
+/// comments) turned into binary, so that its custom sections
+/// (`(@custom "wprobe.manifest" …)`) are found like a binary's; anything
+/// else refused, naming its first bytes.
+fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.starts_with(MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    if looks_like_text(bytes) {
+        return wat::parse_bytes(bytes).map_err(|e| format!("not valid WebAssembly text: {e}"));
+    }
+    let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let shown: String = bytes
+        .iter()
+        .take(4)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    Err(format!(
+        "not a WebAssembly module (magic bytes {} `{shown}`; a module starts with 00 61 73 6d \
+         `\\0asm`, or is WebAssembly text starting with `(`)",
+        if head.is_empty() {
+            "none: the file is empty".to_string()
+        } else {
+            head.join(" ")
+        }
+    ))
+}
+
+/// Whether `bytes` are WebAssembly text: `(` first, after blanks and
+/// `;;` line or `(; … ;)` block comments.
+fn looks_like_text(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    loop {
+        rest = match rest {
+            [b' ' | b'\t' | b'\n' | b'\r', tail @ ..] => tail,
+            [b';', b';', tail @ ..] => match tail.iter().position(|&b| b == b'\n') {
+                Some(i) => &tail[i + 1..],
+                None => return false,
+            },
+            [b'(', ..] => return true,
+            _ => return false,
+        };
     }
 }
 
@@ -690,7 +909,7 @@ fn copy_output(store: &Store<State>, seen: usize) -> usize {
     let all = s.output.contents();
     if all.len() > seen {
         let text = String::from_utf8_lossy(&all[seen..]);
-        let mut log = s.shared.log.lock().expect("log");
+        let mut log = s.shared.log.lock().unwrap_or_else(PoisonError::into_inner);
         for line in text.lines() {
             push_log(&mut log, s.rt.log_lines, format!("output: {line}"));
         }
@@ -708,14 +927,14 @@ fn push_log(log: &mut VecDeque<String>, cap: usize, line: String) {
 impl Instance {
     /// Puts `bytes` into the plugin's buffer (growing it with
     /// `wprobe_alloc`); the pointer.
-    fn put(&mut self, bytes: &[u8], deadline: Duration) -> Result<i32, String> {
+    fn put(&mut self, bytes: &[u8]) -> Result<i32, String> {
         if bytes.len() > self.buf.1 {
             let want = bytes.len().next_power_of_two().max(1024);
             arm(&mut self.store);
             let ptr = self
                 .alloc
                 .call(&mut self.store, want as i32)
-                .map_err(|e| format!("wprobe_alloc {}", trap_reason(&e, deadline)))?;
+                .map_err(|e| format!("wprobe_alloc {}", trap_reason(&e, self.store.data())))?;
             if ptr <= 0 {
                 return Err(format!("wprobe_alloc({want}) returned {ptr}"));
             }
@@ -734,18 +953,34 @@ impl Instance {
 
 impl Attachment {
     pub fn plugin(&self) -> Arc<Plugin> {
-        self.plugin.lock().expect("plugin").clone()
+        self.plugin
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn stats(&self) -> Stats {
-        self.shared.stats.lock().expect("stats").clone()
+        let mut s = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // Counted where the refusal is decided.
+        s.map_updates_refused = self
+            .shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .overflow;
+        s
     }
 
     pub fn log(&self) -> Vec<String> {
         self.shared
             .log
             .lock()
-            .expect("log")
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .cloned()
             .collect()
@@ -760,13 +995,13 @@ impl Attachment {
             .shared
             .stats
             .lock()
-            .expect("stats")
+            .unwrap_or_else(PoisonError::into_inner)
             .quarantined
             .is_some()
         {
             return out;
         }
-        let mut live = self.instance.lock().expect("instance");
+        let mut live = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
         let inst = &mut live.inst;
         let handler = match e.kind {
             EventKind::Entry => inst.entry.clone(),
@@ -783,14 +1018,18 @@ impl Attachment {
         } else {
             flags |= FLAG_LIVE_READS;
         }
-        if info.sync && info.mutation {
+        // The entry of a return probe's call may wait (sync) but not
+        // change anything: the core hijacks the return from the registers
+        // as they are.
+        let return_entry = info.return_probe && e.kind == EventKind::Entry;
+        if info.sync && info.mutation && !return_entry {
             flags |= FLAG_MUTATION;
         }
         let mut scratch = std::mem::take(&mut inst.scratch);
         abi::encode_event(e, flags, &mut scratch);
         let started = Instant::now();
-        let deadline = rt.limits.call_deadline;
-        let result = inst.put(&scratch, deadline).and_then(|ptr| {
+        let mut host_panicked = false;
+        let result = inst.put(&scratch).and_then(|ptr| {
             inst.store.data_mut().call = Some(CallCtx {
                 pid: e.pid,
                 tid: e.tid,
@@ -804,9 +1043,28 @@ impl Attachment {
                 set_return: None,
             });
             arm(&mut inst.store);
-            handler
-                .call(&mut inst.store, (ptr, scratch.len() as i32))
-                .map_err(|err| trap_reason(&err, deadline))
+            // A panic in host code under the call (a bug of ours, not the
+            // plugin's) faults the plugin instead of unwinding through the
+            // caller (a probe's thread, `wprobe trace`'s loop); the
+            // plugin is quarantined at once below. The locks it may have
+            // poisoned are taken as they are.
+            let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler.call(&mut inst.store, (ptr, scratch.len() as i32))
+            }));
+            match call {
+                Ok(r) => r.map_err(|err| trap_reason(&err, inst.store.data())),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    host_panicked = true;
+                    Err(format!(
+                        "made the host panic ({what}); this is a wprobe bug, please report it"
+                    ))
+                }
+            }
         });
         inst.scratch = scratch;
         let call = inst.store.data_mut().call.take();
@@ -816,7 +1074,11 @@ impl Attachment {
             Ok(r) => Some(format!("handler returned {r}")),
             Err(reason) => Some(reason),
         };
-        let mut stats = self.shared.stats.lock().expect("stats");
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         stats.calls += 1;
         stats.busy_ns += started.elapsed().as_nanos() as u64;
         match fault {
@@ -835,9 +1097,13 @@ impl Attachment {
                 let name = self.plugin().manifest.name.clone();
                 let reason = format!("plugin `{name}` {reason}");
                 stats.last_fault = Some(reason.clone());
-                let mut log = self.shared.log.lock().expect("log");
+                let mut log = self
+                    .shared
+                    .log
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 push_log(&mut log, rt.limits.log_lines, format!("fault: {reason}"));
-                if stats.consecutive_faults >= rt.limits.quarantine_after {
+                if stats.consecutive_faults >= rt.limits.quarantine_after || host_panicked {
                     let q = format!(
                         "quarantined after {} faults in a row; the last: {reason}",
                         stats.consecutive_faults
@@ -855,10 +1121,14 @@ impl Attachment {
     /// events; maps, per-call data and the log stay. A quarantine ends.
     pub fn replace(&self, rt: &Runtime, plugin: Arc<Plugin>) -> Result<(), String> {
         let (inst, output_seen) = rt.instantiate(&plugin, &self.config, &self.shared)?;
-        let mut live = self.instance.lock().expect("instance");
+        let mut live = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
         *live = Live { inst, output_seen };
-        *self.plugin.lock().expect("plugin") = plugin;
-        let mut stats = self.shared.stats.lock().expect("stats");
+        *self.plugin.lock().unwrap_or_else(PoisonError::into_inner) = plugin;
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         stats.quarantined = None;
         stats.consecutive_faults = 0;
         Ok(())
@@ -866,21 +1136,75 @@ impl Attachment {
 
     /// Forgets the per-call data of a process that ended.
     pub fn process_exited(&self, pid: i32) {
-        let mut cd = self.shared.call_data.lock().expect("call data");
+        let mut cd = self
+            .shared
+            .call_data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         cd.map.retain(|k, _| k.0 != pid);
         cd.order.retain(|k| k.0 != pid);
     }
 
     pub fn maps_json(&self) -> Value {
-        self.shared.maps.lock().expect("maps").to_json()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_json()
     }
 
     pub fn histograms(&self) -> Vec<super::maps::Histogram> {
-        self.shared.maps.lock().expect("maps").histograms()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .histograms()
+    }
+
+    /// Whether the plugin's maps hold no key.
+    pub fn maps_empty(&self) -> bool {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            == 0
     }
 
     pub fn maps_text(&self) -> String {
-        self.shared.maps.lock().expect("maps").to_text()
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .to_text()
+    }
+
+    /// The maps as JSON written to `out`, cut when `stop` says so
+    /// (`Ok(false)`); see `Maps::write_json`.
+    pub fn write_maps_json(
+        &self,
+        out: &mut dyn std::io::Write,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<bool> {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_json(out, stop)
+    }
+
+    /// The maps as text written to `out`, cut when `stop` says so
+    /// (`Ok(false)`); see `Maps::write_text`.
+    pub fn write_maps_text(
+        &self,
+        out: &mut dyn std::io::Write,
+        stop: &dyn Fn() -> bool,
+    ) -> std::io::Result<bool> {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write_text(out, stop)
     }
 }
 
@@ -1021,9 +1345,141 @@ fn map_update(
             .shared
             .maps
             .lock()
-            .expect("maps")
+            .unwrap_or_else(PoisonError::into_inner)
             .update(name, op, key, value, max),
     )
+}
+
+/// WASI preview 1 errno values.
+mod errno {
+    pub const SUCCESS: u16 = 0;
+    pub const FAULT: i32 = 21;
+    pub const INVAL: i32 = 28;
+    pub const NOTSUP: u16 = 58;
+}
+
+/// `poll_oneoff(subscriptions, events, n, nevents)` that never waits: a
+/// plugin's WASI clocks stand still, so a clock subscription is reported
+/// elapsed at once, and an fd subscription fails with `ENOTSUP` (stdin is
+/// empty, the output is never full, files are always ready). wasmtime-wasi's
+/// own sleeps on the host's thread for as long as the plugin asks.
+fn poll_oneoff(
+    caller: &mut Caller<'_, State>,
+    subs: i32,
+    events: i32,
+    n: i32,
+    nevents: i32,
+) -> i32 {
+    /// `subscription` and `event`, as the witx lays them out.
+    const SUB: usize = 48;
+    const EVENT: usize = 32;
+    let Some((mem, _)) = memory(caller) else {
+        return errno::FAULT;
+    };
+    if n == 0 {
+        // wasmtime-wasi's answer too: "indefinite sleeping" is not served.
+        return errno::INVAL;
+    }
+    let count = n as u32 as usize;
+    let sizes = (count.checked_mul(SUB), count.checked_mul(EVENT));
+    let (Some(sub_bytes), Some(event_bytes)) = sizes else {
+        return errno::FAULT;
+    };
+    let as_len = |n: usize| i32::try_from(n).unwrap_or(-1);
+    let (Some(subs), Some(events), Some(out)) = (
+        range(subs, as_len(sub_bytes), mem.len()),
+        range(events, as_len(event_bytes), mem.len()),
+        range(nevents, 4, mem.len()),
+    ) else {
+        return errno::FAULT;
+    };
+    let read: Vec<([u8; 8], u8)> = mem[subs]
+        .chunks_exact(SUB)
+        .map(|s| {
+            let userdata: [u8; 8] = s[..8].try_into().expect("8 bytes");
+            (userdata, s[8])
+        })
+        .collect();
+    for ((userdata, tag), ev) in read.into_iter().zip(mem[events].chunks_exact_mut(EVENT)) {
+        let error = if tag == 0 {
+            errno::SUCCESS
+        } else {
+            errno::NOTSUP
+        };
+        ev.fill(0);
+        ev[..8].copy_from_slice(&userdata);
+        ev[8..10].copy_from_slice(&error.to_le_bytes());
+        ev[10] = tag;
+    }
+    mem[out].copy_from_slice(&(count as u32).to_le_bytes());
+    0
+}
+
+fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    const WASI: &str = "wasi_snapshot_preview1";
+    linker.func_wrap(
+        WASI,
+        "poll_oneoff",
+        |mut caller: Caller<'_, State>, subs: i32, events: i32, n: i32, nevents: i32| -> i32 {
+            poll_oneoff(&mut caller, subs, events, n, nevents)
+        },
+    )?;
+    // wasmtime-wasi's returns at once as well; ours says so here.
+    linker.func_wrap(WASI, "sched_yield", |_: Caller<'_, State>| -> i32 { 0 })?;
+
+    // wasmtime-wasi converts flags and enums before calling its function,
+    // and a value with bits or a number WASI does not define traps there
+    // (a fault, then quarantine) where it should merely fail. These check
+    // first and answer EINVAL, then call wasmtime-wasi's function.
+    use wasmtime_wasi::p1::types::{
+        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Rights, Sdflags, Whence,
+    };
+    use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
+    macro_rules! checked {
+        ($mode:ident $name:ident ($($arg:ident: $ty:ty),*) [$($flag:ident: $fty:ty),*]) => {
+            linker.func_wrap(
+                WASI,
+                stringify!($name),
+                |mut caller: Caller<'_, State>, $($arg: $ty),*| -> wasmtime::Result<i32> {
+                    if false $(|| <$fty>::try_from($flag).is_err())* {
+                        return Ok(errno::INVAL);
+                    }
+                    // As wasmtime-wasi's own wrapper does: the fuel bounds
+                    // what one call may copy out of the plugin's memory.
+                    let fuel = caller.as_context_mut().hostcall_fuel();
+                    let Some((mem, state)) = memory(&mut caller) else {
+                        return Ok(errno::FAULT);
+                    };
+                    p1::WasiSnapshotPreview1::set_hostcall_fuel(&mut state.wasi, fuel);
+                    let mut mem = wiggle::GuestMemory::Unshared(mem);
+                    checked!(@call $mode p1::$name(&mut state.wasi, &mut mem, $($arg),*))
+                },
+            )?;
+        };
+        (@call async $call:expr) => { wasmtime_wasi::runtime::in_tokio($call) };
+        (@call sync $call:expr) => { $call };
+    }
+    checked!(async path_open(fd: i32, dirflags: i32, path: i32, path_len: i32, oflags: i32,
+        base: i64, inheriting: i64, fdflags: i32, out: i32)
+        [dirflags: Lookupflags, oflags: Oflags, base: Rights, inheriting: Rights, fdflags: Fdflags]);
+    checked!(async fd_seek(fd: i32, offset: i64, whence: i32, out: i32) [whence: Whence]);
+    checked!(async fd_advise(fd: i32, offset: i64, len: i64, advice: i32) [advice: Advice]);
+    checked!(async fd_filestat_set_times(fd: i32, atim: i64, mtim: i64, fst: i32)
+        [fst: Fstflags]);
+    checked!(async path_filestat_get(fd: i32, flags: i32, path: i32, path_len: i32, out: i32)
+        [flags: Lookupflags]);
+    checked!(async path_filestat_set_times(fd: i32, flags: i32, path: i32, path_len: i32,
+        atim: i64, mtim: i64, fst: i32) [flags: Lookupflags, fst: Fstflags]);
+    checked!(async path_link(fd: i32, flags: i32, old: i32, old_len: i32, new_fd: i32,
+        new: i32, new_len: i32) [flags: Lookupflags]);
+    checked!(sync fd_fdstat_set_flags(fd: i32, flags: i32) [flags: Fdflags]);
+    checked!(sync fd_fdstat_set_rights(fd: i32, base: i64, inheriting: i64)
+        [base: Rights, inheriting: Rights]);
+    checked!(sync clock_time_get(id: i32, precision: i64, out: i32) [id: Clockid]);
+    checked!(sync clock_res_get(id: i32, out: i32) [id: Clockid]);
+    checked!(sync sock_accept(fd: i32, flags: i32, out: i32) [flags: Fdflags]);
+    checked!(sync sock_shutdown(fd: i32, how: i32) [how: Sdflags]);
+    Ok(())
 }
 
 fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
@@ -1076,12 +1532,21 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             };
             {
-                let mut w = state.shared.emit_window.lock().expect("emit window");
+                let mut w = state
+                    .shared
+                    .emit_window
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if w.0.elapsed() >= Duration::from_secs(1) {
                     *w = (Instant::now(), 0);
                 }
                 if w.1 >= state.rt.emits_per_sec {
-                    state.shared.stats.lock().expect("stats").records_dropped += 1;
+                    state
+                        .shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .records_dropped += 1;
                     return code::ELIMIT;
                 }
                 w.1 += 1;
@@ -1163,12 +1628,21 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             }
             let k = (call.pid, call.tid, call.entry_time_ns);
-            let mut cd = state.shared.call_data.lock().expect("call data");
+            let mut cd = state
+                .shared
+                .call_data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if !cd.map.contains_key(&k) {
                 if cd.order.len() >= state.rt.call_data_calls {
                     if let Some(old) = cd.order.pop_front() {
                         cd.map.remove(&old);
-                        state.shared.stats.lock().expect("stats").call_data_dropped += 1;
+                        state
+                            .shared
+                            .stats
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .call_data_dropped += 1;
                     }
                 }
                 cd.order.push_back(k);
@@ -1192,7 +1666,11 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 return code::EPERM;
             }
             let k = (call.pid, call.tid, call.entry_time_ns);
-            let mut cd = state.shared.call_data.lock().expect("call data");
+            let mut cd = state
+                .shared
+                .call_data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let Some(data) = cd.map.remove(&k) else {
                 return code::ENOENT;
             };
@@ -1214,7 +1692,11 @@ fn add_host_functions(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 Err(c) => return c,
             };
             let text = String::from_utf8_lossy(&mem[r]).into_owned();
-            let mut log = state.shared.log.lock().expect("log");
+            let mut log = state
+                .shared
+                .log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             push_log(&mut log, state.rt.log_lines, format!("{level}: {text}"));
             0
         },

@@ -311,7 +311,21 @@ fn refused_modules_say_why() {
         assert!(e.contains(expect), "expected `{expect}` in: {e}");
     };
     refused(b"\0asm\x01\0\0\0\x01\x05", "not a valid WebAssembly module");
-    refused(b"not wasm at all", "not a valid WebAssembly module");
+    // Issue 17: neither binary nor text is said so, not with a message of
+    // the text parser.
+    refused(
+        b"not wasm at all",
+        "not a WebAssembly module (magic bytes 6e 6f 74 20 `not `; a module starts with 00 61 73 6d",
+    );
+    refused(
+        b"\x7fELF\x02\x01",
+        "not a WebAssembly module (magic bytes 7f 45 4c 46 `.ELF`",
+    );
+    refused(
+        b"",
+        "not a WebAssembly module (magic bytes none: the file is empty",
+    );
+    refused(b"  (modul", "not valid WebAssembly text");
     refused(&vec![0u8; 200_000], "at most 100000 bytes");
     let good = module("", "", "");
     let mut truncated = wat::parse_str(&good).unwrap();
@@ -340,6 +354,24 @@ fn refused_modules_say_why() {
              (func (export "wprobe_alloc") (param i32) (result i32) i32.const 0))"#,
         "exports no handler",
     );
+    // Issue 17: an `_initialize` of another type than `() -> ()` was
+    // silently not called.
+    refused(
+        good.replacen(
+            "(memory",
+            r#"(func (export "_initialize") (param i32) (result i32) i32.const 0) (memory"#,
+            1,
+        )
+        .as_bytes(),
+        "exports `_initialize` with the wrong type",
+    );
+    // Text after blanks and comments is text.
+    rt.load(
+        format!(";; a plugin\n (; in text ;)\n{good}").as_bytes(),
+        None,
+        "c",
+    )
+    .expect("text after comments");
     let v2 = good.replace("(result i32) i32.const 1)", "(result i32) i32.const 2)");
     let p = rt.load(v2.as_bytes(), None, "v2").unwrap();
     let e = rt.attach(Arc::new(p), "{}").err().unwrap();
@@ -512,6 +544,8 @@ fn map_keys_are_capped_and_counted() {
     let maps = a.shared.maps.lock().unwrap();
     assert_eq!(maps.keys(), 50);
     assert_eq!(maps.overflow, 950);
+    drop(maps);
+    assert_eq!(a.stats().map_updates_refused, 950, "in the stats");
 }
 
 #[test]
@@ -689,4 +723,296 @@ fn a_data_directory_only_when_the_manifest_asks() {
     let e = none.attach(p, "{}").err().unwrap();
     assert!(e.contains("needs a data directory"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+// Hostile plugins of issue 17: each case once crashed, stalled or fooled
+// the host.
+
+#[test]
+fn lhist_bounds_that_overflow_are_an_error_code_not_a_panic() {
+    let rt = rt_default();
+    // (min, max, step, expected result of map_lhist), each on its own map
+    // ("a", "b", …: the first call fixes a map's bounds).
+    let cases: &[(i64, i64, i64, i64)] = &[
+        (i64::MIN, i64::MAX, 1, -4),
+        (-(1 << 62), 1 << 62, 1 << 61, 0),
+        (i64::MIN, i64::MAX, i64::MAX, 0),
+        (0, 100, 10, 0),
+    ];
+    let mut body = String::new();
+    for (i, (min, max, step, _)) in cases.iter().enumerate() {
+        body.push_str(&format!(
+            "(call $report (i64.const {i}) (call $map_lhist (i32.const {}) (i32.const 1) (i32.const 0) \
+             (i32.const 0) (i32.const 0) (i64.const {min}) (i64.const {min}) (i64.const {max}) (i64.const {step})))\n",
+            300 + i
+        ));
+    }
+    let a = attach(&rt, &module(&body, "", r#"(data (i32.const 300) "abcd")"#));
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(out.fault.is_none(), "{out:?}");
+    for (i, (min, max, step, expect)) in cases.iter().enumerate() {
+        assert_eq!(
+            result(&a, i as i64),
+            Some(*expect),
+            "map_lhist(min {min}, max {max}, step {step})"
+        );
+    }
+    // The maps show without trouble.
+    assert!(a.maps_text().contains("@c:"), "{}", a.maps_text());
+}
+
+/// Runs `a`'s entry handler on another thread; its outcome, or `None` when
+/// it has not returned within a minute (far longer than any call may
+/// take: the bounds are milliseconds to a second).
+fn handle_bounded(rt: &Arc<Runtime>, a: &Arc<super::Attachment>) -> Option<super::Outcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (rt, a) = (rt.clone(), a.clone());
+    std::thread::spawn(move || {
+        let _ = tx.send(a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default()));
+    });
+    rx.recv_timeout(Duration::from_secs(60)).ok()
+}
+
+#[test]
+fn poll_oneoff_and_sched_yield_return_at_once() {
+    // Three subscriptions: a relative clock of an hour (userdata 11), an
+    // absolute one at the end of time (12), a read of stdin (13).
+    let wasi = r#"
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $yield (result i32)))"#;
+    let body = r#"
+    (i64.store (i32.const 1000) (i64.const 11))
+    (i32.store8 (i32.const 1008) (i32.const 0))
+    (i32.store (i32.const 1016) (i32.const 1))
+    (i64.store (i32.const 1024) (i64.const 3600000000000))
+    (i64.store (i32.const 1048) (i64.const 12))
+    (i32.store8 (i32.const 1056) (i32.const 0))
+    (i32.store (i32.const 1064) (i32.const 0))
+    (i64.store (i32.const 1072) (i64.const -1))
+    (i32.store16 (i32.const 1088) (i32.const 1))
+    (i64.store (i32.const 1096) (i64.const 13))
+    (i32.store8 (i32.const 1104) (i32.const 1))
+    (i32.store (i32.const 1112) (i32.const 0))
+    (call $report (i64.const 1) (call $poll (i32.const 1000) (i32.const 2000) (i32.const 3) (i32.const 2200)))
+    (call $report (i64.const 2) (i32.load (i32.const 2200)))
+    ;; each event: userdata, error, type
+    (call $report (i64.const 3) (i32.wrap_i64 (i64.load (i32.const 2000))))
+    (call $report (i64.const 4) (i32.load16_u (i32.const 2008)))
+    (call $report (i64.const 5) (i32.load8_u (i32.const 2010)))
+    (call $report (i64.const 6) (i32.wrap_i64 (i64.load (i32.const 2032))))
+    (call $report (i64.const 7) (i32.load16_u (i32.const 2040)))
+    (call $report (i64.const 8) (i32.wrap_i64 (i64.load (i32.const 2064))))
+    (call $report (i64.const 9) (i32.load16_u (i32.const 2072)))
+    (call $report (i64.const 10) (i32.load8_u (i32.const 2074)))
+    ;; no subscriptions, and subscriptions outside the memory: errors
+    (call $report (i64.const 11) (call $poll (i32.const 1000) (i32.const 2000) (i32.const 0) (i32.const 2200)))
+    (call $report (i64.const 12) (call $poll (i32.const 131000) (i32.const 2000) (i32.const 1000) (i32.const 2200)))
+    (call $report (i64.const 13) (call $yield))"#;
+    let wat = module(body, "", "").replacen(IMPORTS, &format!("{IMPORTS}{wasi}"), 1);
+    let rt = Arc::new(rt_default());
+    let a = Arc::new(attach(&rt, &wat));
+    let out = handle_bounded(&rt, &a).expect("poll_oneoff slept on the host's thread");
+    assert!(out.fault.is_none(), "{out:?}");
+    let got: Vec<Option<i64>> = (1..=13).map(|k| result(&a, k)).collect();
+    let expect = [
+        0,  // poll_oneoff succeeded
+        3,  // three events
+        11, // a relative clock: elapsed at once, no error, type clock
+        0, 0, 12, // an absolute one: the same
+        0, 13, // a read of stdin: ENOTSUP, type fd_read
+        58, 1, 28, // EINVAL
+        21, // EFAULT
+        0,  // sched_yield
+    ];
+    assert_eq!(got, expect.map(Some), "results 1..=13");
+}
+
+/// Target memory that takes its time: a read that waits, as a host call
+/// blocked on something would.
+struct SlowMemory;
+
+impl super::TargetMemory for SlowMemory {
+    fn read(&self, _: i32, _: u64, buf: &mut [u8]) -> Result<usize, i32> {
+        std::thread::sleep(Duration::from_millis(5));
+        buf.fill(0);
+        Ok(buf.len())
+    }
+}
+
+#[test]
+fn a_call_that_waits_is_cut_by_the_wall_clock_bound() {
+    // 2000 reads of 5 ms: ten seconds of waiting, next to no CPU time. The
+    // CPU-time deadline never fires; the wall-clock bound does.
+    let limits = Limits {
+        call_deadline: Duration::from_millis(100),
+        wall_deadline: Duration::from_millis(200),
+        ..relaxed()
+    };
+    assert_eq!(limits.wall(), Duration::from_millis(200));
+    // The bound in effect is never below the CPU-time deadline.
+    let long = Limits {
+        call_deadline: Duration::from_secs(2),
+        ..limits.clone()
+    };
+    assert_eq!(long.wall(), Duration::from_secs(2));
+    let rt = Runtime::with_reader(limits, Arc::new(SlowMemory), None).unwrap();
+    hostile(
+        &rt,
+        r#"(local $i i32)
+           (loop $l
+             (drop (call $read_memory (i64.const 4096) (i32.const 100) (i32.const 8)))
+             (local.set $i (i32.add (local.get $i) (i32.const 1)))
+             (br_if $l (i32.lt_u (local.get $i) (i32.const 2000))))"#,
+        "",
+        "wall-clock bound",
+    );
+}
+
+#[test]
+fn code_that_would_cost_the_compiler_dearly_is_refused_first() {
+    let rt = rt_default();
+    let limits = super::CompileLimits::default();
+    // A handler whose body is `body`; flat instructions (`block` … `end`),
+    // since the text parser bounds folded nesting itself.
+    let with = |body: &str| module(body, "", "");
+    let nested = |n: u32| {
+        let mut b = "block\n".repeat(n as usize);
+        b.push_str(&"end\n".repeat(n as usize));
+        with(&b)
+    };
+    let many = |n: u32| {
+        let mut extra = String::new();
+        for _ in 0..n {
+            extra.push_str("(func)\n");
+        }
+        module("", "", &extra)
+    };
+    let locals = |n: u64| with(&format!("(local {})", "i64 ".repeat(n as usize)));
+    let long = |bytes: usize| with(&"(drop (i32.const 1))\n".repeat(bytes / 3));
+    // (module, refused with): None loads.
+    let cases: Vec<(String, Option<&str>)> = vec![
+        // Issue 17: 50 000 nested blocks in 150 KB took `wprobe trace`
+        // past 1 GiB while compiling.
+        (
+            nested(50_000),
+            Some("nests blocks more than 1000 deep; plugins may nest at most 1000"),
+        ),
+        (
+            nested(limits.nesting + 1),
+            Some("nests blocks more than 1000 deep"),
+        ),
+        (nested(limits.nesting), None),
+        (
+            many(limits.functions),
+            Some("functions; plugins may have at most 50000"),
+        ),
+        (many(100), None),
+        (
+            locals(limits.locals + 1),
+            Some("has 50001 locals; a plugin's functions may have at most 50000"),
+        ),
+        (locals(1000), None),
+        (
+            long(limits.function_bytes + 10),
+            Some("bytes; a plugin's functions may be at most 1048576 bytes"),
+        ),
+    ];
+    for (i, (wat, expect)) in cases.iter().enumerate() {
+        match (rt.load(wat.as_bytes(), None, "x.wasm"), expect) {
+            (Ok(_), None) => {}
+            (Err(e), Some(want)) => {
+                assert!(e.contains(want), "case {i}: expected `{want}` in: {e}")
+            }
+            (Ok(_), Some(want)) => panic!("case {i}: loaded; expected a refusal with `{want}`"),
+            (Err(e), None) => panic!("case {i}: refused: {e}"),
+        }
+    }
+}
+
+#[test]
+fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
+    // Each call has one argument with bits or a value WASI does not
+    // define; wasmtime-wasi trapped on them (a fault, then quarantine) for
+    // a call that should merely fail with EINVAL (28).
+    let wasi = r#"
+  (import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_seek" (func $fd_seek (param i32 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_advise" (func $fd_advise (param i32 i64 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $fd_fdstat_set_flags (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_rights" (func $fd_fdstat_set_rights (param i32 i64 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_filestat_set_times" (func $fd_filestat_set_times (param i32 i64 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "path_filestat_get" (func $path_filestat_get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))"#;
+    let calls = [
+        // Issue 17: rights with bits past the last defined one.
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const -1) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const -1) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0x100) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0x10000) (i32.const 400))",
+        "(call $path_open (i32.const 3) (i32.const 0x80) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const 0) (i64.const 0) (i32.const 0) (i32.const 400))",
+        "(call $fd_seek (i32.const 1) (i64.const 0) (i32.const 9) (i32.const 400))",
+        "(call $fd_advise (i32.const 1) (i64.const 0) (i64.const 0) (i32.const 9))",
+        "(call $fd_fdstat_set_flags (i32.const 1) (i32.const 0x7fff0000))",
+        "(call $fd_fdstat_set_rights (i32.const 1) (i64.const -1) (i64.const 0))",
+        "(call $fd_filestat_set_times (i32.const 1) (i64.const 0) (i64.const 0) (i32.const 0x100))",
+        "(call $path_filestat_get (i32.const 3) (i32.const 0x80) (i32.const 300) (i32.const 3) (i32.const 400))",
+        "(call $clock_time_get (i32.const 9) (i64.const 0) (i32.const 400))",
+        "(call $clock_res_get (i32.const -1) (i32.const 400))",
+        "(call $sock_accept (i32.const 3) (i32.const 0x10000) (i32.const 400))",
+        "(call $sock_shutdown (i32.const 3) (i32.const 0x100))",
+    ];
+    let mut body = String::new();
+    for (i, c) in calls.iter().enumerate() {
+        body.push_str(&format!("(call $report (i64.const {i}) {c})\n"));
+    }
+    let wat = module(&body, "", r#"(data (i32.const 300) "a.t")"#).replacen(
+        IMPORTS,
+        &format!("{IMPORTS}{wasi}"),
+        1,
+    );
+    let rt = rt_default();
+    let a = attach(&rt, &wat);
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(out.fault.is_none(), "{out:?}");
+    for (i, c) in calls.iter().enumerate() {
+        assert_eq!(result(&a, i as i64), Some(28), "call {i}: {c}");
+    }
+}
+
+/// Target memory whose read panics: a stand-in for a bug in host code.
+struct PanickyMemory;
+
+impl super::TargetMemory for PanickyMemory {
+    fn read(&self, _: i32, addr: u64, _: &mut [u8]) -> Result<usize, i32> {
+        panic!("a host bug at {addr:#x}");
+    }
+}
+
+#[test]
+fn a_panic_in_host_code_faults_the_plugin_not_the_caller() {
+    let rt = Runtime::with_reader(relaxed(), Arc::new(PanickyMemory), None).unwrap();
+    let a = attach(
+        &rt,
+        &module(
+            "(drop (call $read_memory (i64.const 4096) (i32.const 100) (i32.const 8)))",
+            "",
+            "",
+        ),
+    );
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    let fault = out.fault.expect("a fault");
+    assert!(
+        fault.contains("made the host panic (a host bug at 0x1000)"),
+        "{fault}"
+    );
+    // Quarantined at once: not called again.
+    let st = a.stats();
+    assert!(st.quarantined.is_some(), "{st:?}");
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    assert!(!out.called, "{out:?}");
+    // What it kept shows all the same.
+    a.maps_json();
 }

@@ -176,7 +176,7 @@ fn render(state: &AppState) -> Result<String, ApiError> {
         )
     };
     type Stat = fn(&crate::plugin::Stats) -> String;
-    let stats: [(&str, &str, &str, Stat); 4] = [
+    let stats: [(&str, &str, &str, Stat); 5] = [
         (
             "wprobe_plugin_calls_total",
             "counter",
@@ -200,6 +200,12 @@ fn render(state: &AppState) -> Result<String, ApiError> {
             "gauge",
             "1 when the plugin is quarantined (not called any more).",
             |s| u8::from(s.quarantined.is_some()).to_string(),
+        ),
+        (
+            "wprobe_plugin_map_updates_refused_total",
+            "counter",
+            "Map updates refused because the plugin's maps held as many keys as they may.",
+            |s| s.map_updates_refused.to_string(),
         ),
     ];
     let all_stats: Vec<crate::plugin::Stats> = atts.iter().map(|(_, _, a)| a.att.stats()).collect();

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// 32 instances (422 beyond).
     #[arg(long, default_value_t = 2 << 30)]
     pub plugin_memory_budget: usize,
+    /// The memory, in MiB, that compiling one uploaded plugin may take (it
+    /// is compiled in a child process with this limit; a module that needs
+    /// more is refused with 422).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub plugin_compile_memory: u64,
     /// A further name (without port) that requests may give as their Host,
     /// e.g. the name a listen address of 0.0.0.0 is reached by; repeatable.
     /// The listen address, and on 0.0.0.0 the machine's name and
@@ -131,6 +136,7 @@ impl ServeArgs {
             max_connections: 256,
             max_attachments_per_probe: 8,
             plugin_memory_budget: 2 << 30,
+            plugin_compile_memory: 512,
             allow_host: Vec::new(),
         }
     }
@@ -423,9 +429,14 @@ pub fn run(
         Some(socket) => core::CoreLink::external(socket)?,
         None => core::CoreLink::start(&crate::core_binary(), &dir.join("core.sock"))?,
     };
+    let defaults = Limits::default();
     let limits = Limits {
         module_bytes: args.max_upload,
-        ..Limits::default()
+        compile: crate::plugin::CompileLimits {
+            memory_bytes: args.plugin_compile_memory.saturating_mul(1 << 20),
+            ..defaults.compile
+        },
+        ..defaults
     };
     let memory = targets::MemoryBudget::new(args.plugin_memory_budget, limits.memory_bytes);
     let runtime = Arc::new(Runtime::new(limits)?);

@@ -107,6 +107,8 @@ pub struct ProbePluginView {
     pub quarantined: Option<String>,
     /// CPU time spent in its handlers, nanoseconds.
     pub busy_ns: u64,
+    /// Map updates refused because its maps held as many keys as they may.
+    pub map_updates_refused: u64,
 }
 
 /// A probe.
@@ -161,6 +163,7 @@ pub fn plugin_view(a: &Attached) -> ProbePluginView {
         last_fault: s.last_fault,
         quarantined: s.quarantined,
         busy_ns: s.busy_ns,
+        map_updates_refused: s.map_updates_refused,
     }
 }
 
@@ -190,6 +193,7 @@ fn view(row: ProbeRow, live: Option<&ProbeLive>) -> Probe {
                 last_fault: None,
                 quarantined: None,
                 busy_ns: 0,
+                map_updates_refused: 0,
             })
             .collect(),
     };

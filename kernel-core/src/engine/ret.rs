@@ -142,10 +142,14 @@ impl<T: Target> Engine<T> {
         };
         let entry_time_ns = monotonic_ns();
         // kretprobes' entry handler: the calls whose return will be
-        // reported, reported at entry too, paired by the timestamp.
+        // reported, reported at entry too, paired by the timestamp. A sync
+        // probe's entry waits for its verdict like any sync hit (its
+        // handlers' reads are consistent), but the verdict cannot change
+        // the entry: the return is hijacked below from the registers as
+        // they are (docs/plugin-abi.md, "Mutation").
         for (id, values) in &probes {
             if self.probes.get(id).is_some_and(|p| p.spec.entry) {
-                sink.hit(&Hit {
+                let _ = sink.decide(&Hit {
                     probe: *id,
                     kind: HitKind::Entry,
                     pid,
