@@ -259,19 +259,31 @@ impl KernelProbes {
     /// that counts the function's entries; its returns are in
     /// [`KernelProbes::return_values`].
     pub fn counts(&self) -> Vec<u64> {
-        let profile = std::fs::read_to_string(Path::new(TRACING).join("uprobe_profile"))
-            .expect("uprobe_profile");
-        self.names
-            .iter()
-            .map(|n| {
-                profile
-                    .lines()
-                    .find(|l| l.split_whitespace().nth(1) == Some(n.as_str()))
-                    .and_then(|l| l.split_whitespace().nth(2))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or_else(|| panic!("no {n} in uprobe_profile:\n{profile}"))
-            })
-            .collect()
+        // uprobe_profile is read in pieces: when another test adds or
+        // removes its uprobes meanwhile, a line can be skipped. Ours stay
+        // defined while `self` lives, so a read that misses one is read
+        // again.
+        let mut profile = String::new();
+        for _ in 0..200 {
+            profile = std::fs::read_to_string(Path::new(TRACING).join("uprobe_profile"))
+                .expect("uprobe_profile");
+            let counts: Option<Vec<u64>> = self
+                .names
+                .iter()
+                .map(|n| {
+                    profile
+                        .lines()
+                        .find(|l| l.split_whitespace().nth(1) == Some(n.as_str()))
+                        .and_then(|l| l.split_whitespace().nth(2))
+                        .and_then(|c| c.parse().ok())
+                })
+                .collect();
+            if let Some(c) = counts {
+                return c;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("not all of {:?} in uprobe_profile:\n{profile}", self.names)
     }
 
     /// The return values the `r` point with this index recorded, in order.
