@@ -136,3 +136,255 @@ fn api_conforms_to_its_openapi_document() {
     let health = server.call("GET", "/api/health", b"");
     assert_eq!(health.status, 200, "{}", health.text);
 }
+
+/// Where a case puts the value the document describes.
+enum At<'a> {
+    /// A query parameter; `None` leaves it out.
+    Query(&'static str, Option<&'a str>),
+    /// The JSON body.
+    Body(&'static str),
+}
+
+/// What the document allows is what the service takes: for each value just
+/// inside or just outside a limit the service keeps, the service refuses
+/// it as a bad request (400) exactly when the document's schema refuses it.
+/// The other checks come first in each handler, so a value the service
+/// takes is answered with something else (no such target, not a module).
+#[test]
+fn the_documents_limits_are_the_services() {
+    let long_name = "n".repeat(64);
+    let too_long_name = "n".repeat(65);
+    let cases: Vec<(&str, &str, &str, At)> = vec![
+        // (method, path template, the rest of the query, where the value is)
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("limit", Some("0")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("limit", Some("1")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("limit", Some("5000")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("limit", Some("5001")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "symbol=main",
+            At::Query("count", Some("0")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "symbol=main",
+            At::Query("count", Some("512")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "symbol=main",
+            At::Query("count", Some("513")),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "",
+            At::Query("symbol", None),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "",
+            At::Query("symbol", Some("main")),
+        ),
+        (
+            "GET",
+            "/api/events.jsonl",
+            "",
+            At::Query("limit", Some("4294967295")),
+        ),
+        (
+            "GET",
+            "/api/events.jsonl",
+            "",
+            At::Query("limit", Some("4294967296")),
+        ),
+        ("POST", "/api/plugins", "", At::Query("name", Some(".."))),
+        ("POST", "/api/plugins", "", At::Query("name", Some("a..b"))),
+        ("POST", "/api/plugins", "", At::Query("name", Some("a b"))),
+        (
+            "POST",
+            "/api/plugins",
+            "",
+            At::Query("name", Some(long_name.as_str())),
+        ),
+        (
+            "POST",
+            "/api/plugins",
+            "",
+            At::Query("name", Some(too_long_name.as_str())),
+        ),
+        ("POST", "/api/targets", "", At::Body(r#"{}"#)),
+        (
+            "POST",
+            "/api/targets",
+            "",
+            At::Body(r#"{"pid": 987654321, "spawn": ["x"]}"#),
+        ),
+        ("POST", "/api/targets", "", At::Body(r#"{"spawn": []}"#)),
+        (
+            "POST",
+            "/api/targets",
+            "",
+            At::Body(r#"{"pid": 987654321}"#),
+        ),
+        (
+            "POST",
+            "/api/targets",
+            "",
+            At::Body(r#"{"spawn": ["/no/such/program"]}"#),
+        ),
+        ("PATCH", "/api/probes/{id}", "", At::Body(r#"{}"#)),
+        (
+            "PATCH",
+            "/api/probes/{id}",
+            "",
+            At::Body(r#"{"enabled": true}"#),
+        ),
+        (
+            "POST",
+            "/api/probes/batch",
+            "",
+            At::Body(r#"{"probes": []}"#),
+        ),
+        (
+            "POST",
+            "/api/probes/batch",
+            "",
+            At::Body(r#"{"probes": [{"target": 987654, "spec": "uprobe:libc:malloc"}]}"#),
+        ),
+    ];
+    let server = Server::start(&data_dir("api-schema-limits"), &[]);
+    let doc = server.call("GET", "/api/openapi.json", b"");
+    assert_eq!(doc.status, 200, "{}", doc.text);
+    let doc = doc.json;
+    let mut wrong = vec![];
+    for (method, template, rest, at) in &cases {
+        let op = &doc["paths"][*template][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not in the document");
+        let path = template.replace("{id}", "987654");
+        let (query, body, documented) = match at {
+            At::Query(name, value) => {
+                let param = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == *name && p["in"] == "query")
+                    .unwrap_or_else(|| panic!("{method} {template} documents no `{name}`"));
+                let documented = match value {
+                    None => param["required"] != true,
+                    Some(v) => {
+                        // A query value is text; the schema's type says how
+                        // it reads.
+                        let typed = match param["schema"]["type"].as_str() {
+                            Some("integer") => serde_json::json!(v
+                                .parse::<u64>()
+                                .unwrap_or_else(|_| panic!("`{v}` is not an integer"))),
+                            _ => serde_json::json!(v),
+                        };
+                        schema_allows(&doc, &param["schema"], &typed)
+                    }
+                };
+                let mut query: Vec<String> = vec![];
+                if !rest.is_empty() {
+                    query.push(rest.to_string());
+                }
+                if let Some(v) = value {
+                    query.push(format!("{name}={}", v.replace(' ', "%20")));
+                }
+                (query.join("&"), Vec::new(), documented)
+            }
+            At::Body(body) => {
+                let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+                assert!(
+                    schema.is_object(),
+                    "{method} {template} documents no JSON body"
+                );
+                let value: serde_json::Value = serde_json::from_str(body).expect("a JSON case");
+                (
+                    String::new(),
+                    body.as_bytes().to_vec(),
+                    schema_allows(&doc, schema, &value),
+                )
+            }
+        };
+        let url = if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{query}")
+        };
+        let auth = format!("Bearer {}", server.token);
+        let ct = if *template == "/api/plugins" {
+            "application/wasm"
+        } else {
+            "application/json"
+        };
+        let reply = server.raw(
+            method,
+            &url,
+            &[("Authorization", &auth), ("Content-Type", ct)],
+            &body,
+        );
+        let taken = reply.status != 400;
+        if taken != documented {
+            wrong.push(format!(
+                "{method} {url} {}: the document {}, the service answers {} {}",
+                String::from_utf8_lossy(&body),
+                if documented {
+                    "allows it"
+                } else {
+                    "refuses it"
+                },
+                reply.status,
+                reply.text
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the document and the service disagree:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Whether `value` matches `schema`, a schema of `doc` (its `$ref`s into
+/// `#/components` resolved against the document).
+fn schema_allows(
+    doc: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+) -> bool {
+    let root = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "allOf": [schema],
+        "components": doc["components"],
+    });
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("the documented schema {schema} is invalid: {e}"))
+        .is_valid(value)
+}

@@ -57,6 +57,7 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    #[schema(min_items = 1)]
     pub probes: Vec<NewProbeBody>,
 }
 
@@ -64,9 +65,11 @@ pub struct BatchBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbePatch {
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
     /// The new list of plugins (replaces the old one; their maps start
     /// empty).
+    #[schema(nullable = false)]
     pub plugins: Option<Vec<ProbePlugin>>,
 }
 
