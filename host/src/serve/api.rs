@@ -138,7 +138,9 @@ pub struct WasmModule(#[allow(dead_code)] Vec<u8>);
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 413, description = "Larger than the upload cap", body = ErrorBody),
         (status = 415, description = "Not application/wasm", body = ErrorBody),
-        (status = 422, description = "Not a valid plugin", body = ErrorBody)))]
+        (status = 422, description = "Not a valid plugin", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn upload_plugin(
     State(state): State<AppState>,
     query: Result<Query<UploadQuery>, QueryRejection>,
@@ -409,7 +411,9 @@ pub async fn get_plugin(
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody),
-        (status = 409, description = "Probes use it", body = ErrorBody)))]
+        (status = 409, description = "Probes use it", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_plugin(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -474,7 +478,9 @@ pub struct NewTarget {
         (status = 422, description = "The core refused (permission, ptrace, exec), or the \
             pid is the service's own or its core's", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn add_target(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -565,7 +571,9 @@ pub struct DeleteTargetQuery {
         (status = 422, description = "The core could not detach, or `kill` for a target the \
             service did not spawn", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed, or the \
-            target's thread is busy", body = ErrorBody)))]
+            target's thread is busy", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_target(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

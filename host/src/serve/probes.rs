@@ -398,7 +398,9 @@ fn created(r: Created, one: bool) -> Response {
         (status = 422, description = "Unknown target or plugin, a configuration the plugin \
             refuses, a spec the engine refuses, or the probes-per-target cap", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn create_probe(
     State(state): State<AppState>,
     query: Result<Query<DryRunQuery>, QueryRejection>,
@@ -424,7 +426,9 @@ pub async fn create_probe(
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
         (status = 422, description = "As for one probe", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     query: Result<Query<DryRunQuery>, QueryRejection>,
@@ -508,7 +512,9 @@ pub async fn get_probe(
         (status = 409, description = "Its target is not traced", body = ErrorBody),
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
         (status = 422, description = "Unknown plugin, or a configuration it refuses",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn patch_probe(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -576,7 +582,9 @@ pub async fn patch_probe(
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such probe", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_probe(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
