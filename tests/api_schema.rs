@@ -36,6 +36,23 @@ const RUN_BOUND: Duration = Duration::from_secs(600);
 /// Fixed, so that a failure can be run again as it was.
 const SEED: &str = "20261206";
 
+/// A plugin as WebAssembly text.
+const WAT_PLUGIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32) i32.const 0))"#;
+
+/// A process killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -63,10 +80,54 @@ fn api_conforms_to_its_openapi_document() {
     let url = format!("http://{}/api/openapi.json", server.addr);
     let work = scratch_dir().join("schemathesis");
     std::fs::create_dir_all(&work).expect("create the schemathesis directory");
+    // Things for the id routes to find: a process of the test's own,
+    // attached (so the service never owns it and it is killed here), a
+    // plugin, and a probe running it.
+    let sleeper = Sleeper(
+        Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .expect("start sleep"),
+    );
+    let target = server.call(
+        "POST",
+        "/api/targets",
+        format!(r#"{{"pid": {}}}"#, sleeper.0.id()).as_bytes(),
+    );
+    assert_eq!(target.status, 201, "{}", target.text);
+    let plugin = server.call("POST", "/api/plugins?name=seed", WAT_PLUGIN.as_bytes());
+    assert_eq!(plugin.status, 201, "{}", plugin.text);
+    let probe = server.call(
+        "POST",
+        "/api/probes",
+        format!(
+            r#"{{"target": {}, "spec": "uprobe:libc:malloc", "plugins": [{{"plugin": {}}}]}}"#,
+            target.json["id"], plugin.json["id"]
+        )
+        .as_bytes(),
+    );
+    assert_eq!(probe.status, 201, "{}", probe.text);
+    // Half the generated ids of each route are these.
+    let config = work.join("schemathesis.toml");
+    let mut toml = String::new();
+    for (name, id, regex) in [
+        ("targets", &target.json["id"], "^/api/targets/"),
+        ("plugins", &plugin.json["id"], "^/api/plugins/"),
+        ("probes", &probe.json["id"], "^/api/probes/"),
+    ] {
+        toml += &format!(
+            "[dictionaries.{name}]\nvalues = [{id}]\n\n[[operations]]\n\
+             include-path-regex = '{regex}'\n\
+             parameters = {{ \"path.id\" = {{ dictionary = \"{name}\", probability = 0.5 }} }}\n\n"
+        );
+    }
+    std::fs::write(&config, toml).expect("write the schemathesis config");
     let hooks = repo_root().join("tests/schemathesis/hooks.py");
     let out_path = work.join("output.txt");
     let out = std::fs::File::create(&out_path).expect("create the output file");
     let mut child = Command::new(&bin)
+        .arg("--config-file")
+        .arg(&config)
         .arg("run")
         .arg(&url)
         .args([
