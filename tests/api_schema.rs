@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 use wprobe_tests::scratch_dir;
 use wprobe_tests::service::{data_dir, Server};
 
-/// Generated cases per operation and phase.
+/// Generated cases per operation and phase; `WPROBE_SCHEMATHESIS_EXAMPLES`
+/// sets more for a longer run.
 const MAX_EXAMPLES: &str = "40";
 /// A request without an answer after this long is a hang (seconds).
 const REQUEST_TIMEOUT: &str = "30";
@@ -108,6 +109,8 @@ fn api_conforms_to_its_openapi_document() {
     );
     assert_eq!(probe.status, 201, "{}", probe.text);
     // Half the generated ids of each route are these.
+    let examples =
+        std::env::var("WPROBE_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| MAX_EXAMPLES.into());
     let config = work.join("schemathesis.toml");
     let mut toml = String::new();
     for (name, id, regex) in [
@@ -139,7 +142,7 @@ fn api_conforms_to_its_openapi_document() {
             "not_a_server_error,status_code_conformance,content_type_conformance,\
              response_schema_conformance",
         ])
-        .args(["--max-examples", MAX_EXAMPLES])
+        .args(["--max-examples", &examples])
         .args(["--request-timeout", REQUEST_TIMEOUT])
         .args(["--workers", "1"])
         .args(["--seed", SEED])
