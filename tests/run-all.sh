@@ -15,6 +15,8 @@ command -v objcopy >/dev/null || need+=(binutils)
 # from npm with the machine's Node.js.
 command -v chromium >/dev/null || need+=(chromium)
 command -v npm >/dev/null || need+=(nodejs npm)
+# schemathesis (tests/api_schema.rs) runs in a virtualenv: Python 3 with venv.
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3 python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -36,6 +38,9 @@ bash plugins/check-demo.sh
 # playwright-core, as package-lock.json pins it (no browser download:
 # the test uses /usr/bin/chromium).
 npm ci --prefix web-ui/tests --no-audit --no-fund
+
+# schemathesis, as tests/schemathesis/install.sh pins it, in target/.
+bash tests/schemathesis/install.sh
 
 cargo build --workspace --all-targets
 # The property tests run here with their own bounded case counts; set

@@ -26,7 +26,7 @@ use super::AppState;
         super::probes::get_probe, super::probes::patch_probe, super::probes::delete_probe,
         super::events::events, super::events::events_jsonl,
         super::metrics::aggregations, super::metrics::metrics),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ExactBodies),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -40,6 +40,28 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What the derives cannot say of some bodies, set on the generated
+/// schemas (utoipa 5.5's `min_properties` sets `maxProperties`): a target
+/// is exactly one of `pid` and `spawn`; a probe patch changes something.
+struct ExactBodies;
+
+impl Modify for ExactBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (name, min, max) in [("NewTarget", 1, Some(1)), ("ProbePatch", 1, None)] {
+            if let Some(RefOr::T(utoipa::openapi::Schema::Object(o))) =
+                components.schemas.get_mut(name)
+            {
+                o.min_properties = Some(min);
+                o.max_properties = max;
+            }
+        }
     }
 }
 
@@ -74,9 +96,14 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// The plugin's name (1 to 64 of A-Z a-z 0-9 _ . -); by default the
-    /// name in the module's manifest. Uploading under a name that exists
-    /// adds a version.
+    /// The plugin's name (1 to 64 of A-Z a-z 0-9 _ . -, not only dots); by
+    /// default the name in the module's manifest. Uploading under a name
+    /// that exists adds a version.
+    #[param(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+    )]
     pub name: Option<String>,
     /// A manifest (JSON) that replaces the module's own.
     pub manifest: Option<String>,
@@ -94,10 +121,15 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A WebAssembly module's bytes (binary, or the text format).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct WasmModule(#[allow(dead_code)] Vec<u8>);
+
 /// Uploads a plugin: the raw module (binary, or text) as the body. The
 /// module is validated before anything is stored.
 #[utoipa::path(post, path = "/api/plugins", params(UploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm",
+    request_body(content = WasmModule, content_type = "application/wasm",
         description = "The module's bytes (or multipart/form-data with the module as the \
             `file` field and optional `name` and `manifest` fields)"),
     responses(
@@ -106,7 +138,9 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 413, description = "Larger than the upload cap", body = ErrorBody),
         (status = 415, description = "Not application/wasm", body = ErrorBody),
-        (status = 422, description = "Not a valid plugin", body = ErrorBody)))]
+        (status = 422, description = "Not a valid plugin", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn upload_plugin(
     State(state): State<AppState>,
     query: Result<Query<UploadQuery>, QueryRejection>,
@@ -377,7 +411,9 @@ pub async fn get_plugin(
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody),
-        (status = 409, description = "Probes use it", body = ErrorBody)))]
+        (status = 409, description = "Probes use it", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_plugin(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -421,8 +457,10 @@ pub async fn list_processes(State(state): State<AppState>) -> Result<Json<Vec<Pr
 #[serde(deny_unknown_fields)]
 pub struct NewTarget {
     /// Attach to this running process.
+    #[schema(nullable = false)]
     pub pid: Option<i32>,
     /// Start this command (program and arguments) traced, and let it run.
+    #[schema(nullable = false, min_items = 1)]
     pub spawn: Option<Vec<String>>,
 }
 
@@ -440,7 +478,9 @@ pub struct NewTarget {
         (status = 422, description = "The core refused (permission, ptrace, exec), or the \
             pid is the service's own or its core's", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn add_target(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -531,7 +571,9 @@ pub struct DeleteTargetQuery {
         (status = 422, description = "The core could not detach, or `kill` for a target the \
             service did not spawn", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed, or the \
-            target's thread is busy", body = ErrorBody)))]
+            target's thread is busy", body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_target(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -1,6 +1,9 @@
 //! The one error type of the service's routes: a status and a message that
 //! names the offending value, sent as `{"error": "..."}`.
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -44,8 +47,33 @@ impl ApiError {
     }
 }
 
+/// The service's data directory, named by a 507 (one `wprobe serve` per
+/// process: set once at start).
+static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records the data directory that disk-full answers name.
+pub fn set_data_dir(dir: &Path) {
+    let _ = DATA_DIR.set(dir.to_path_buf());
+}
+
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> ApiError {
+        // SQLITE_FULL: a write met ENOSPC (or the database's size limit).
+        // The transaction was rolled back, so nothing was stored.
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            let dir = DATA_DIR.get().map_or_else(
+                || "the data directory".to_string(),
+                |d| d.display().to_string(),
+            );
+            return ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "the disk holding the data directory {dir} is full ({e}): nothing was \
+                     stored; free space on that disk (or start the service with --data-dir \
+                     on another one) and send the request again"
+                ),
+            );
+        }
         ApiError::internal(format!("database: {e}"))
     }
 }

@@ -105,8 +105,9 @@ pub struct EventFilter {
     /// Only this probe's events (a probe id).
     pub probe: Option<i64>,
     /// events.jsonl: at most this many, the most recent (default: all
-    /// retained).
-    pub limit: Option<usize>,
+    /// retained; at most 2^32 - 1).
+    #[param(maximum = 4294967295_u64)]
+    pub limit: Option<u32>,
 }
 
 impl EventFilter {
@@ -236,7 +237,7 @@ pub async fn events_jsonl(
     };
     let skip = filter
         .limit
-        .map_or(0, |limit| items.len().saturating_sub(limit));
+        .map_or(0, |limit| items.len().saturating_sub(limit as usize));
     let mut body = Vec::new();
     for item in &items[skip..] {
         body.extend_from_slice(item.json().as_bytes());

@@ -423,6 +423,7 @@ pub fn run(
         None => default_data_dir()?,
     };
     make_data_dir(&dir)?;
+    error::set_data_dir(&dir);
     let token = auth::load_or_create_token(&dir)?;
     let store = Arc::new(Mutex::new(Store::open(&dir.join("wprobe.db"))?));
     let link = match &args.core {

@@ -57,6 +57,7 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchBody {
+    #[schema(min_items = 1)]
     pub probes: Vec<NewProbeBody>,
 }
 
@@ -64,9 +65,11 @@ pub struct BatchBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbePatch {
+    #[schema(nullable = false)]
     pub enabled: Option<bool>,
     /// The new list of plugins (replaces the old one; their maps start
     /// empty).
+    #[schema(nullable = false)]
     pub plugins: Option<Vec<ProbePlugin>>,
 }
 
@@ -399,7 +402,9 @@ fn created(r: Created, one: bool) -> Response {
         (status = 422, description = "Unknown target or plugin, a configuration the plugin \
             refuses, a spec the engine refuses, or the probes-per-target cap", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn create_probe(
     State(state): State<AppState>,
     query: Result<Query<DryRunQuery>, QueryRejection>,
@@ -425,7 +430,9 @@ pub async fn create_probe(
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
         (status = 422, description = "As for one probe", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     query: Result<Query<DryRunQuery>, QueryRejection>,
@@ -509,7 +516,9 @@ pub async fn get_probe(
         (status = 409, description = "Its target is not traced", body = ErrorBody),
         (status = 413, description = "The body is over --max-body", body = ErrorBody),
         (status = 422, description = "Unknown plugin, or a configuration it refuses",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn patch_probe(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -577,7 +586,9 @@ pub async fn patch_probe(
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such probe", body = ErrorBody),
         (status = 503, description = "The connection to wprobe-core is closed",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 507, description = "The data directory's disk is full: nothing was \
+            stored", body = ErrorBody)))]
 pub async fn delete_probe(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -89,8 +89,10 @@ pub struct SymbolsQuery {
     /// A glob (`mall*`, `str?cmp`) over the raw and demangled names, or
     /// else a case-insensitive substring of them; every function when
     /// absent.
+    #[param(max_length = 4096)]
     pub q: Option<String>,
     /// At most this many (1 to 5000; default 200).
+    #[param(minimum = 1, maximum = 5000)]
     pub limit: Option<usize>,
 }
 
@@ -135,9 +137,11 @@ impl From<FunctionInfo> for FunctionSymbol {
 #[serde(deny_unknown_fields)]
 pub struct DisasmQuery {
     /// The function as a spec names it: `main`, `libc:malloc`,
-    /// `/usr/bin/bash:readline`.
+    /// `/usr/bin/bash:readline`. Required.
+    #[param(required = true, min_length = 1, max_length = 4096)]
     pub symbol: Option<String>,
     /// How many instructions from its entry (1 to 512; default 32).
+    #[param(minimum = 1, maximum = 512)]
     pub count: Option<usize>,
 }
 
@@ -220,7 +224,8 @@ impl From<CheckedPlacement> for CheckedPlacementJson {
         (status = 400, description = "The id is not a number, or a bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
-        (status = 409, description = "The target is not running", body = ErrorBody)))]
+        (status = 409, description = "The target is not running", body = ErrorBody),
+        (status = 422, description = "`q` is longer than 4096 bytes", body = ErrorBody)))]
 pub async fn symbols(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -250,8 +255,8 @@ pub async fn symbols(
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such target, module or function", body = ErrorBody),
         (status = 409, description = "The target is not running", body = ErrorBody),
-        (status = 422, description = "The function has no code in its file",
-            body = ErrorBody)))]
+        (status = 422, description = "The function has no code in its file, or `symbol` is \
+            longer than 4096 bytes", body = ErrorBody)))]
 pub async fn disasm(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
