@@ -707,20 +707,13 @@ fn shared_dir(name: &str, bins: &[&std::path::Path]) -> std::path::PathBuf {
 
 /// `spin` started as user `uid`, once it said it is ready.
 fn spin_as(bin: &std::path::Path, uid: u32, args: &[&str]) -> Child {
-    use std::io::Read;
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin);
     cmd.args(args).stdout(Stdio::piped()).current_dir("/");
     // std drops root's supplementary groups along with the uid.
     cmd.uid(uid).gid(uid);
     let mut child = cmd.spawn().expect("spin as another user");
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    read_ready(&mut child);
     child
 }
 
@@ -841,19 +834,6 @@ fn as_nobody(extra: &[&str], argv: &[&str]) -> Command {
     cmd
 }
 
-/// Reads "ready\n" from a child's stdout.
-fn ready(child: &mut Child) {
-    use std::io::Read;
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    assert_eq!(&ready, b"ready\n");
-}
-
 /// The permitted capability set of a process.
 fn cap_permitted(pid: i32) -> u64 {
     u64::from_str_radix(&proc_status(pid, "CapPrm:").unwrap(), 16).unwrap()
@@ -882,7 +862,7 @@ fn system_mode_refuses_a_process_holding_capabilities_its_user_lacks() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("setpriv");
-    ready(&mut capped);
+    read_ready(&mut capped);
     let capped_pid = capped.id() as i32;
     assert_ne!(
         cap_permitted(capped_pid),
@@ -893,7 +873,7 @@ fn system_mode_refuses_a_process_holding_capabilities_its_user_lacks() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("setpriv");
-    ready(&mut plain);
+    read_ready(&mut plain);
     let plain_pid = plain.id() as i32;
 
     let mut c = CoreClient::start(&dir.join("core-client"), &core.sock, Some(NOBODY));
@@ -952,7 +932,7 @@ fn system_mode_lets_go_a_process_whose_execve_gained_capabilities() {
         use std::io::Write;
         writeln!(sh.stdin.as_mut().unwrap(), "go").unwrap();
     }
-    ready(&mut sh);
+    read_ready(&mut sh);
     assert_ne!(
         cap_permitted(pid),
         0,

@@ -237,15 +237,7 @@ fn library_probes_by_soname() {
 
 #[test]
 fn dlopen_arms_pending_probes_and_dlclose_retires_them() {
-    let dir = scratch_dir();
-    let lib = dir.join("libdlt-pending.so");
-    let st = Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixtures_dir().join("libdlt.c"))
-        .status()
-        .expect("gcc");
-    assert!(st.success());
+    let lib = build_dlt_library("libdlt-pending.so");
     let bin = build("dlmain", "pending", &["-O2"]);
     let (b, l) = (bin.to_string_lossy(), lib.to_string_lossy());
     let t = trace(&[
@@ -316,15 +308,7 @@ fn a_probe_refused_in_a_library_loaded_later_leaves_the_program_alone() {
     // Not among the libraries the program needs at start: only dlopen
     // shows that the symbol is not there. The program must run on, its
     // other probes too; never be killed.
-    let dir = scratch_dir();
-    let lib = dir.join("libdlt-later.so");
-    let st = Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixtures_dir().join("libdlt.c"))
-        .status()
-        .expect("gcc");
-    assert!(st.success());
+    let lib = build_dlt_library("libdlt-later.so");
     let bin = build("dlmain", "later", &["-O2"]);
     let (b, l) = (bin.to_string_lossy(), lib.to_string_lossy());
     let t = trace(&[

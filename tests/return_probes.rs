@@ -343,14 +343,7 @@ fn go_programs_are_refused() {
 
 #[test]
 fn return_probes_on_a_dlopened_library() {
-    let lib = scratch_dir().join("libdlt-ret.so");
-    let st = std::process::Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixtures_dir().join("libdlt.c"))
-        .status()
-        .expect("gcc");
-    assert!(st.success());
+    let lib = build_dlt_library("libdlt-ret.so");
     let bin = build("dlmain", "ret", &["-O2"]);
     let l = lib.to_string_lossy().into_owned();
     let t = run(&bin, &[&format!("uretprobe:{l}:dl_func")], &[&l]);

@@ -1057,15 +1057,7 @@ fn symbols_disassembly_and_dry_runs() {
 
 #[test]
 fn a_probe_refused_when_its_library_loads_leaves_the_program_running() {
-    let dir = scratch_dir();
-    let lib = dir.join("libdlt-serve.so");
-    let st = Command::new("gcc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixtures_dir().join("libdlt.c"))
-        .status()
-        .expect("gcc");
-    assert!(st.success());
+    let lib = build_dlt_library("libdlt-serve.so");
     let bin = build("dlmain", "serve-later", &["-O2"]);
     let api = Api::start(&data_dir("refused-later"), &[]);
     let mut child = Command::new(&bin)
@@ -1075,13 +1067,7 @@ fn a_probe_refused_when_its_library_loads_leaves_the_program_running() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start dlmain");
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
+    read_ready(&mut child);
     let t = api.attach(child.id() as i32);
     // The library is not loaded yet: the probe waits for it.
     let p = api.json(

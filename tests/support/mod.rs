@@ -397,14 +397,23 @@ pub fn libc_path() -> PathBuf {
     std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").expect("libc.so.6")
 }
 
-/// Starts a fixture that prints "ready" once it runs, and waits for that.
-pub fn start_ready(bin: &Path, args: &[&str]) -> std::process::Child {
+/// Builds tests/fixtures/libdlt.c as the shared library `name` in the
+/// scratch directory (a library the dlmain fixture loads with dlopen).
+pub fn build_dlt_library(name: &str) -> PathBuf {
+    let lib = scratch_dir().join(name);
+    let st = Command::new("gcc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixtures_dir().join("libdlt.c"))
+        .status()
+        .expect("gcc");
+    assert!(st.success(), "gcc built {name}");
+    lib
+}
+
+/// Reads the "ready\n" a fixture prints once it runs from its piped stdout.
+pub fn read_ready(child: &mut std::process::Child) {
     use std::io::Read;
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture");
     let mut ready = [0u8; 6];
     child
         .stdout
@@ -413,6 +422,16 @@ pub fn start_ready(bin: &Path, args: &[&str]) -> std::process::Child {
         .read_exact(&mut ready)
         .expect("fixture says ready");
     assert_eq!(&ready, b"ready\n");
+}
+
+/// Starts a fixture that prints "ready" once it runs, and waits for that.
+pub fn start_ready(bin: &Path, args: &[&str]) -> std::process::Child {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start fixture");
+    read_ready(&mut child);
     child
 }
 
