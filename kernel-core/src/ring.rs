@@ -49,7 +49,7 @@
 //! | 12 | `u32` | kind: 0 entry, 1 return |
 //! | 16 | `u64` | time (the producer's clock: the TSC on x86_64) |
 //! | 24 | `u64` | thread key (`%fs:0` on x86_64: the thread's TCB) |
-//! | 32 | `u64[27]` | registers, in the order of the arch's register set |
+//! | 32 | `u64[NREGS]` | registers, in the order of the arch's register set (27 on x86_64) |
 //!
 //! # The producer's steps (the trampoline does exactly these)
 //!
@@ -77,8 +77,13 @@ pub const SLOT_SIZE: usize = 256;
 pub const MAX_PROBES: usize = 512;
 /// Bytes before the first slot: a control page and two counter tables.
 pub const HEADER_LEN: usize = 3 * 4096;
-/// Registers in a slot.
-pub const NREGS: usize = 27;
+/// Registers in a slot: the words of the native register set (the
+/// arch's `Regs`, in the layout ptrace uses), so that arch knowledge stays
+/// in `arch/`.
+pub const NREGS: usize = std::mem::size_of::<crate::arch::native::Regs>() / 8;
+
+// The slot's header (32 bytes) and the registers fit in a slot.
+const _: () = assert!(32 + 8 * NREGS <= SLOT_SIZE);
 
 // Offsets of the header's fields (the table above), for the trampolines.
 pub const OFF_MAGIC: usize = 0;

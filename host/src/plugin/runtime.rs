@@ -952,6 +952,15 @@ impl Instance {
 }
 
 impl Attachment {
+    /// The plugin's maps, locked (a panic elsewhere does not make them
+    /// unreadable).
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.shared
+            .maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn plugin(&self) -> Arc<Plugin> {
         self.plugin
             .lock()
@@ -967,12 +976,7 @@ impl Attachment {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         // Counted where the refusal is decided.
-        s.map_updates_refused = self
-            .shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .overflow;
+        s.map_updates_refused = self.maps().overflow;
         s
     }
 
@@ -1146,37 +1150,20 @@ impl Attachment {
     }
 
     pub fn maps_json(&self) -> Value {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .to_json()
+        self.maps().to_json()
     }
 
     pub fn histograms(&self) -> Vec<super::maps::Histogram> {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .histograms()
+        self.maps().histograms()
     }
 
     /// Whether the plugin's maps hold no key.
     pub fn maps_empty(&self) -> bool {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            == 0
+        self.maps().keys() == 0
     }
 
     pub fn maps_text(&self) -> String {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .to_text()
+        self.maps().to_text()
     }
 
     /// The maps as JSON written to `out`, cut when `stop` says so
@@ -1186,11 +1173,7 @@ impl Attachment {
         out: &mut dyn std::io::Write,
         stop: &dyn Fn() -> bool,
     ) -> std::io::Result<bool> {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_json(out, stop)
+        self.maps().write_json(out, stop)
     }
 
     /// The maps as text written to `out`, cut when `stop` says so
@@ -1200,11 +1183,7 @@ impl Attachment {
         out: &mut dyn std::io::Write,
         stop: &dyn Fn() -> bool,
     ) -> std::io::Result<bool> {
-        self.shared
-            .maps
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .write_text(out, stop)
+        self.maps().write_text(out, stop)
     }
 }
 

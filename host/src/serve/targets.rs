@@ -8,7 +8,7 @@
 //!
 //! Also the list of processes that can be attached, from /proc.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
@@ -460,8 +460,8 @@ impl Targets {
         };
         let cmdline = cmdline(pid).unwrap_or_default();
         let exe = exe(pid);
-        let (mut client, mut backlog) = self.connect()?;
-        match self.call(&mut client, &mut backlog, Op::Attach { pid }) {
+        let mut client = self.connect()?;
+        match self.call(&mut client, Op::Attach { pid }) {
             Ok(Body::Target { .. }) => {}
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &format!("attaching to pid {pid}"))),
@@ -469,7 +469,7 @@ impl Targets {
         let target = self
             .store()
             .add_target(pid, start_time, &cmdline, &exe, "attached")?;
-        self.start_thread(target.id, pid, client, backlog);
+        self.start_thread(target.id, pid, client);
         Ok(target)
     }
 
@@ -497,13 +497,13 @@ impl Targets {
     /// Starts `argv` under the core, then lets it run.
     pub fn spawn(self: &Arc<Self>, argv: Vec<String>) -> Result<Target, ApiError> {
         let what = format!("spawning {argv:?}");
-        let (mut client, mut backlog) = self.connect()?;
+        let mut client = self.connect()?;
         let spawn = Op::Spawn {
             argv: argv.clone(),
             env: None,
             stdio: SpawnStdio::Inherit,
         };
-        let pid = match self.call(&mut client, &mut backlog, spawn) {
+        let pid = match self.call(&mut client, spawn) {
             Ok(Body::Target { pid }) => pid,
             Ok(other) => return Err(ApiError::internal(format!("wprobe-core: {other:?}"))),
             Err(e) => return Err(core_error(e, &what)),
@@ -513,16 +513,16 @@ impl Targets {
         let target = self
             .store()
             .add_target(pid, start_time, &argv.join(" "), &exe, "spawned")?;
-        if let Err(e) = self.call(&mut client, &mut backlog, Op::Resume { pid }) {
+        if let Err(e) = self.call(&mut client, Op::Resume { pid }) {
             return Err(core_error(e, &format!("resuming pid {pid}")));
         }
-        self.start_thread(target.id, pid, client, backlog);
+        self.start_thread(target.id, pid, client);
         Ok(target)
     }
 
     /// A new connection to the core, configured, and the frames read on
     /// it so far.
-    fn connect(&self) -> Result<(Client, VecDeque<Frame>), ApiError> {
+    fn connect(&self) -> Result<Client, ApiError> {
         let mut client = self
             .link
             .connect(&format!("wprobe serve {}", std::process::id()))
@@ -532,7 +532,6 @@ impl Targets {
             .stream()
             .set_write_timeout(Some(self.core_timeout))
             .map_err(|e| ApiError::internal(format!("the core's socket: {e}")))?;
-        let mut backlog = VecDeque::new();
         // Children of a target are traced with its probes, and an exec
         // resolves them again in the new program, as uprobes on a binary
         // follow it wherever it runs.
@@ -540,48 +539,32 @@ impl Targets {
             follow_fork: true,
             follow_exec: true,
         };
-        self.call(&mut client, &mut backlog, op)
+        self.call(&mut client, op)
             .map_err(|e| core_error(e, "configuring the connection"))?;
-        Ok((client, backlog))
+        Ok(client)
     }
 
     /// One request to the core, its answer awaited `--core-timeout` at
-    /// most; frames that come before it go to `backlog`.
-    fn call(
-        &self,
-        client: &mut Client,
-        backlog: &mut VecDeque<Frame>,
-        op: Op,
-    ) -> Result<Body, ClientError> {
-        let id = client.send(op)?;
-        let deadline = Instant::now() + self.core_timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "wprobe-core did not answer within {} s (--core-timeout)",
-                        self.core_timeout.as_secs_f64()
-                    ),
-                )));
-            }
-            match client.next(Some(left))? {
-                Some(Frame::Ok { id: i, body }) if i == id => return Ok(body),
-                Some(Frame::Error {
-                    id: i,
-                    kind,
-                    message,
-                }) if i == id || (i == 0 && kind == ErrorKind::BadRequest) => {
-                    return Err(ClientError::Core { kind, message })
+    /// most; frames that come before it stay in the client for
+    /// `Client::next`.
+    fn call(&self, client: &mut Client, op: Op) -> Result<Body, ClientError> {
+        client
+            .call_within(op, self.core_timeout)
+            .map_err(|e| match e {
+                ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                    ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "wprobe-core did not answer within {} s (--core-timeout)",
+                            self.core_timeout.as_secs_f64()
+                        ),
+                    ))
                 }
-                Some(f) => backlog.push_back(f),
-                None => {}
-            }
-        }
+                e => e,
+            })
     }
 
-    fn start_thread(self: &Arc<Self>, id: i64, pid: i32, client: Client, backlog: VecDeque<Frame>) {
+    fn start_thread(self: &Arc<Self>, id: i64, pid: i32, client: Client) {
         let (tx, rx) = mpsc::channel();
         let wake = match Wake::new() {
             Ok(w) => Arc::new(w),
@@ -602,7 +585,6 @@ impl Targets {
             id,
             pid,
             client,
-            backlog,
             wake,
             by_core: HashMap::new(),
             done: false,
@@ -754,11 +736,11 @@ impl Targets {
     }
 
     fn reattach(self: &Arc<Self>, t: &Target) -> Result<(), String> {
-        let (mut client, mut backlog) = self.connect().map_err(|e| e.message)?;
-        self.call(&mut client, &mut backlog, Op::Attach { pid: t.pid })
+        let mut client = self.connect().map_err(|e| e.message)?;
+        self.call(&mut client, Op::Attach { pid: t.pid })
             .map_err(|e| e.to_string())?;
         let rows = self.store().probes(Some(t.id)).map_err(|e| e.to_string())?;
-        self.start_thread(t.id, t.pid, client, backlog);
+        self.start_thread(t.id, t.pid, client);
         let mut restore = Vec::new();
         for row in rows {
             match self.attach_plugins(&row.plugins) {
@@ -811,9 +793,9 @@ struct Conn {
     targets: Arc<Targets>,
     id: i64,
     pid: i32,
+    /// Frames read while a call waited for its reply stay in it, and
+    /// `Client::next` hands them out first.
     client: Client,
-    /// Frames read while a call waited for its reply, handled first.
-    backlog: VecDeque<Frame>,
     wake: Arc<Wake>,
     by_core: HashMap<u32, Local>,
     /// The connection is over (the target ended or was let go).
@@ -878,12 +860,9 @@ impl Conn {
         }
     }
 
-    /// The next frame: from the backlog, else from the core within
-    /// `timeout`. A connection that fails is lost.
+    /// The next frame: one a call left in the client, else from the core
+    /// within `timeout`. A connection that fails is lost.
     fn next(&mut self, timeout: Duration) -> Option<Frame> {
-        if let Some(f) = self.backlog.pop_front() {
-            return Some(f);
-        }
         match self.client.next(Some(timeout)) {
             Ok(f) => f,
             Err(e) => {
@@ -900,7 +879,7 @@ impl Conn {
         if self.done {
             return Err(ClientError::Closed);
         }
-        let r = self.targets.call(&mut self.client, &mut self.backlog, op);
+        let r = self.targets.call(&mut self.client, op);
         if let Err(e @ (ClientError::Io(_) | ClientError::Closed | ClientError::Proto(_))) = &r {
             let why = match e {
                 ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => io.to_string(),
@@ -1087,7 +1066,7 @@ impl Conn {
         let mut live = ProbeLive::new(self.id, ARMING, None);
         live.plugins = np.plugins.clone();
         // Notices of this probe read while it was added wait in the
-        // backlog: they find the entry made here.
+        // client: they find the entry made here.
         lock(&self.targets.probes).insert(id, live);
         self.by_core.insert(
             core,

@@ -265,7 +265,7 @@ fn serve(
 fn control(engine: &mut Engine<Ptrace>, sink: &mut QueueSink, conn: &mut Conn, c: Control) -> bool {
     match c {
         Control::Request(r, fds) => {
-            let frame = bounded_error(handle(engine, sink, conn, r, fds));
+            let frame = handle(engine, sink, conn, r, fds);
             let _ = conn.out.send(Out::Frame(Box::new(frame)));
             false
         }
@@ -523,32 +523,6 @@ fn read_frames(
             }
         }
     }
-}
-
-/// Error messages longer than this are cut (a message may quote a spec of
-/// any length the client sent).
-const MAX_MESSAGE: usize = 4096;
-
-/// `frame`, with an error message cut to [`MAX_MESSAGE`] bytes.
-fn bounded_error(frame: Frame) -> Frame {
-    match frame {
-        Frame::Error { id, kind, message } if message.len() > MAX_MESSAGE => Frame::Error {
-            id,
-            kind,
-            message: cut(&message, MAX_MESSAGE),
-        },
-        f => f,
-    }
-}
-
-/// The first `max` bytes of `s` (at a character boundary), saying how much
-/// was left out.
-pub(super) fn cut(s: &str, max: usize) -> String {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} more bytes cut)", &s[..end], s.len() - end)
 }
 
 /// With `WPROBE_CORE_FAULT_INJECTION=1` in the core's environment, an

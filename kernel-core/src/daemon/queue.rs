@@ -283,41 +283,54 @@ pub(super) fn write_frames(
     }
 }
 
-/// Writes a control frame or notice. One that would be larger than a frame
-/// may be (a list of many probes with long specs, a message quoting a huge
-/// spec) is not sent as it is — that would leave the client waiting — but
-/// as an `Error` reply of kind `Limit` to the same request, or cut.
+/// Messages longer than this are cut (an error may quote a spec of any
+/// length the client sent).
+const MAX_MESSAGE: usize = 4096;
+
+/// The first `max` bytes of `s` (at a character boundary), saying how much
+/// was left out.
+fn cut(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &s[..end], s.len() - end)
+}
+
+/// Writes a control frame or notice; every frame the core sends but
+/// events passes here, so the bounds are kept here. A message is cut to
+/// [`MAX_MESSAGE`]; a reply that would still be larger than a frame may be
+/// (a list of many probes with long specs) is not sent as it is — that
+/// would leave the client waiting — but as an `Error` of kind `Limit` to
+/// the same request.
 fn write_reply(stream: &mut UnixStream, f: Frame) -> Result<(), proto::ProtoError> {
-    match proto::write_frame(stream, &f) {
-        Err(proto::ProtoError::Oversize { len, max }) => {
-            let replacement = match f {
-                Frame::Ok { id, .. } => Frame::Error {
-                    id,
-                    kind: proto::ErrorKind::Limit,
-                    message: format!(
-                        "the reply to request {id} would be {len} bytes, above the protocol's \
-                         frame limit of {max}; ask for less (fewer or shorter probe specs)"
-                    ),
-                },
-                Frame::Error { id, kind, message } => Frame::Error {
-                    id,
-                    kind,
-                    message: super::conn::cut(&message, 4096),
-                },
-                Frame::Notice(Notice::Warning { text }) => Frame::Notice(Notice::Warning {
-                    text: super::conn::cut(&text, 4096),
-                }),
-                other => {
-                    // Nothing else the core sends can grow past a frame.
-                    return Err(proto::ProtoError::Oversize {
-                        len: proto::encode(&other).len() as u64,
-                        max,
-                    });
-                }
+    let f = match f {
+        Frame::Error { id, kind, message } => Frame::Error {
+            id,
+            kind,
+            message: cut(message, MAX_MESSAGE),
+        },
+        Frame::Notice(Notice::Warning { text }) => Frame::Notice(Notice::Warning {
+            text: cut(text, MAX_MESSAGE),
+        }),
+        f => f,
+    };
+    match (proto::write_frame(stream, &f), f) {
+        (Err(proto::ProtoError::Oversize { len, max }), Frame::Ok { id, .. }) => {
+            let limit = Frame::Error {
+                id,
+                kind: proto::ErrorKind::Limit,
+                message: format!(
+                    "the reply to request {id} would be {len} bytes, above the protocol's \
+                     frame limit of {max}; ask for less (fewer or shorter probe specs)"
+                ),
             };
-            proto::write_frame(stream, &replacement)
+            proto::write_frame(stream, &limit)
         }
-        r => r,
+        (r, _) => r,
     }
 }
 

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{
     write_frame, Action, Body, ErrorKind, Frame, FrameReader, Hello, Op, ProtoError, Request,
@@ -172,7 +172,15 @@ impl Client {
     /// kept for [`Client::next`].
     pub fn call(&mut self, op: Op) -> Result<Body> {
         let id = self.send(op)?;
-        self.reply(id)
+        self.reply(id, None)
+    }
+
+    /// As [`call`](Self::call), waiting `timeout` at most for the reply;
+    /// then an `Io` error of kind `TimedOut` (the reply, should it come
+    /// later, is kept for [`Client::next`] like any other frame).
+    pub fn call_within(&mut self, op: Op, timeout: Duration) -> Result<Body> {
+        let id = self.send(op)?;
+        self.reply(id, Some(Instant::now() + timeout))
     }
 
     /// Starts `argv` under the core as a shell would start it from this
@@ -229,13 +237,27 @@ impl Client {
             .into());
         }
         super::scm::send_with_fds(&self.stream, &bytes, &fds)?;
-        self.reply(id)
+        self.reply(id, None)
     }
 
-    /// Waits for the reply to request `id`.
-    fn reply(&mut self, id: u32) -> Result<Body> {
+    /// Waits for the reply to request `id`, until `deadline` if one is
+    /// given; frames that come first are kept for [`Client::next`].
+    fn reply(&mut self, id: u32, deadline: Option<Instant>) -> Result<Body> {
         loop {
-            match self.read(None)? {
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ClientError::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "wprobe-core did not answer in time",
+                        )));
+                    }
+                    Some(left)
+                }
+            };
+            match self.read(timeout)? {
                 Some(Frame::Ok { id: i, body }) if i == id => return Ok(body),
                 Some(Frame::Error {
                     id: i,

@@ -6,6 +6,14 @@ use super::*;
 
 const BASE: u64 = 0x40_1000;
 
+/// `u64 add(u64 a, u64 b)`: the probe replaces its first two instructions.
+#[cfg(target_arch = "x86_64")]
+const ADD: [u8; 7] = [
+    0x48, 0x89, 0xf8, // mov rax, rdi
+    0x48, 0x01, 0xf0, // add rax, rsi
+    0xc3, // ret
+];
+
 /// `expect`: `Ok(replaced length)` or `Err(part of the reason)`.
 fn check(func: &[u8], probe_off: u64, expect: Result<usize, &str>) {
     let got = arch_prepare_optimized_kprobe(func, BASE, BASE + probe_off);
@@ -250,15 +258,7 @@ mod live {
 fn a_trampoline_records_the_registers_and_the_function_runs_as_before() {
     use crate::ring::Ring;
     let (mut ring, _fd) = Ring::create(16).unwrap();
-    let code = live::probed(
-        &[
-            0x48, 0x89, 0xf8, // mov rax, rdi
-            0x48, 0x01, 0xf0, // add rax, rsi
-            0xc3, // ret
-        ],
-        0,
-        &ring,
-    );
+    let code = live::probed(&ADD, 0, &ring);
     let f = code.func(0);
     assert_eq!(f(2, 3), 5);
     assert_eq!(f(40, 2), 42);
@@ -332,15 +332,7 @@ fn a_rip_relative_instruction_is_re_pointed_in_the_trampoline() {
 fn a_full_ring_costs_a_counted_loss_and_the_function_still_runs() {
     use crate::ring::Ring;
     let (mut ring, _fd) = Ring::create(2).unwrap();
-    let code = live::probed(
-        &[
-            0x48, 0x89, 0xf8, // mov rax, rdi
-            0x48, 0x01, 0xf0, // add rax, rsi
-            0xc3, // ret
-        ],
-        0,
-        &ring,
-    );
+    let code = live::probed(&ADD, 0, &ring);
     let f = code.func(0);
     let sums: Vec<u64> = (0..5).map(|i| f(i, 1)).collect();
     assert_eq!(sums, [1, 2, 3, 4, 5]);
@@ -354,15 +346,7 @@ fn threads_hitting_one_trampoline_lose_nothing_but_what_is_counted() {
     use crate::ring::Ring;
     use std::sync::Arc;
     let (mut ring, _fd) = Ring::create(256).unwrap();
-    let code = Arc::new(live::probed(
-        &[
-            0x48, 0x89, 0xf8, // mov rax, rdi
-            0x48, 0x01, 0xf0, // add rax, rsi
-            0xc3, // ret
-        ],
-        0,
-        &ring,
-    ));
+    let code = Arc::new(live::probed(&ADD, 0, &ring));
     const EACH: u64 = 20_000;
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let threads: Vec<_> = (0..4u64)
