@@ -66,7 +66,9 @@ impl Core {
 
     fn connect(&self) -> Conn {
         Conn {
-            conn: UnixStream::connect(&self.sock).expect("connect"),
+            conn: wprobe_core::proto::sockpath::short(&self.sock)
+                .and_then(|short| UnixStream::connect(short.path()))
+                .expect("connect"),
             next_id: 1,
             events: Vec::new(),
             losses: 0,

@@ -251,6 +251,27 @@ fn upload_cap() {
     assert_eq!(r.json["version"]["size"], padded.len());
 }
 
+/// Where a clone lives decides how deep the data directory is: a core
+/// socket path longer than a socket address holds (107 bytes) must still
+/// work, and did not (CI's clone is deeper than a developer's).
+#[test]
+fn a_data_directory_deeper_than_a_socket_address_works() {
+    let mut dir = data_dir("deep");
+    while dir.join("core.sock").as_os_str().len() <= 140 {
+        dir.push("a-directory-deep-enough-to-overflow-sun-path");
+    }
+    let s = Server::start(&dir, &[]);
+    // The core it started answers: a process is attached through it.
+    let bin = build("spin", "serve", &["-O2"]);
+    let mut spin = start_ready(&bin, &["20000", "1"]);
+    let body = format!("{{\"pid\": {}}}", spin.id());
+    let r = s.call("POST", "/api/targets", body.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["state"], "running");
+    let _ = spin.kill();
+    let _ = spin.wait();
+}
+
 #[test]
 fn openapi_lists_the_served_routes() {
     let dir = data_dir("openapi");

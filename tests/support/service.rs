@@ -24,22 +24,29 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        // Its stderr goes to a file beside the data directory, shown if it
+        // never says where it listens.
+        let log = dir.with_extension("stderr");
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).expect("the data directory's parent");
+        }
         let mut child = Command::new(wprobe_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log for the service's stderr"))
             .spawn()
             .expect("start wprobe serve");
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         stdout.read_line(&mut line).expect("read the URL");
         // http://127.0.0.1:PORT/#token=TOKEN
-        let rest = line
-            .trim()
-            .strip_prefix("http://")
-            .unwrap_or_else(|| panic!("no URL in {line:?}"));
+        let rest = line.trim().strip_prefix("http://").unwrap_or_else(|| {
+            let _ = child.wait();
+            let err = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("no URL in {line:?}; the service's stderr:\n{err}")
+        });
         let (addr, token) = rest
             .split_once("/#token=")
             .unwrap_or_else(|| panic!("no token in {line:?}"));

@@ -42,18 +42,13 @@ impl CoreLink {
     /// gets SIGTERM when the service dies however it dies, and then lets
     /// every target go with its bytes restored.
     pub fn start(core: &Path, socket: &Path) -> Result<CoreLink, String> {
-        if socket.as_os_str().len() >= 108 {
-            return Err(format!(
-                "the core's socket path {} is longer than a Unix socket address allows \
-                 (107 bytes): choose a shorter --data-dir",
-                socket.display()
-            ));
-        }
         // A core of an earlier service may still be letting its targets go
         // (it got SIGTERM when that service died): give it a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
         while socket.exists() {
-            if std::os::unix::net::UnixStream::connect(socket).is_err() {
+            let reached = wprobe_core::proto::sockpath::short(socket)
+                .and_then(|short| std::os::unix::net::UnixStream::connect(short.path()));
+            if reached.is_err() {
                 // Left by a core that is gone: nobody listens any more.
                 std::fs::remove_file(socket)
                     .map_err(|e| format!("removing the stale socket {}: {e}", socket.display()))?;

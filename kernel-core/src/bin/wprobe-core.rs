@@ -125,8 +125,9 @@ fn listen(path: &str, config: Config) -> std::io::Result<()> {
             "{path} already exists; remove it or choose another path"
         ));
     }
-    let listener =
-        UnixListener::bind(path).unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
+    let listener = wprobe_core::proto::sockpath::short(std::path::Path::new(path))
+        .and_then(|short| UnixListener::bind(short.path()))
+        .unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
     // Same-user mode: only this user may connect. System mode: anyone,
     // each checked with SO_PEERCRED.
     let mode = if config.system { 0o666 } else { 0o600 };

@@ -51,12 +51,14 @@ pub struct Client {
 impl Client {
     /// Connects to a core listening on `path`.
     pub fn connect(path: &Path, name: &str) -> Result<Client> {
-        let stream = UnixStream::connect(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot connect to wprobe-core at {}: {e}", path.display()),
-            )
-        })?;
+        let stream = super::sockpath::short(path)
+            .and_then(|short| UnixStream::connect(short.path()))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot connect to wprobe-core at {}: {e}", path.display()),
+                )
+            })?;
         Self::handshake(stream, name, None)
     }
 

@@ -25,12 +25,14 @@
 //!   [`MAX_FRAME`].
 //! - [`negotiate`] — the core's answer to a [`Hello`].
 //! - [`scm`] — descriptors passed with a frame (`SCM_RIGHTS`), the one
-//!   part that needs a Unix socket.
+//!   part that needs a Unix socket; [`sockpath`] — socket paths longer
+//!   than a socket address holds.
 
 pub mod client;
 mod codec;
 mod convert;
 pub mod scm;
+pub mod sockpath;
 mod stream;
 mod wire;
 
