@@ -1191,3 +1191,54 @@ fn map_updates_refused_at_the_key_cap_are_shown() {
         Some(seen as f64)
     );
 }
+
+/// A target's thread waits for its core and for commands in one poll,
+/// never in a read of the core's socket. Such a read, with a timeout the
+/// kernel counts in its ticks (4 ms at HZ=250, so "1 ms" lasted up to
+/// 8 ms), held every request that came while it lasted: `GET
+/// /api/probes` back to back took 8 ms each (issue 11, item 7). Looked at
+/// right after each answer, when it has nothing left to do, the thread
+/// must not be blocked in a read.
+#[test]
+fn a_target_thread_waits_for_commands_in_poll_not_in_a_read() {
+    let bin = gated("idle-wait");
+    let dir = data_dir("idle-wait");
+    let api = Api::start(&dir, &[]);
+    let g = Gated::start(&bin, 1, false);
+    let t = api.attach(g.pid());
+    let spec = format!("uprobe:{}:work", bin.display());
+    api.json(
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": spec}),
+        201,
+    );
+    let service = api.s.child.id();
+    let name = format!("target {t}");
+    let task = std::fs::read_dir(format!("/proc/{service}/task"))
+        .expect("the service's threads")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .unwrap_or_else(|| panic!("no thread named `{name}` in the service"));
+    // The system call a thread is blocked in; `None` while it runs.
+    let blocked_in = || -> Option<i64> {
+        let text = std::fs::read_to_string(task.join("syscall")).expect("its syscall file");
+        let first = text.split_whitespace().next().unwrap_or("running");
+        first.parse().ok()
+    };
+    let reads = [libc::SYS_read, libc::SYS_recvfrom, libc::SYS_recvmsg];
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        // A round trip through the thread: it took the command, asked its
+        // core for the counters, and answered.
+        api.get("/api/probes");
+        let call = (0..100_000).find_map(|_| blocked_in());
+        seen.push(call.expect("the thread blocks somewhere once it is done"));
+    }
+    assert!(
+        !seen.iter().any(|c| reads.contains(c)),
+        "the target's thread waited in a read of its socket (system calls {reads:?}) after \
+         answering: {seen:?}"
+    );
+}

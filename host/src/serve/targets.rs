@@ -823,9 +823,13 @@ impl Conn {
             // Frames (a reply may have left some in the client's backlog),
             // a bounded number before commands are looked at again: under
             // a flood of events a request still gets its answer at once.
+            // Only those there now: waiting for the socket is the poll
+            // below, which a command also ends. (A read with a timeout
+            // held every command that came within 8 ms of the previous
+            // one: the socket's timeout is counted in the kernel's ticks.)
             let mut read = 0;
             while !self.done && read < FRAMES_PER_TURN {
-                match self.next(Duration::from_millis(1)) {
+                match self.try_next() {
                     Some(f) => {
                         self.frame(f);
                         read += 1;
@@ -864,6 +868,18 @@ impl Conn {
     /// within `timeout`. A connection that fails is lost.
     fn next(&mut self, timeout: Duration) -> Option<Frame> {
         match self.client.next(Some(timeout)) {
+            Ok(f) => f,
+            Err(e) => {
+                self.lost(&format!("the connection to wprobe-core ended: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The next frame if one is there now, without waiting (see
+    /// `Client::try_next`). A connection that fails is lost.
+    fn try_next(&mut self) -> Option<Frame> {
+        match self.client.try_next() {
             Ok(f) => f,
             Err(e) => {
                 self.lost(&format!("the connection to wprobe-core ended: {e}"));

@@ -291,6 +291,49 @@ impl Client {
         self.read(timeout)
     }
 
+    /// [`Client::next`] without waiting: a frame already received, or one
+    /// whose bytes are on the socket now; `Ok(None)` at once otherwise
+    /// (also when only part of a frame is there yet).
+    ///
+    /// For a loop that also waits for something else (`poll` on
+    /// [`Client::stream`] and its own wake-up): `next` with a timeout
+    /// would hold it in the socket's read for that timeout, which the
+    /// kernel counts in scheduler ticks, so that even 1 ms can be 8 ms
+    /// (HZ=250).
+    pub fn try_next(&mut self) -> Result<Option<Frame>> {
+        if let Some(f) = self.backlog.pop_front() {
+            return Ok(Some(f));
+        }
+        loop {
+            if let Some(f) = self.reader.next_frame()? {
+                return Ok(Some(f));
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a timeout of 0 never blocks.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                return Ok(None);
+            }
+            // Readable: the read returns at once, with bytes or at the end.
+            match self.reader.read_from(&mut self.stream) {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Tells the core this client is done: it disarms, detaches, sends
     /// what it still has, and closes.
     pub fn finish(&self) -> io::Result<()> {
@@ -315,5 +358,73 @@ impl Drop for Client {
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{encode, read_frame, Notice, Welcome, MAX_FRAME};
+    use std::io::Write;
+    use std::sync::mpsc;
+
+    /// A client on one end of a socket pair, handshake done; the core's
+    /// end is the other.
+    fn pair() -> (Client, UnixStream) {
+        let (ours, mut core) = UnixStream::pair().expect("a socket pair");
+        let welcome = Frame::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            core_pid: 1,
+            max_frame: MAX_FRAME,
+        });
+        write_frame(&mut core, &welcome).expect("send the welcome");
+        let client = Client::handshake(ours, "test", None).expect("the handshake");
+        let hello = read_frame(&mut core).expect("the client's hello");
+        assert!(matches!(hello, Some(Frame::Hello(_))), "{hello:?}");
+        (client, core)
+    }
+
+    /// What `client.try_next()` gives; a call that waits for the socket
+    /// fails the test (after 30 s: a correct one answers at once).
+    fn try_next(client: Client) -> (Client, String) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut client = client;
+            let got = match client.try_next() {
+                Ok(Some(f)) => f.name().to_string(),
+                Ok(None) => "none".to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            let _ = tx.send((client, got));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("try_next waited for the socket instead of answering at once")
+    }
+
+    #[test]
+    fn try_next_takes_what_is_there_and_never_waits() {
+        let (client, mut core) = pair();
+        let (client, got) = try_next(client);
+        assert_eq!(got, "none", "nothing sent yet");
+
+        let idle = encode(&Frame::Notice(Notice::Idle));
+        core.write_all(&idle).expect("send");
+        core.write_all(&idle).expect("send");
+        let (client, first) = try_next(client);
+        let (client, second) = try_next(client);
+        let (client, third) = try_next(client);
+        assert_eq!([first, second, third], ["Notice", "Notice", "none"]);
+
+        // Half a frame is not a frame yet; the rest makes it one.
+        core.write_all(&idle[..3]).expect("send");
+        let (client, got) = try_next(client);
+        assert_eq!(got, "none", "half a frame");
+        core.write_all(&idle[3..]).expect("send");
+        let (client, got) = try_next(client);
+        assert_eq!(got, "Notice", "the frame completed");
+
+        drop(core);
+        let (_, got) = try_next(client);
+        assert_eq!(got, "error: wprobe-core closed the connection");
     }
 }
