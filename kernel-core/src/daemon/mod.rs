@@ -120,8 +120,9 @@ fn install_signals() {
 /// `run` return, and a signal (SIGUSR1, whose handler does nothing and does
 /// not restart system calls) interrupts the wait. The signal is sent again
 /// until the engine has seen the flag, which closes the window between its
-/// check of the flag and its next wait. SIGTERM, whose handler cannot use a
-/// condition variable, is noticed within 50 ms.
+/// check of the flag and its next wait; a new wake between two of those
+/// sends it at once. SIGTERM, whose handler cannot use a condition
+/// variable, is noticed within 50 ms.
 pub(crate) struct Waker {
     /// The engine's stop flag.
     pub flag: Arc<AtomicBool>,
@@ -130,8 +131,16 @@ pub(crate) struct Waker {
     done: AtomicBool,
 }
 
+/// How long the waker waits before it signals the engine again, when the
+/// engine has not seen its flag yet.
+const RESIGNAL: Duration = Duration::from_millis(1);
+
 impl Waker {
     fn new(engine_tid: libc::pid_t) -> Arc<Waker> {
+        Waker::with_resignal(engine_tid, RESIGNAL)
+    }
+
+    fn with_resignal(engine_tid: libc::pid_t, resignal: Duration) -> Arc<Waker> {
         let w = Arc::new(Waker {
             flag: Arc::new(AtomicBool::new(false)),
             pending: Mutex::new(false),
@@ -162,7 +171,16 @@ impl Waker {
                     unsafe {
                         libc::syscall(libc::SYS_tgkill, libc::getpid(), engine_tid, libc::SIGUSR1)
                     };
-                    std::thread::sleep(Duration::from_millis(1));
+                    // Until the next try, or a new wake: that one is sent
+                    // at once. (A plain sleep here held every request that
+                    // came within 1 ms of the previous signal: back to
+                    // back, each waited out the sleep.)
+                    let p = poker.pending.lock().expect("waker lock");
+                    let (mut p, _) = poker
+                        .cv
+                        .wait_timeout_while(p, resignal, |p| !*p)
+                        .expect("waker lock");
+                    *p = false;
                 }
             }
         });
@@ -394,4 +412,69 @@ pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
         let _ = t.join();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A wake that comes while the waker waits to signal the engine again
+    /// is sent at once, not after that wait: with a wait of an hour, each
+    /// of five wakes in a row reaches the engine. (A sleep there held every
+    /// request that came back to back for the sleep's length.)
+    #[test]
+    fn a_new_wake_is_signalled_at_once() {
+        // SAFETY: a handler that does nothing, for SIGUSR1 only.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wake as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        }
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (flag_tx, flag_rx) = mpsc::channel::<Arc<AtomicBool>>();
+        let (served_tx, served_rx) = mpsc::channel();
+        // In place of an engine thread: it waits for SIGUSR1 as waitpid
+        // would be interrupted by it, and sees its flag. SIGUSR1 is blocked
+        // but while it waits, so that a signal sent between its look at
+        // the flag and its wait is not lost.
+        std::thread::spawn(move || {
+            // SAFETY: sigset_t is plain data; these calls only fill it and
+            // change this thread's signal mask.
+            let (mut blocked, mut open): (libc::sigset_t, libc::sigset_t) =
+                unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+            // SAFETY: as above; gettid has no arguments.
+            let tid = unsafe {
+                libc::sigemptyset(&mut blocked);
+                libc::sigaddset(&mut blocked, libc::SIGUSR1);
+                libc::sigemptyset(&mut open);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+                libc::syscall(libc::SYS_gettid) as libc::pid_t
+            };
+            tid_tx.send(tid).expect("the test waits for the tid");
+            let flag = flag_rx.recv().expect("the waker's flag");
+            loop {
+                if flag.swap(false, Ordering::SeqCst) {
+                    if served_tx.send(()).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                // SAFETY: waits with every signal open; returns after a
+                // handler ran.
+                unsafe { libc::sigsuspend(&open) };
+            }
+        });
+        let tid = tid_rx.recv().expect("the engine's tid");
+        let waker = Waker::with_resignal(tid, Duration::from_secs(3600));
+        flag_tx.send(waker.flag.clone()).expect("the engine waits");
+        for i in 0..5 {
+            waker.wake();
+            served_rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("wake {i} did not reach the engine"));
+        }
+        waker.finish();
+    }
 }
