@@ -924,6 +924,13 @@ fn system_mode_lets_go_a_process_whose_execve_gained_capabilities() {
         .spawn()
         .expect("setpriv");
     let pid = sh.id() as i32;
+    // Once setpriv has become the shell: before its execve, a process that
+    // changed its uid is not dumpable, and nobody could not trace it.
+    assert!(
+        wait_until(20, || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "sh")),
+        "setpriv did not run the shell"
+    );
     // The shell is nobody's, without capabilities: nobody may trace it,
     // and follows it through execve.
     let mut c = CoreClient::start(&dir.join("core-client"), &core.sock, Some(NOBODY));
