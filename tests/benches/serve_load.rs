@@ -50,7 +50,7 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -58,20 +58,39 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wprobe_tests::service::Server;
+use wprobe_tests::bench::{
+    check_binaries, doc_path, env_u64, loadavg, machine, today, writes_doc, BenchService, Conn,
+    CONTROL_TIMEOUT,
+};
 use wprobe_tests::{build, scratch_dir, tracefs_available, write_doc_section, KernelProbes};
 
-/// How long a control request (attach, probe, counters) may take before
-/// the bench gives up: longer than the service's own 60 s wait for a
-/// target's thread.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(90);
+/// How API requests reach the service.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// One keep-alive connection per client thread, requests back to back.
+    KeepAlive,
+    /// A new connection for each request, back to back.
+    NewConnection,
+    /// One keep-alive connection, a pause of this many ms after each reply.
+    Paced(u64),
+}
+
+impl Mode {
+    fn describe(self) -> String {
+        match self {
+            Mode::KeepAlive => "keep-alive, back to back".into(),
+            Mode::NewConnection => "a new connection each, back to back".into(),
+            Mode::Paced(ms) => format!("keep-alive, {ms} ms between a reply and the next request"),
+        }
+    }
+}
 
 fn main() {
     let reps = env_u64("WPROBE_BENCH_REPS", 5).max(1) as usize;
     let sse_secs = env_u64("WPROBE_BENCH_SSE_SECS", 5).max(1);
     let api_secs = env_u64("WPROBE_BENCH_API_SECS", 3).max(1);
 
-    check_binaries();
+    check_binaries("serve_load");
     let load_before = loadavg();
     let bin = build("gated", "serve-load", &["-O2", "-pthread"]);
     let bin_kernel = build("gated", "serve-load-kernel", &["-O2", "-pthread"]);
@@ -79,23 +98,30 @@ fn main() {
 
     let dir = scratch_dir().join("serve-load");
     let _ = std::fs::remove_dir_all(&dir);
-    let svc = Service::start(&dir);
+    let svc = BenchService::start(&dir, &[]);
     let health = svc.call("GET", "/api/health", None);
     assert_eq!(health["status"], "ok", "{health}");
 
     // The target of the API cases: idle, one probe, attached all along.
     let idle = Fixture::start(&bin, false);
     let idle_target = svc.attach(idle.pid());
-    let idle_probe = svc.probe(idle_target, &bin);
+    let idle_probe = probe(&svc, idle_target, &bin);
 
     let started = Instant::now();
     let mut kernel_rates: Vec<f64> = Vec::new();
     let mut sse: [Vec<SseRun>; 2] = [Vec::new(), Vec::new()];
-    let api_cases: [(&str, usize); 4] = [
-        ("/api/health", 1),
-        ("/api/probes", 1),
-        ("/api/health", 4),
-        ("/api/probes", 4),
+    // Back to back, every request comes right after the previous answer;
+    // paced, after a pause long enough for anything the previous request
+    // set going to be over: a difference between the two is a wait in the
+    // service that outlives its answers (issue 11, item 7).
+    let api_cases: [(&str, usize, Mode); 7] = [
+        ("/api/health", 1, Mode::KeepAlive),
+        ("/api/probes", 1, Mode::KeepAlive),
+        ("/api/health", 1, Mode::NewConnection),
+        ("/api/probes", 1, Mode::NewConnection),
+        ("/api/probes", 1, Mode::Paced(20)),
+        ("/api/health", 4, Mode::KeepAlive),
+        ("/api/probes", 4, Mode::KeepAlive),
     ];
     let mut api: Vec<Vec<ApiRun>> = vec![Vec::new(); api_cases.len()];
     for rep in 0..reps {
@@ -108,7 +134,7 @@ fn main() {
         {
             let spin = Fixture::start(&bin, true);
             let target = svc.attach(spin.pid());
-            let probe = svc.probe(target, &bin);
+            let probe = probe(&svc, target, &bin);
             std::thread::sleep(Duration::from_secs(1));
             for (i, clients) in [1usize, 4].into_iter().enumerate() {
                 let run = sse_window(&svc, probe, clients, sse_secs);
@@ -120,11 +146,15 @@ fn main() {
             drop(spin);
             svc.call_status("DELETE", &format!("/api/targets/{target}"), None, 204);
         }
-        for (i, (path, threads)) in api_cases.iter().enumerate() {
-            let run = api_run(&svc, path, *threads, api_secs);
+        for (i, &(path, threads, mode)) in api_cases.iter().enumerate() {
+            let run = api_run(&svc, path, threads, mode, api_secs);
             eprintln!(
-                "  GET {path}, {threads} thread(s): {:.0} requests/s, p50 {:.0} µs, p99 {:.0} µs",
-                run.rate, run.p50_us, run.p99_us
+                "  GET {path}, {threads} thread(s), {}: {:.0} requests/s, p50 {:.0} µs, p99 \
+                 {:.0} µs",
+                mode.describe(),
+                run.rate,
+                run.p50_us,
+                run.p99_us
             );
             api[i].push(run);
         }
@@ -148,290 +178,55 @@ fn main() {
         api: api_cases
             .iter()
             .zip(api)
-            .map(|(&(path, threads), runs)| (path, threads, runs))
+            .map(|(&(path, threads, mode), runs)| (path, threads, mode, runs))
             .collect(),
     };
     let md = report.markdown();
     print!("{md}");
     eprintln!("measured in {:.1} s", elapsed.as_secs_f64());
-    if std::env::var("WPROBE_BENCH_NO_DOC").as_deref() != Ok("1") {
-        let doc = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the workspace above tests/")
-            .join("docs/benchmarks.md");
+    if writes_doc() {
+        let doc = doc_path();
         write_doc(&doc, &md);
         eprintln!("wrote {}", doc.display());
     }
 }
 
-fn env_u64(key: &str, default: u64) -> u64 {
-    match std::env::var(key) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a number")),
-        Err(_) => default,
-    }
+/// An entry probe on `work` of `bin` in `target`, armed.
+fn probe(svc: &BenchService, target: i64, bin: &Path) -> i64 {
+    let spec = format!("uprobe:{}:work", bin.display());
+    let p = svc.call(
+        "POST",
+        "/api/probes",
+        Some(&json!({ "target": target, "spec": spec })),
+    );
+    assert_eq!(p["state"], "armed", "{p}");
+    p["id"].as_i64().unwrap_or_else(|| panic!("no id in {p}"))
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The probe's hit counter, when it was read, and how long reading it
+/// took. The target's thread reads the counter from the core when it gets
+/// to the request, just before the reply: the value is of the reply's
+/// time, however long the request waited. After 60 s the service gives up
+/// waiting and answers the last value it had (stale).
+fn hits(svc: &BenchService, probe: i64) -> (u64, Instant, Duration) {
+    let t = Instant::now();
+    let p = svc.call("GET", &format!("/api/probes/{probe}"), None);
+    let at = Instant::now();
+    let hits = p["hits"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no hits in {p}"));
+    (hits, at, at - t)
 }
 
-/// The directory of the binaries this bench measures: target/release when
-/// run by `cargo bench` (target/release/deps/serve_load-<hash> → its
-/// grandparent).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
-}
-
-/// Stops with what to do when `wprobe` or `wprobe-core` is missing; warns
-/// when they are not release builds or older than the sources.
-fn check_binaries() {
-    let dir = bin_dir();
-    const BUILD: &str = "cargo build --release -p wprobe -p wprobe-core";
-    for name in ["wprobe", "wprobe-core"] {
-        let bin = dir.join(name);
-        if !bin.exists() {
-            eprintln!(
-                "\nserve_load: {} is missing.\nBuild the binaries this bench measures first:\n\n    \
-                 {BUILD}\n\nthen run `cargo bench -p wprobe-tests --bench serve_load` again.\n",
-                bin.display()
-            );
-            std::process::exit(2);
-        }
-    }
-    if dir.file_name().is_none_or(|n| n != "release") {
-        eprintln!(
-            "warning: not a release build ({}); numbers from debug binaries say little — \
-             use `cargo bench`",
-            dir.display()
-        );
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace above tests/")
-        .to_path_buf();
-    let newest_source = ["host/src", "kernel-core/src"]
-        .iter()
-        .filter_map(|d| newest_mtime(&root.join(d)))
-        .max();
-    let oldest_bin = ["wprobe", "wprobe-core"]
-        .iter()
-        .filter_map(|b| {
-            std::fs::metadata(dir.join(b))
-                .and_then(|m| m.modified())
-                .ok()
-        })
-        .min();
-    if let (Some(src), Some(bin)) = (newest_source, oldest_bin) {
-        if src > bin {
-            eprintln!(
-                "warning: {} or wprobe-core is older than the newest source file: \
-                 run `{BUILD}` to measure the tree as it is",
-                dir.join("wprobe").display()
-            );
-        }
-    }
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// A `wprobe serve` of the release build with its own wprobe-core. On
-/// drop: SIGTERM (it lets its targets go and stops its core), SIGKILL if
-/// it has not ended within 10 s, and then the core too if it is somehow
-/// still there.
-struct Service {
-    server: Option<Server>,
-    addr: String,
-    token: String,
-    core: Option<i32>,
-}
-
-impl Service {
-    fn start(dir: &Path) -> Service {
-        let server = Server::start(dir, &[]);
-        let pid = server.child.id() as i32;
-        // The core it started, to be sure it ends with the service.
-        let core = children(pid).into_iter().find(|&c| {
-            std::fs::read_link(format!("/proc/{c}/exe"))
-                .is_ok_and(|e| e.file_name().is_some_and(|n| n == "wprobe-core"))
-        });
-        if core.is_none() {
-            eprintln!("warning: no wprobe-core among the service's children");
-        }
-        Service {
-            addr: server.addr.clone(),
-            token: server.token.clone(),
-            server: Some(server),
-            core,
-        }
-    }
-
-    /// A request on a connection of its own; the status and the body.
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
-        let mut c = Conn::open(&self.addr, &self.token, Some(CONTROL_TIMEOUT))
-            .unwrap_or_else(|e| panic!("connect to the service: {e}"));
-        let body = body.map(|b| b.to_string());
-        c.send(method, path, body.as_deref())
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    /// A request that must succeed; its JSON.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let (status, text) = self.request(method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {}",
-            String::from_utf8_lossy(&text)
-        );
-        serde_json::from_slice(&text).unwrap_or(Value::Null)
-    }
-
-    fn call_status(&self, method: &str, path: &str, body: Option<&Value>, want: u16) {
-        let (status, text) = self.request(method, path, body);
-        assert_eq!(
-            status,
-            want,
-            "{method} {path}: {}",
-            String::from_utf8_lossy(&text)
-        );
-    }
-
-    fn attach(&self, pid: i32) -> i64 {
-        let t = self.call("POST", "/api/targets", Some(&json!({ "pid": pid })));
-        t["id"].as_i64().unwrap_or_else(|| panic!("no id in {t}"))
-    }
-
-    /// An entry probe on `work` of `bin` in `target`, armed.
-    fn probe(&self, target: i64, bin: &Path) -> i64 {
-        let spec = format!("uprobe:{}:work", bin.display());
-        let p = self.call(
-            "POST",
-            "/api/probes",
-            Some(&json!({ "target": target, "spec": spec })),
-        );
-        assert_eq!(p["state"], "armed", "{p}");
-        p["id"].as_i64().unwrap_or_else(|| panic!("no id in {p}"))
-    }
-
-    /// The probe's hit counter, when it was read, and how long reading it
-    /// took. The target's thread reads the counter from the core when it
-    /// gets to the request, just before the reply: the value is of the
-    /// reply's time, however long the request waited. After 60 s the
-    /// service gives up waiting and answers the last value it had (stale).
-    fn hits(&self, probe: i64) -> (u64, Instant, Duration) {
-        let t = Instant::now();
-        let p = self.call("GET", &format!("/api/probes/{probe}"), None);
-        let at = Instant::now();
-        let hits = p["hits"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no hits in {p}"));
-        (hits, at, at - t)
-    }
-
-    /// (events the service received from the core, events the core
-    /// dropped, events SSE clients missed), from /metrics.
-    fn bus_counters(&self) -> [u64; 3] {
-        let (status, text) = self.request("GET", "/metrics", None);
-        let text = String::from_utf8_lossy(&text);
-        assert_eq!(status, 200, "/metrics: {text}");
-        let scrape = wprobe_tests::prom::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        [
-            "wprobe_events_total",
-            "wprobe_events_dropped_total",
-            "wprobe_sse_lost_total",
-        ]
-        .map(|name| {
-            wprobe_tests::prom::value(&scrape, name, &[])
-                .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
-        })
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let pid = server.child.id() as i32;
-            // SAFETY: a plain signal to our own child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Server's own drop: SIGKILL if still running, and the wait.
-            drop(server);
-        }
-        if let Some(core) = self.core {
-            end_orphan_core(core);
-        }
-    }
-}
-
-/// The pids of `pid`'s children, from /proc.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(
-                    list.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// Ends the service's core if it outlived the service (it should not: it
-/// gets SIGTERM when the service dies). Only while that pid is still a
-/// wprobe-core, so that a reused pid is left alone.
-fn end_orphan_core(core: i32) {
-    let is_core = || {
-        std::fs::read_link(format!("/proc/{core}/exe"))
-            .is_ok_and(|e| e.file_name().is_some_and(|n| n == "wprobe-core"))
-    };
-    let end = Instant::now() + Duration::from_secs(5);
-    while is_core() && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if is_core() {
-        eprintln!("warning: wprobe-core {core} outlived the service: SIGTERM, then SIGKILL");
-        // SAFETY: a plain signal to the core the service started.
-        unsafe { libc::kill(core, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(5);
-        while is_core() && Instant::now() < end {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if is_core() {
-            // SAFETY: as above.
-            unsafe { libc::kill(core, libc::SIGKILL) };
-        }
-    }
+/// (events the service received from the core, events the core dropped,
+/// events SSE clients missed), from /metrics.
+fn bus_counters(svc: &BenchService) -> [u64; 3] {
+    svc.metrics([
+        "wprobe_events_total",
+        "wprobe_events_dropped_total",
+        "wprobe_sse_lost_total",
+    ])
+    .map(|v| v as u64)
 }
 
 /// The `gated` fixture, waiting on its stdin (which is never written: no
@@ -500,106 +295,6 @@ fn kernel_rate(bin: &Path, secs: u64) -> f64 {
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
 }
 
-/// One keep-alive HTTP/1.1 connection: requests one after the other,
-/// replies read by their Content-Length (or chunks).
-struct Conn {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-    head: String,
-}
-
-impl Conn {
-    fn open(addr: &str, token: &str, timeout: Option<Duration>) -> std::io::Result<Conn> {
-        let w = TcpStream::connect(addr)?;
-        w.set_nodelay(true)?;
-        w.set_read_timeout(timeout)?;
-        let r = BufReader::with_capacity(64 << 10, w.try_clone()?);
-        Ok(Conn {
-            w,
-            r,
-            head: format!(
-                "Host: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: keep-alive\r\n"
-            ),
-        })
-    }
-
-    /// Sends one request and reads its reply: (status, body).
-    fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\n{}", self.head);
-        if let Some(b) = body {
-            let _ = write!(
-                req,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            );
-        } else {
-            req.push_str("\r\n");
-        }
-        self.w.write_all(req.as_bytes())?;
-        self.read_reply()
-    }
-
-    fn read_reply(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
-        use std::io::{Error, ErrorKind};
-        let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
-        }
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
-        let mut length: Option<usize> = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            if self.r.read_line(&mut line)? == 0 {
-                return Err(Error::new(ErrorKind::UnexpectedEof, "inside the headers"));
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                let v = v.trim();
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = Some(v.parse().map_err(|_| bad(format!("bad length {v:?}")))?);
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = v.eq_ignore_ascii_case("chunked");
-                }
-            }
-        }
-        let mut body = Vec::new();
-        if chunked {
-            loop {
-                line.clear();
-                self.r.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                    .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
-                let start = body.len();
-                body.resize(start + size, 0);
-                self.r.read_exact(&mut body[start..])?;
-                line.clear();
-                self.r.read_line(&mut line)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else if let Some(n) = length {
-            body.resize(n, 0);
-            self.r.read_exact(&mut body)?;
-        }
-        Ok((status, body))
-    }
-}
-
 /// What an SSE client has received so far.
 #[derive(Default)]
 struct SseStats {
@@ -627,7 +322,7 @@ struct SseClient {
 }
 
 impl SseClient {
-    fn open(svc: &Service, probe: i64) -> SseClient {
+    fn open(svc: &BenchService, probe: i64) -> SseClient {
         let mut sock = TcpStream::connect(&svc.addr).expect("connect for SSE");
         write!(
             sock,
@@ -777,13 +472,13 @@ struct Snap {
     bus_at: Instant,
 }
 
-/// The hit counter first (its read may wait long, see [`Service::hits`]),
+/// The hit counter first (its read may wait long, see [`hits`]),
 /// the clients' counts at once after it, so that both are of the same
 /// moment, then the service's counters (read at the reply too).
-fn snap(svc: &Service, probe: i64, clients: &[SseClient]) -> Snap {
-    let (hits, hits_at, hits_took) = svc.hits(probe);
+fn snap(svc: &BenchService, probe: i64, clients: &[SseClient]) -> Snap {
+    let (hits, hits_at, hits_took) = hits(svc, probe);
     let c = clients.iter().map(SseClient::snap).collect();
-    let bus = svc.bus_counters();
+    let bus = bus_counters(svc);
     Snap {
         clients: c,
         hits,
@@ -850,7 +545,7 @@ impl SseRun {
 
 /// `clients` clients read the stream; after a second of warm-up, a window
 /// of `secs` seconds.
-fn sse_window(svc: &Service, probe: i64, clients: usize, secs: u64) -> SseRun {
+fn sse_window(svc: &BenchService, probe: i64, clients: usize, secs: u64) -> SseRun {
     let open: Vec<SseClient> = (0..clients).map(|_| SseClient::open(svc, probe)).collect();
     std::thread::sleep(Duration::from_secs(1));
     for c in &open {
@@ -901,17 +596,16 @@ struct ApiRun {
     p99_us: f64,
 }
 
-/// `threads` threads, each on one keep-alive connection, send `GET path`
-/// back to back for `secs` seconds.
-fn api_run(svc: &Service, path: &str, threads: usize, secs: u64) -> ApiRun {
+/// `threads` threads send `GET path` for `secs` seconds, as `mode` says.
+fn api_run(svc: &BenchService, path: &str, threads: usize, mode: Mode, secs: u64) -> ApiRun {
     let barrier = Barrier::new(threads);
+    let open = || Conn::open(&svc.addr, &svc.token, Some(CONTROL_TIMEOUT)).expect("connect");
     let results: Vec<(Vec<u32>, Duration)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let barrier = &barrier;
                 scope.spawn(move || {
-                    let mut c =
-                        Conn::open(&svc.addr, &svc.token, Some(CONTROL_TIMEOUT)).expect("connect");
+                    let mut c = open();
                     // One request first: the connection is up, the reply
                     // is what it should be.
                     let (status, body) = c.send("GET", path, None).expect("request");
@@ -936,6 +630,9 @@ fn api_run(svc: &Service, path: &str, threads: usize, secs: u64) -> ApiRun {
                         if t >= end {
                             break;
                         }
+                        if mode == Mode::NewConnection {
+                            c = open();
+                        }
                         let (status, body) = c.send("GET", path, None).expect("request");
                         lat.push(t.elapsed().as_nanos().min(u32::MAX as u128) as u32);
                         assert_eq!(
@@ -944,6 +641,9 @@ fn api_run(svc: &Service, path: &str, threads: usize, secs: u64) -> ApiRun {
                             "GET {path}: {}",
                             String::from_utf8_lossy(&body)
                         );
+                        if let Mode::Paced(ms) = mode {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
                     }
                     (lat, start.elapsed())
                 })
@@ -1009,34 +709,30 @@ struct Report {
     kernel: Vec<f64>,
     /// One client, four clients.
     sse: [Vec<SseRun>; 2],
-    api: Vec<(&'static str, usize, Vec<ApiRun>)>,
+    api: Vec<(&'static str, usize, Mode, Vec<ApiRun>)>,
 }
 
 impl Report {
-    fn api_rates(&self, path: &str, threads: usize) -> Vec<f64> {
+    fn api_runs(&self, path: &str, threads: usize, mode: Mode) -> &[ApiRun] {
         self.api
             .iter()
-            .find(|(p, t, _)| *p == path && *t == threads)
-            .map(|(_, _, runs)| runs.iter().map(|r| r.rate).collect())
-            .unwrap_or_default()
+            .find(|(p, t, m, _)| *p == path && *t == threads && *m == mode)
+            .map_or(&[], |(_, _, _, runs)| runs.as_slice())
+    }
+
+    fn api_rates(&self, path: &str, threads: usize, mode: Mode) -> Vec<f64> {
+        let runs = self.api_runs(path, threads, mode);
+        runs.iter().map(|r| r.rate).collect()
+    }
+
+    fn api_p50(&self, path: &str, threads: usize, mode: Mode) -> Option<f64> {
+        let runs = self.api_runs(path, threads, mode);
+        median(&runs.iter().map(|r| r.p50_us).collect::<Vec<_>>())
     }
 
     fn markdown(&self) -> String {
         let mut s = String::new();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let _ = writeln!(s, "- Machine: {cpu}, {cores} cores, Linux {kernel}");
+        let _ = writeln!(s, "- Machine: {}", machine());
         let _ = writeln!(
             s,
             "- Date: {} (UTC); load average before the run: {}, after: {}",
@@ -1152,26 +848,32 @@ impl Report {
             windows.len()
         );
 
-        let _ = writeln!(s, "\nAPI requests, keep-alive HTTP/1.1, one connection per client thread (an idle target with one probe attached):\n");
         let _ = writeln!(
             s,
-            "| route | client threads | requests/s | ÷ /api/health | latency p50 µs | p99 µs |"
+            "\nAPI requests over HTTP/1.1 (an idle target with one probe attached):\n"
         );
-        let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
-        for (path, threads, runs) in &self.api {
+        let _ = writeln!(
+            s,
+            "| route | requests | client threads | requests/s | ÷ /api/health | latency p50 µs \
+             | p99 µs |"
+        );
+        let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|");
+        for (path, threads, mode, runs) in &self.api {
             let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+            let paced = matches!(mode, Mode::Paced(_));
             let ratio = match (
-                *path != "/api/health",
+                *path != "/api/health" && !paced,
                 median(&rates),
-                median(&self.api_rates("/api/health", *threads)),
+                median(&self.api_rates("/api/health", *threads, *mode)),
             ) {
                 (true, Some(r), Some(h)) => format!("{:.4}", r / h),
                 _ => "—".into(),
             };
             let _ = writeln!(
                 s,
-                "| `GET {path}` | {threads} | {} | {ratio} | {} | {} |",
-                mmm(&rates, 0),
+                "| `GET {path}` | {} | {threads} | {} | {ratio} | {} | {} |",
+                mode.describe(),
+                if paced { "—".into() } else { mmm(&rates, 0) },
                 mmm(&runs.iter().map(|r| r.p50_us).collect::<Vec<_>>(), 0),
                 mmm(&runs.iter().map(|r| r.p99_us).collect::<Vec<_>>(), 0),
             );
@@ -1192,41 +894,38 @@ impl Report {
         let hits1 = ratio(&self.sse[0], |r| r.hits);
         let kernel_med = median(&self.kernel);
         let api_ratio = |t: usize| {
-            median(&self.api_rates("/api/probes", t))
-                .zip(median(&self.api_rates("/api/health", t)))
+            median(&self.api_rates("/api/probes", t, Mode::KeepAlive))
+                .zip(median(&self.api_rates("/api/health", t, Mode::KeepAlive)))
                 .map(|(p, h)| p / h)
         };
+        let probes_p50 = |mode| self.api_p50("/api/probes", 1, mode);
+        let back_to_back = probes_p50(Mode::KeepAlive);
         let _ = writeln!(
             s,
             "\nRatios: SSE received ÷ probe hits, 1 client {}, 4 clients {} per client; \
              probe hits ÷ kernel uprobe hits {} (1 client); `/api/probes` ÷ `/api/health` \
-             {} with 1 thread, {} with 4.",
+             {} with 1 thread, {} with 4 (keep-alive); `/api/probes` p50 back to back ÷ \
+             paced {}, keep-alive ÷ new connections {}.",
             fmt(ratio(&self.sse[0], |r| r.mean_client() / r.hits), 3),
             fmt(ratio(&self.sse[1], |r| r.mean_client() / r.hits), 3),
             fmt(hits1.zip(kernel_med).map(|(w, k)| w / k), 3),
             fmt(api_ratio(1), 4),
             fmt(api_ratio(4), 4),
+            fmt(
+                back_to_back
+                    .zip(probes_p50(Mode::Paced(20)))
+                    .map(|(b, p)| b / p),
+                2
+            ),
+            fmt(
+                back_to_back
+                    .zip(probes_p50(Mode::NewConnection))
+                    .map(|(k, n)| k / n),
+                2
+            ),
         );
         s
     }
-}
-
-/// Today's date, from the system clock (days since the epoch to a civil
-/// date, Howard Hinnant's algorithm).
-fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Replaces this benchmark's section of `docs/benchmarks.md`.

@@ -2,6 +2,7 @@
 //! time, the `wprobe` binary, and kernel uprobes through tracefs as the
 //! oracle for hit counts.
 
+pub mod bench;
 pub mod openapi;
 pub mod prom;
 pub mod service;

@@ -24,38 +24,66 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
-        // Its stderr goes to a file beside the data directory, shown if it
-        // never says where it listens.
+        Server::start_bin(&wprobe_bin(), dir, extra)
+    }
+
+    /// [`Server::start`] of another `wprobe` binary (the benches measure
+    /// release builds).
+    pub fn start_bin(bin: &Path, dir: &Path, extra: &[&str]) -> Server {
+        Server::try_start_bin(bin, dir, extra, false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `bin serve`; the service's stderr, when it does not say where
+    /// it listens. Its stderr goes to DIR.stderr, a new file, or with
+    /// `append` the end of the one there (a service started again and
+    /// again, in the soak).
+    pub fn try_start_bin(
+        bin: &Path,
+        dir: &Path,
+        extra: &[&str],
+        append: bool,
+    ) -> Result<Server, String> {
         let log = dir.with_extension("stderr");
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent).expect("the data directory's parent");
         }
-        let mut child = Command::new(wprobe_bin())
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log)
+            .expect("a log for the service's stderr");
+        let start = stderr.metadata().map_or(0, |m| m.len() as usize);
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("a log for the service's stderr"))
+            .stderr(stderr)
             .spawn()
-            .expect("start wprobe serve");
+            .map_err(|e| format!("start {} serve: {e}", bin.display()))?;
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        stdout.read_line(&mut line).expect("read the URL");
+        let _ = stdout.read_line(&mut line);
         // http://127.0.0.1:PORT/#token=TOKEN
-        let rest = line.trim().strip_prefix("http://").unwrap_or_else(|| {
+        let Some((addr, token)) = line
+            .trim()
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split_once("/#token="))
+        else {
+            let _ = child.kill();
             let _ = child.wait();
-            let err = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("no URL in {line:?}; the service's stderr:\n{err}")
-        });
-        let (addr, token) = rest
-            .split_once("/#token=")
-            .unwrap_or_else(|| panic!("no token in {line:?}"));
-        Server {
+            let err = std::fs::read(&log).unwrap_or_default();
+            let err = String::from_utf8_lossy(err.get(start..).unwrap_or_default());
+            return Err(format!("no URL in {line:?}; the service's stderr:\n{err}"));
+        };
+        Ok(Server {
             addr: addr.to_string(),
             token: token.to_string(),
             child,
             _stdout: stdout,
-        }
+        })
     }
 
     /// A request with the token and the right Host, unless `headers` give
