@@ -46,9 +46,7 @@ impl CoreLink {
         // (it got SIGTERM when that service died): give it a moment.
         let deadline = Instant::now() + Duration::from_secs(5);
         while socket.exists() {
-            let reached = wprobe_core::proto::sockpath::short(socket)
-                .and_then(|short| std::os::unix::net::UnixStream::connect(short.path()));
-            if reached.is_err() {
+            if !listens(socket) {
                 // Left by a core that is gone: nobody listens any more.
                 std::fs::remove_file(socket)
                     .map_err(|e| format!("removing the stale socket {}: {e}", socket.display()))?;
@@ -78,8 +76,12 @@ impl CoreLink {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting wprobe-core ({}): {e}", core.display()))?;
+        // Until it listens: the socket's file appears when the core binds
+        // it, a moment before it listens, and a connection in between is
+        // refused. (The first target attached again at a restart was
+        // refused so and marked gone, in the soak.)
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
+        while !listens(socket) {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
                     "wprobe-core ({}) ended at start: {status}",
@@ -127,6 +129,15 @@ impl Drop for CoreLink {
     }
 }
 
+/// Whether something listens on `socket`: a connection is accepted (into
+/// its backlog; it is closed at once, which a core takes for a client that
+/// changed its mind).
+fn listens(socket: &Path) -> bool {
+    wprobe_core::proto::sockpath::short(socket)
+        .and_then(|short| std::os::unix::net::UnixStream::connect(short.path()))
+        .is_ok()
+}
+
 /// An eventfd that wakes a target's thread from its poll when a command
 /// is queued for it.
 pub struct Wake(OwnedFd);
@@ -172,5 +183,43 @@ impl Wake {
         ];
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as i32) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `start` returns once the core listens, not once its socket's file
+    /// exists: a core that binds and listens a second later (a real one
+    /// does both within microseconds, but may be descheduled between
+    /// them) is not reachable before. The stand-in is a Python script.
+    #[test]
+    fn start_waits_until_the_core_listens() {
+        let dir = std::env::temp_dir().join(format!("wprobe-corelink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let core = dir.join("slow-core");
+        std::fs::write(
+            &core,
+            "#!/usr/bin/env python3\n\
+             import socket, sys, time\n\
+             path = sys.argv[sys.argv.index('--socket') + 1]\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+             s.bind(path)\n\
+             time.sleep(1)\n\
+             s.listen(16)\n\
+             time.sleep(60)\n",
+        )
+        .expect("write the stand-in core");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&core, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+        let socket = dir.join("core.sock");
+        let link = CoreLink::start(&core, &socket).expect("the stand-in core starts");
+        let reached = std::os::unix::net::UnixStream::connect(&socket);
+        drop(link);
+        let _ = std::fs::remove_dir_all(&dir);
+        reached.expect("the core listens once start returns");
     }
 }
