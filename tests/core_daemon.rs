@@ -1405,3 +1405,23 @@ fn a_panic_in_one_connection_lets_its_targets_go_and_spares_the_others() {
     }
     core.stop();
 }
+
+/// A core removes its socket's file at the end only while it is its own:
+/// a core started meanwhile on the same path (a restarted `wprobe serve`
+/// starts one once the old core stops listening, while it may still be
+/// ending) keeps its socket and stays reachable.
+#[test]
+fn a_core_ending_leaves_the_socket_of_a_later_core_on_its_path() {
+    let sock = scratch_dir().join("succession.sock");
+    let mut old = Core::start_at(sock.clone(), &[]);
+    // The path taken over: the old core's file gone, a new core there.
+    std::fs::remove_file(&sock).expect("remove the old core's socket file");
+    let new = Core::start_at(sock.clone(), &[]);
+    // SAFETY: signalling the core we started.
+    unsafe { libc::kill(old.child.id() as i32, libc::SIGTERM) };
+    let status = old.child.wait().expect("the old core ends");
+    assert!(status.success(), "{status}");
+    assert!(sock.exists(), "the old core removed the new core's socket");
+    drop(new.client());
+    new.stop();
+}

@@ -13,7 +13,7 @@
 //! client is disarmed and its targets let go, untouched.
 
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use wprobe_core::daemon::{self, Config};
@@ -135,7 +135,22 @@ fn listen(path: &str, config: Config) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
         fail(format!("cannot set the mode of {path}: {e}"));
     }
+    // The file this core made, to remove it and no other at the end: by
+    // then a new core may listen on the same path (a restarted service
+    // starts one once this one stops listening), and removing its socket
+    // would leave it unreachable.
+    let ours = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let r = daemon::serve(listener, config);
-    let _ = std::fs::remove_file(path);
+    drop_socket_file(path, ours);
     r
+}
+
+/// Removes `path` if it is still the file `ours` (device, inode).
+fn drop_socket_file(path: &str, ours: Option<(u64, u64)>) {
+    let now = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    if now.is_some() && now == ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
