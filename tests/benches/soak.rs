@@ -711,8 +711,8 @@ impl Soak {
     /// Starts the service, again after a failure (as a supervisor would,
     /// each failure a finding) up to five times.
     fn start_service(&mut self) -> BenchService {
-        let max = self.plan.targets * self.plan.probes;
-        let extra = ["--max-probes-per-target", &max.to_string()];
+        // A target's probes are more than the default cap of 64.
+        let extra = ["--max-probes-per-target", &self.plan.probes.to_string()];
         for attempt in 1..=5 {
             match BenchService::try_start(&self.data, &extra, true) {
                 Ok(svc) => return svc,
