@@ -11,9 +11,10 @@
 //! ```
 //!
 //! It measures the release binaries beside it (`target/release/wprobe`,
-//! which starts the `wprobe-core` beside it) and does not build them: it
-//! stops with a message when they are missing and warns when they are
-//! older than the sources.
+//! which starts the `wprobe-core` beside it), or those in
+//! `WPROBE_BENCH_BIN_DIR` (another build, e.g. from before a change), and
+//! does not build them: it stops with a message when they are missing and
+//! warns when they are older than the sources.
 //!
 //! Each repetition, round-robin so that a noisy neighbour hurts every case
 //! alike:
@@ -31,13 +32,16 @@
 //!    (`GET /api/probes/{id}`) and the service's event counter
 //!    (`/metrics`) over the same window: what the core produced, what
 //!    reached the service, what reached each client.
-//! 3. API: 1 and 4 client threads, each on one keep-alive HTTP/1.1
-//!    connection, send `GET /api/probes` (with an idle target and its probe
-//!    attached, so that the route does its real work: a store query and a
-//!    counter refresh from the target's thread) and `GET /api/health` (the
-//!    cheapest route, the baseline) back to back for
-//!    `WPROBE_BENCH_API_SECS` (default 3): requests per second and latency
-//!    percentiles.
+//! 3. API: `GET /api/probes` (with an idle target and its probe attached,
+//!    so that the route does its real work: a store query and a counter
+//!    refresh from the target's thread and its core) and `GET /api/health`
+//!    (the cheapest route, the baseline), each for `WPROBE_BENCH_API_SECS`
+//!    (default 3): from 1 and 4 client threads, each on one keep-alive
+//!    HTTP/1.1 connection, requests back to back; from 1 thread with a new
+//!    connection for each request; and from 1 thread with 20 ms between a
+//!    reply and the next request. Requests per second and latency
+//!    percentiles. Back to back against paced tells a wait that outlives
+//!    each answer from the route's own cost (issue 11, item 7).
 //!
 //! `WPROBE_BENCH_REPS` (default 5) sets the number of repetitions; each
 //! number is given as median (min..max) over them. The results are printed
