@@ -65,6 +65,8 @@ pub struct Caps {
     pub core_timeout: Duration,
     pub max_attachments: usize,
     pub memory: Arc<MemoryBudget>,
+    /// `--no-optimize`: every probe stays on `int3`.
+    pub no_optimize: bool,
 }
 
 /// The plugin memory budget (`--plugin-memory-budget`): every instance
@@ -201,6 +203,7 @@ pub struct Targets {
     /// How long one call to the core may take before its connection is
     /// declared lost (`--core-timeout`).
     core_timeout: Duration,
+    no_optimize: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,11 +241,13 @@ impl Targets {
             core_timeout,
             max_attachments,
             memory,
+            no_optimize,
         } = caps;
         Targets {
             max_attachments,
             memory,
             core_timeout,
+            no_optimize,
             link,
             store,
             runtime,
@@ -538,6 +543,7 @@ impl Targets {
         let op = Op::Configure {
             follow_fork: true,
             follow_exec: true,
+            no_optimize: self.no_optimize,
         };
         self.call(&mut client, op)
             .map_err(|e| core_error(e, "configuring the connection"))?;
@@ -974,6 +980,7 @@ impl Conn {
             },
             allow_mutation: row.allow_mutation,
             sync_deadline_us: SYNC_DEADLINE_US,
+            no_optimize: false,
         };
         let core = match self.call(Op::AddProbe {
             spec: row.spec.clone(),

@@ -248,6 +248,8 @@ pub enum Op {
     Configure {
         follow_fork: bool,
         follow_exec: bool,
+        /// Keep every probe of this client on `int3`.
+        no_optimize: bool,
     },
 }
 
@@ -275,6 +277,9 @@ pub struct ProbeOptions {
     /// How long a sync hit waits for its verdict, in microseconds; after
     /// it the thread continues and the hit counts in `nmissed`.
     pub sync_deadline_us: u32,
+    /// Keep the probe on `int3`: never replaced by a jump into a
+    /// trampoline (sync probes are never optimized anyway).
+    pub no_optimize: bool,
 }
 
 /// When the hit thread continues.
@@ -323,10 +328,12 @@ pub struct ProbeInfo {
 }
 
 /// One place a probe is armed: an address in a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub pid: i32,
     pub addr: u64,
+    /// `optimized` (a jump into a trampoline), or `int3: ` and why not.
+    pub state: String,
 }
 
 /// Counters of one connection.

@@ -23,6 +23,7 @@ fn options() -> impl Strategy<Value = ProbeOptions> {
             mode: if sync { Mode::Sync } else { Mode::Async },
             allow_mutation,
             sync_deadline_us: deadline,
+            no_optimize: false,
         }
     })
 }
@@ -53,9 +54,12 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Stats),
         Just(Op::Ping),
         any::<i32>().prop_map(|pid| Op::Resume { pid }),
-        any::<(bool, bool)>().prop_map(|(follow_fork, follow_exec)| Op::Configure {
-            follow_fork,
-            follow_exec
+        any::<(bool, bool, bool)>().prop_map(|(follow_fork, follow_exec, no_optimize)| {
+            Op::Configure {
+                follow_fork,
+                follow_exec,
+                no_optimize,
+            }
         }),
     ]
 }
@@ -68,7 +72,11 @@ fn probe_info() -> impl Strategy<Value = ProbeInfo> {
         any::<bool>(),
         any::<(u64, u64, u64)>(),
         vec(
-            any::<(i32, u64)>().prop_map(|(pid, addr)| Placement { pid, addr }),
+            (any::<(i32, u64)>(), text()).prop_map(|((pid, addr), state)| Placement {
+                pid,
+                addr,
+                state,
+            }),
             0..3,
         ),
         any::<(u32, i32)>(),
@@ -528,6 +536,7 @@ fn corpus_seeds_are_current() {
                         mode: Mode::Sync,
                         allow_mutation: true,
                         sync_deadline_us: 1000,
+                        no_optimize: false,
                     },
                 },
             }),

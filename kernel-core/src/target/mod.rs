@@ -158,8 +158,10 @@ impl TargetError {
     /// this as "nothing left to do" rather than as a failure.
     pub fn is_gone(&self) -> bool {
         match self {
-            TargetError::Os { source, .. } | TargetError::Memory { source, .. } => {
-                source.raw_os_error() == Some(libc::ESRCH)
+            TargetError::Os { source, .. } => source.raw_os_error() == Some(libc::ESRCH),
+            // /proc/PID/mem of a process already reaped is no more.
+            TargetError::Memory { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ESRCH | libc::ENOENT))
             }
             _ => false,
         }
