@@ -804,6 +804,9 @@ impl JsonOut {
             Notice::Gone { probe, reason, .. } => {
                 eprintln!("wprobe: {} gone: {reason}", self.text(*probe))
             }
+            Notice::Placed {
+                probe, pid, state, ..
+            } => eprintln!("wprobe: {} in process {pid}: {state}", self.text(*probe)),
             Notice::Exited { .. } | Notice::Idle => {}
             Notice::Warning { text } => eprintln!("wprobe: warning: {text}"),
         }

@@ -132,6 +132,9 @@ pub struct Placement {
     pub address: u64,
     /// The symbol and offset, and the module.
     pub location: String,
+    /// `optimized` (a jump into a trampoline: no stop per hit), or
+    /// `int3: ` and why not.
+    pub placement: String,
 }
 
 /// What the service knows of a probe beyond its stored definition.
@@ -1302,6 +1305,7 @@ impl Conn {
                         pid,
                         address: addr,
                         location,
+                        placement: "int3: being placed".into(),
                     });
                     p.state = "armed";
                     p.reason = None;
@@ -1320,6 +1324,21 @@ impl Conn {
             }
             Notice::Gone { probe, pid, reason } => {
                 self.set_state(self.id_of(probe), "gone", reason, Some(pid));
+            }
+            Notice::Placed {
+                probe,
+                pid,
+                addr,
+                state,
+            } => {
+                let Some(id) = self.id_of(probe) else { return };
+                if let Some(p) = lock(&self.targets.probes).get_mut(&id) {
+                    for pl in &mut p.placements {
+                        if (pl.pid, pl.address) == (pid, addr) {
+                            pl.placement = state.clone();
+                        }
+                    }
+                }
             }
             Notice::Exited { pid, status } => {
                 for l in self.by_core.values() {

@@ -109,6 +109,14 @@ pub enum Notice {
         pid: Tid,
         reason: String,
     },
+    /// How an armed probe is placed changed: `optimized` (a jump into a
+    /// trampoline, no stop per hit), or `int3: ` and why not.
+    Placed {
+        probe: ProbeId,
+        pid: Tid,
+        addr: u64,
+        state: String,
+    },
     /// A process ended.
     Exited {
         pid: Tid,
@@ -384,6 +392,8 @@ pub struct Engine<T: Target> {
     signal_sites: HashMap<Tid, HashSet<u64>>,
     /// Optimized hits read at a detach, for the next [`Engine::drain`].
     late_hits: Vec<opt::LateHit>,
+    /// Placement changes to tell the sink at the next drain.
+    placed_notices: Vec<Notice>,
 }
 
 /// Asked at every execve of a traced process, before the new image runs:
@@ -436,6 +446,7 @@ impl<T: Target> Engine<T> {
             opt_retry: Vec::new(),
             signal_sites: HashMap::new(),
             late_hits: Vec::new(),
+            placed_notices: Vec::new(),
         }
     }
 

@@ -275,12 +275,31 @@ impl<T: Target> Engine<T> {
     }
 
     fn set_opt_state(&mut self, pid: Tid, addr: u64, state: OptState) {
-        if let Some(site) = self
+        let Some(site) = self
             .processes
             .get_mut(&pid)
             .and_then(|p| p.sites.get_mut(&addr))
-        {
-            site.opt = state;
+        else {
+            return;
+        };
+        let words = |s: &OptState| match s {
+            OptState::Optimized(_) => "optimized".to_string(),
+            OptState::Int3(why) => format!("int3: {why}"),
+        };
+        let (before, after) = (words(&site.opt), words(&state));
+        site.opt = state;
+        // Said when it means something to the user: not the passing
+        // states of a site being worked on.
+        let passing = after.starts_with("int3: waiting") || after == "int3: unoptimized";
+        if before != after && !passing && site.armed && site.internal.is_none() {
+            for &probe in &site.probes {
+                self.placed_notices.push(super::Notice::Placed {
+                    probe,
+                    pid,
+                    addr,
+                    state: after.clone(),
+                });
+            }
         }
     }
 
@@ -1075,6 +1094,9 @@ impl<T: Target> Engine<T> {
 
     /// Reads the events of every ring (after hits kept from earlier).
     pub(super) fn drain_rings(&mut self, sink: &mut dyn Sink) {
+        for n in std::mem::take(&mut self.placed_notices) {
+            sink.notice(&n);
+        }
         self.deliver_late_hits(sink);
         let pids: Vec<Tid> = self.rings.keys().copied().collect();
         for pid in pids {

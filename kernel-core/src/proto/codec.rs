@@ -688,6 +688,18 @@ fn put_notice(n: &Notice, out: &mut Vec<u8>) {
             }
         }
         Notice::Idle => out.put_u8(6),
+        Notice::Placed {
+            probe,
+            pid,
+            addr,
+            state,
+        } => {
+            out.put_u8(7);
+            out.put_u32(*probe);
+            out.put_i32(*pid);
+            out.put_u64(*addr);
+            out.put_str(state);
+        }
     }
 }
 
@@ -722,6 +734,12 @@ fn get_notice(c: &mut Cursor<'_>) -> Result<Notice, ProtoError> {
             Notice::Exited { pid, status }
         }
         6 => Notice::Idle,
+        7 => Notice::Placed {
+            probe: c.u32("Placed probe")?,
+            pid: c.i32("Placed pid")?,
+            addr: c.u64("Placed addr")?,
+            state: c.string("Placed state")?,
+        },
         tag => return Err(unknown("notice kind", tag)),
     })
 }

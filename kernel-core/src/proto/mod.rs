@@ -560,6 +560,14 @@ pub enum Notice {
     /// (6) This connection traces no process any more (the last one exited
     /// or was let go); sent after the last `Exited`.
     Idle,
+    /// (7) How an armed probe is placed changed: `optimized`, or `int3: `
+    /// and why not.
+    Placed {
+        probe: u32,
+        pid: i32,
+        addr: u64,
+        state: String,
+    },
 }
 
 /// How a process ended. Wire tags in parentheses.

@@ -206,6 +206,14 @@ fn notice() -> impl Strategy<Value = Notice> {
         }),
         (any::<i32>(), status).prop_map(|(pid, status)| Notice::Exited { pid, status }),
         Just(Notice::Idle),
+        (any::<(u32, i32, u64)>(), text()).prop_map(|((probe, pid, addr), state)| {
+            Notice::Placed {
+                probe,
+                pid,
+                addr,
+                state,
+            }
+        }),
     ]
 }
 
@@ -307,7 +315,8 @@ fn heap(f: &Frame) -> usize {
             | Notice::Armed { location: t, .. }
             | Notice::Pending { reason: t, .. }
             | Notice::Refused { reason: t, .. }
-            | Notice::Gone { reason: t, .. } => s(t),
+            | Notice::Gone { reason: t, .. }
+            | Notice::Placed { state: t, .. } => s(t),
             Notice::Exited { .. } | Notice::Idle => 0,
         },
         _ => 0,

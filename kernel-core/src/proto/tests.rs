@@ -252,6 +252,12 @@ fn every_frame() -> Vec<Frame> {
             status: ExitStatus::Signal(9),
         },
         Notice::Idle,
+        Notice::Placed {
+            probe: 1,
+            pid: 2,
+            addr: 0x401000,
+            state: "optimized".into(),
+        },
     ];
     frames.extend(notices.into_iter().map(Frame::Notice));
     frames
