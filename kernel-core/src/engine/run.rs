@@ -1118,9 +1118,21 @@ impl<T: Target> Engine<T> {
             .filter(|(_, t)| t.pid == pid && !t.stopped && !t.in_vfork && !t.exiting)
             .map(|(&t, _)| t)
             .collect();
-        for &tid in &running {
-            let _ = self.target.interrupt(tid);
-        }
+        // A thread the kernel will not interrupt is gone or a zombie (a
+        // leader whose group is exiting reports only after the others):
+        // waiting for it would never end.
+        let running: Vec<Tid> = running
+            .into_iter()
+            .filter(|&tid| {
+                let ok = !self.target.is_zombie(tid) && self.target.interrupt(tid).is_ok();
+                if !ok {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.exiting = true;
+                    }
+                }
+                ok
+            })
+            .collect();
         for tid in running {
             if self.threads.get(&tid).is_none_or(|t| t.stopped) {
                 continue;
