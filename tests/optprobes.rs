@@ -110,6 +110,35 @@ fn pump(
     }
 }
 
+/// `optfix` running `threads` threads without end, attached by a core
+/// with an entry probe on `hot`, once `events` of its hits have arrived and
+/// the probe is optimized. Returns the fixture, the client, the probe and
+/// the events counted so far.
+fn flooded(
+    bin: &std::path::Path,
+    threads: u32,
+    events: u64,
+) -> (Fix, Client, u32, std::collections::HashMap<u32, u64>) {
+    let mut fix = Fix::start(bin, 0, threads);
+    let mut c = core_client();
+    assert!(matches!(
+        c.call(Op::Attach { pid: fix.pid() }),
+        Ok(Body::Target { .. })
+    ));
+    let id = add(&mut c, format!("uprobe:{}:hot", bin.display()));
+    fix.say("go");
+    let mut counts = Default::default();
+    let mut seen = 0u64;
+    pump(&mut c, &mut counts, |f| {
+        if let Frame::Events(e) = f {
+            seen += e.len() as u64;
+        }
+        seen >= events
+    });
+    assert_eq!(state(&mut c, id), "optimized");
+    (fix, c, id, counts)
+}
+
 #[test]
 fn an_optimized_probe_counts_exactly_what_the_kernel_uprobe_counts() {
     let bin = fixture("count");
@@ -269,23 +298,7 @@ fn optimize_unoptimize_cycles_while_four_threads_run() {
 #[test]
 fn sigkill_during_a_two_thread_flood_ends_cleanly() {
     let bin = fixture("kill");
-    let mut fix = Fix::start(&bin, 0, 2);
-    let mut c = core_client();
-    assert!(matches!(
-        c.call(Op::Attach { pid: fix.pid() }),
-        Ok(Body::Target { .. })
-    ));
-    let id = add(&mut c, format!("uprobe:{}:hot", bin.display()));
-    fix.say("go");
-    let mut counts = Default::default();
-    let mut seen = 0u64;
-    pump(&mut c, &mut counts, |f| {
-        if let Frame::Events(e) = f {
-            seen += e.len() as u64;
-        }
-        seen >= 5000
-    });
-    assert_eq!(state(&mut c, id), "optimized");
+    let (fix, mut c, id, mut counts) = flooded(&bin, 2, 5000);
     // SAFETY: killing the fixture this test started.
     unsafe { libc::kill(fix.pid(), libc::SIGKILL) };
     pump(&mut c, &mut counts, |f| {
@@ -297,6 +310,7 @@ fn sigkill_during_a_two_thread_flood_ends_cleanly() {
     };
     let dropped = probes(&mut c)[0].dropped;
     assert_eq!(counts[&id] + dropped, hits, "hits = delivered + dropped");
+    let mut fix = fix;
     let status = fix.child.wait().expect("wait");
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -310,24 +324,8 @@ fn sigkill_during_a_two_thread_flood_ends_cleanly() {
 #[test]
 fn detach_under_load_restores_every_byte() {
     let bin = fixture("detach");
-    let mut fix = Fix::start(&bin, 0, 4);
+    let (mut fix, mut c, _, _) = flooded(&bin, 4, 2000);
     let pid = fix.pid();
-    let mut c = core_client();
-    assert!(matches!(
-        c.call(Op::Attach { pid }),
-        Ok(Body::Target { .. })
-    ));
-    let id = add(&mut c, format!("uprobe:{}:hot", bin.display()));
-    fix.say("go");
-    let mut counts = Default::default();
-    let mut seen = 0u64;
-    pump(&mut c, &mut counts, |f| {
-        if let Frame::Events(e) = f {
-            seen += e.len() as u64;
-        }
-        seen >= 2000
-    });
-    assert_eq!(state(&mut c, id), "optimized");
     let maps_before = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     assert!(maps_before.contains("memfd:wprobe-ring"), "{maps_before}");
     assert!(matches!(c.call(Op::Detach { pid }), Ok(Body::Empty)));

@@ -123,6 +123,25 @@ pub enum RingError {
     Bad(String),
 }
 
+/// Sleeps on the futex `word` while it is 1, `timeout` at most.
+fn sleep_while_one(word: &AtomicU32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a futex wait on a word of a shared mapping, with a valid
+    // timeout; it returns at once if the word is not 1.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            1u32,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
 fn check_slots(slots: usize) -> Result<(), RingError> {
     if !slots.is_power_of_two() || slots > MAX_SLOTS {
         return Err(RingError::Bad(format!(
@@ -394,12 +413,20 @@ impl Ring {
     /// Hands every committed event to `out` (at most one ring's worth of
     /// new positions per call), freeing its slot, and remembers the
     /// positions claimed but not committed yet.
-    pub fn poll(&mut self, mut out: impl FnMut(RawEvent)) -> PollStats {
+    pub fn poll(&mut self, out: impl FnMut(RawEvent)) -> PollStats {
+        self.poll_at_most(u64::MAX, out)
+    }
+
+    /// As [`poll`](Self::poll), looking at `max` new positions at most (a
+    /// reader with other work keeps each turn short).
+    pub fn poll_at_most(&mut self, max: u64, mut out: impl FnMut(RawEvent)) -> PollStats {
         let mut stats = PollStats::default();
         let head = self.u64_at(OFF_HEAD).load(Ordering::Acquire);
         // An untrusted head: never scan more than one ring's worth, and a
         // head behind the tail is no new position.
-        let end = head.min(self.tail.saturating_add(self.slots));
+        let end = head
+            .min(self.tail.saturating_add(self.slots))
+            .min(self.tail.saturating_add(max));
         // Positions pending since earlier calls first: oldest first.
         let mut still = std::collections::VecDeque::new();
         while let Some(p) = self.pending.pop_front() {
@@ -479,21 +506,7 @@ impl Ring {
         word.store(1, Ordering::SeqCst);
         // Anything committed meanwhile: do not sleep.
         if self.seq(self.tail).load(Ordering::SeqCst) != self.tail.wrapping_add(1) {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: a futex wait on a word of our shared mapping, with a
-            // valid timeout; it returns at once if the word is not 1.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    word.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    1u32,
-                    &ts as *const libc::timespec,
-                )
-            };
+            sleep_while_one(word, timeout);
         }
         word.store(0, Ordering::SeqCst);
     }
@@ -501,6 +514,17 @@ impl Ring {
     /// The next position the reader looks at.
     pub fn tail(&self) -> u64 {
         self.tail
+    }
+
+    /// Positions the reader passed whose producer had not committed yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The oldest position the reader has not delivered: the oldest
+    /// pending one, else the tail. A watcher compares the head with it.
+    pub fn oldest_unread(&self) -> u64 {
+        self.pending.front().copied().unwrap_or(self.tail)
     }
 
     /// The next position producers will claim (untrusted).
@@ -524,20 +548,7 @@ impl Ring {
         let word = self.u32_at(OFF_SLEEPING);
         word.store(1, Ordering::SeqCst);
         if !self.claimed_past(tail) {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: as in `wait`.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    word.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    1u32,
-                    &ts as *const libc::timespec,
-                )
-            };
+            sleep_while_one(word, timeout);
         }
         word.store(0, Ordering::SeqCst);
     }

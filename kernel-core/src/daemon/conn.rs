@@ -821,6 +821,8 @@ fn handle(
             Err(e) => engine_error(id, e),
         },
         Op::ListProbes => {
+            // Counters as of now: optimized hits still in a ring first.
+            engine.drain(sink);
             let mut infos = probe_infos(engine, sink, conn);
             if conn.peer.is_root() {
                 if let (Some(r), Some(me)) = (&conn.registry, conn.conn_id) {
@@ -830,6 +832,7 @@ fn handle(
             ok(Body::Probes(infos))
         }
         Op::Stats => {
+            engine.drain(sink);
             let ids = engine.probe_ids();
             let c = &conn.counters;
             ok(Body::Stats(proto::Stats {

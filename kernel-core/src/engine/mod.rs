@@ -270,8 +270,8 @@ struct Site {
     slot: Option<(u64, Slot)>,
     /// Module path and symbol, for messages.
     location: String,
-    /// The function around the site (address, file bytes).
-    func: Option<std::sync::Arc<(u64, Vec<u8>)>>,
+    /// The function around the site.
+    func: Option<std::sync::Arc<opt::FuncInfo>>,
     /// Whether a jump replaced the `int3`.
     opt: opt::OptState,
 }
@@ -317,6 +317,9 @@ struct Thread {
     /// then not a new thread's first stop (which may need moving out of a
     /// slot): the thread just goes on.
     stray_interrupt: bool,
+    /// Its next resume delivers its signal where it is, even inside a
+    /// trampoline (a fault of a relocated instruction).
+    signal_here: bool,
     /// Past its exit event: it is gone for the program, and a leader
     /// stays a zombie (never stopping again) until the others have ended.
     exiting: bool,
@@ -394,6 +397,11 @@ pub struct Engine<T: Target> {
     late_hits: Vec<opt::LateHit>,
     /// Placement changes to tell the sink at the next drain.
     placed_notices: Vec<Notice>,
+    /// Per module file: every direct branch target in its code (file
+    /// addresses, sorted), for optimized probes' checks.
+    branch_targets: HashMap<std::path::PathBuf, std::sync::Arc<Vec<u64>>>,
+    /// Trampolines a signal frame may return into: never reused.
+    pinned: HashSet<u64>,
 }
 
 /// Asked at every execve of a traced process, before the new image runs:
@@ -447,6 +455,8 @@ impl<T: Target> Engine<T> {
             signal_sites: HashMap::new(),
             late_hits: Vec::new(),
             placed_notices: Vec::new(),
+            branch_targets: HashMap::new(),
+            pinned: HashSet::new(),
         }
     }
 
@@ -546,6 +556,7 @@ impl<T: Target> Engine<T> {
             rehit: None,
             saved_mask: None,
             stray_interrupt: false,
+            signal_here: false,
             exiting: false,
         })
     }

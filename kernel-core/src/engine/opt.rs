@@ -33,9 +33,12 @@ use crate::ring::{self, Ring};
 use crate::spec::{CaptureType, Fetch, Kind};
 use crate::target::{Resume, SigInfo, Stop, Target, Tid};
 
-/// Slots of a process's ring: 1 MiB of events, about 4000 hits the reader
-/// has not taken yet before the ring counts losses.
-pub const RING_SLOTS: usize = 4096;
+/// Slots of a process's ring: 8 MiB, so that a burst of 32 768 hits goes
+/// by without the program waiting for the reader (past that, a hit that
+/// finds the ring full traps, and the program runs at the reader's pace).
+pub const RING_SLOTS: usize = 32768;
+/// Ring positions the engine reads per turn of its loop.
+const DRAIN_TURN: u64 = 2048;
 /// Tries to optimize a site whose range a thread keeps being found in.
 const MAX_ATTEMPTS: u32 = 100;
 /// Signal addresses remembered per process; past this every multi-
@@ -65,6 +68,17 @@ pub(super) struct OptSite {
     pub index: u32,
     /// The probes the trampoline reports for.
     pub probes: Vec<ProbeId>,
+}
+
+/// The function around a site, as its file has it.
+#[derive(Clone, Debug)]
+pub(super) struct FuncInfo {
+    /// Its address in the process, and its bytes.
+    pub addr: u64,
+    pub bytes: Vec<u8>,
+    /// The module file it is in, and the module's load bias.
+    pub file: std::path::PathBuf,
+    pub bias: u64,
 }
 
 /// What a ring-local index stands for.
@@ -334,11 +348,36 @@ impl<T: Target> Engine<T> {
     }
 
     fn try_optimize(&mut self, pid: Tid, addr: u64) -> std::result::Result<OptSite, Fail> {
+        if !native::has_rdfsbase() {
+            // Without it the thread key comes from %fs:0, which faults in
+            // a thread whose TLS is not set up yet.
+            return Err(Fail::Refused(
+                "this CPU or kernel does not let user space read fs_base (rdfsbase)".into(),
+            ));
+        }
         let site = &self.processes[&pid].sites[&addr];
         let func = site.func.clone().expect("checked by opt_refusal");
         let orig_first = site.prepared.bytes[0];
-        let region =
-            native::arch_prepare_optimized_kprobe(&func.1, func.0, addr).map_err(Fail::Refused)?;
+        let region = native::arch_prepare_optimized_kprobe(&func.bytes, func.addr, addr)
+            .map_err(Fail::Refused)?;
+        if region.bytes.len() > native::JMP_LEN || region.addr != addr {
+            // Several instructions (or one after an endbr64): nothing
+            // anywhere in the module may branch inside.
+            let targets = self.branch_targets_of(&func.file)?;
+            let (lo, hi) = (
+                region.addr.wrapping_sub(func.bias),
+                region.end().wrapping_sub(func.bias),
+            );
+            let i = targets.partition_point(|&t| t <= lo);
+            if let Some(&t) = targets.get(i).filter(|&&t| t < hi) {
+                return Err(Fail::Refused(format!(
+                    "code elsewhere in {} branches to {:#x}, inside the range a jump would \
+                     replace",
+                    func.file.display(),
+                    t.wrapping_add(func.bias)
+                )));
+            }
+        }
         let proc_ = &self.processes[&pid];
         // Another probe inside the range, or a range around this site.
         if let Some((&a, _)) = proc_
@@ -382,6 +421,32 @@ impl<T: Target> Engine<T> {
         let r = self.optimize_stopped(pid, addr, region, probes);
         self.resume_quiet(quiet);
         r
+    }
+
+    /// Every direct branch target in the executable segments of `file`
+    /// (file addresses, sorted), decoded once per module.
+    fn branch_targets_of(
+        &mut self,
+        file: &std::path::Path,
+    ) -> std::result::Result<Arc<Vec<u64>>, Fail> {
+        if let Some(t) = self.branch_targets.get(file) {
+            return Ok(t.clone());
+        }
+        let elf = self
+            .elf
+            .get(file)
+            .map_err(|e| Fail::Refused(e.to_string()))?;
+        let mut all = Vec::new();
+        for seg in elf.segments.iter().filter(|s| s.exec) {
+            if let Some(code) = elf.file_bytes(seg.vaddr, seg.filesz as usize) {
+                all.extend(native::direct_branch_targets(&code, seg.vaddr));
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        let all = Arc::new(all);
+        self.branch_targets.insert(file.to_path_buf(), all.clone());
+        Ok(all)
     }
 
     /// The part of [`try_optimize`] that needs every thread stopped.
@@ -539,6 +604,9 @@ impl<T: Target> Engine<T> {
     }
 
     fn release_tramp(&mut self, pid: Tid, tramp: u64) {
+        if self.pinned.contains(&tramp) {
+            return;
+        }
         if let Some(a) = self
             .processes
             .get_mut(&pid)
@@ -703,7 +771,11 @@ impl<T: Target> Engine<T> {
     pub(super) fn resume_quiet(&mut self, quiet: Vec<(Tid, bool)>) {
         for (tid, group) in quiet {
             if self.threads.get(&tid).is_some_and(|t| t.stopped) {
-                let how = if group {
+                // Back to its group-stop, unless it was stepped out of a
+                // trampoline meanwhile (no longer in that stop: LISTEN
+                // would fail and leave it stopped for good).
+                let stepped = self.threads.get(&tid).is_some_and(|t| t.at_signal_stop);
+                let how = if group && !stepped {
                     Resume::Listen
                 } else {
                     Resume::Continue
@@ -790,9 +862,10 @@ impl<T: Target> Engine<T> {
             let head = r.ring.head();
             r.retire(o.index, head);
         }
-        if !pinned {
-            self.release_tramp(pid, o.tramp);
+        if pinned {
+            self.pinned.insert(o.tramp);
         }
+        self.release_tramp(pid, o.tramp);
         self.set_opt_state(pid, addr, OptState::Int3("unoptimized".into()));
         Ok(())
     }
@@ -844,9 +917,9 @@ impl<T: Target> Engine<T> {
                     }
                     if !step {
                         if info.is_fault() {
-                            if let Some(t) = self.threads.get_mut(&tid) {
-                                t.pending.push(info);
-                            }
+                            // The relocated instruction faults: it will
+                            // again when the thread runs, and the signal is
+                            // delivered then, in place (see `on_signal`).
                             return false;
                         }
                         if let Some(t) = self.threads.get_mut(&tid) {
@@ -892,7 +965,7 @@ impl<T: Target> Engine<T> {
         regs: Regs,
         sink: &mut dyn Sink,
     ) -> Result<()> {
-        self.drain_ring(pid, sink, true);
+        self.drain_ring_all(pid, sink, true);
         let mut at_probe = regs;
         at_probe.rip = site;
         let before = at_probe;
@@ -903,7 +976,7 @@ impl<T: Target> Engine<T> {
 
     /// Reports (for `drain`) the hit of a thread stopped at a full-ring
     /// trap outside the run loop.
-    fn late_full_trap(&mut self, tid: Tid, pid: Tid) {
+    pub(super) fn late_full_trap(&mut self, tid: Tid, pid: Tid) {
         let Ok(regs) = self.target.get_regs(tid) else {
             return;
         };
@@ -999,7 +1072,9 @@ impl<T: Target> Engine<T> {
             return;
         };
         if let Some(tramp) = self.trampoline_at(pid, regs.rip) {
-            self.step_out_of(tid, tramp);
+            if !self.step_out_of(tid, tramp) {
+                self.pinned.insert(tramp);
+            }
         }
     }
 
@@ -1112,27 +1187,47 @@ impl<T: Target> Engine<T> {
         let Some(r) = self.rings.get_mut(&pid) else {
             return;
         };
-        if !r.ring.claimed_past(r.ring.tail()) {
-            return;
-        }
+        // Nothing claimed past the reader, and no position it passed while
+        // its producer had not committed yet: nothing new.
         let mut events = Vec::new();
-        r.ring.poll(|e| events.push(e));
-        r.tail.store(r.ring.tail(), Ordering::SeqCst);
-        // Indices given back once the reader passed their last position.
-        let tail = r.ring.tail();
-        for e in r.index.iter_mut() {
-            if e.as_ref()
-                .is_some_and(|e| e.retired_at.is_some_and(|h| h <= tail))
-            {
-                *e = None;
+        if r.ring.claimed_past(r.ring.tail()) || r.ring.pending() > 0 {
+            // A few milliseconds of events per turn: requests and stops
+            // are not kept waiting behind a full ring (the watcher wakes
+            // the engine again for the rest).
+            r.ring.poll_at_most(DRAIN_TURN, |e| events.push(e));
+        }
+        r.tail.store(r.ring.oldest_unread(), Ordering::SeqCst);
+        self.deliver_ring_events(pid, events, sink, refresh);
+    }
+
+    /// Reads everything the ring held when called (a bounded number of
+    /// turns: producers may go on meanwhile).
+    pub(super) fn drain_ring_all(&mut self, pid: Tid, sink: &mut dyn Sink, refresh: bool) {
+        for _ in 0..=(RING_SLOTS as u64 / DRAIN_TURN) {
+            let more = self
+                .rings
+                .get(&pid)
+                .is_some_and(|r| r.ring.claimed_past(r.ring.tail()) || r.ring.pending() > 0);
+            if !more {
+                return;
             }
+            self.drain_ring(pid, sink, refresh);
         }
-        if events.is_empty() {
-            return;
-        }
-        let unknown = events
-            .iter()
-            .any(|e| !self.rings[&pid].keys.contains_key(&e.thread_key));
+    }
+
+    /// Reports ring events as hits, then gives back the indices of sites
+    /// unoptimized whose positions the reader has all passed.
+    fn deliver_ring_events(
+        &mut self,
+        pid: Tid,
+        events: Vec<ring::RawEvent>,
+        sink: &mut dyn Sink,
+        refresh: bool,
+    ) {
+        let unknown = self
+            .rings
+            .get(&pid)
+            .is_some_and(|r| events.iter().any(|e| !r.keys.contains_key(&e.thread_key)));
         if unknown && refresh {
             let quiet = self.stop_all(pid);
             self.learn_keys(pid);
@@ -1179,16 +1274,30 @@ impl<T: Target> Engine<T> {
                 });
             }
         }
+        // After the events: those just read may be the retired sites'.
+        if let Some(r) = self.rings.get_mut(&pid) {
+            let passed = r.ring.oldest_unread();
+            for e in r.index.iter_mut() {
+                if e.as_ref()
+                    .is_some_and(|e| e.retired_at.is_some_and(|h| h <= passed))
+                {
+                    *e = None;
+                }
+            }
+        }
     }
 
     /// The ring of a process that ended, or that the engine lets go: its
-    /// last events are read, positions still claimed are counted
-    /// abandoned, and the watcher stops.
+    /// last events are read (those committed late too), positions still
+    /// claimed are counted abandoned, and the watcher stops.
     pub(super) fn close_ring(&mut self, pid: Tid, sink: &mut dyn Sink) {
         self.drain_ring(pid, sink, false);
-        if let Some(mut r) = self.rings.remove(&pid) {
-            r.ring.abandon(|_| {});
+        let mut last = Vec::new();
+        if let Some(r) = self.rings.get_mut(&pid) {
+            r.ring.abandon(|e| last.push(e));
         }
+        self.deliver_ring_events(pid, last, sink, false);
+        self.rings.remove(&pid);
         self.signal_sites.remove(&pid);
         self.opt_retry.retain(|(p, _, _)| *p != pid);
     }
@@ -1299,6 +1408,10 @@ impl<T: Target> Engine<T> {
     /// itself; call it after a detach.
     pub fn drain(&mut self, sink: &mut dyn Sink) {
         self.drain_rings(sink);
+        let pids: Vec<Tid> = self.rings.keys().copied().collect();
+        for pid in pids {
+            self.drain_ring_all(pid, sink, true);
+        }
     }
 
     fn deliver_late_hits(&mut self, sink: &mut dyn Sink) {
@@ -1320,7 +1433,7 @@ impl<T: Target> Engine<T> {
     /// Reads `pid`'s ring one last time without a sink (detach).
     pub(super) fn keep_late_hits(&mut self, pid: Tid) {
         let mut c = Collect::default();
-        self.drain_ring(pid, &mut c, false);
+        self.drain_ring_all(pid, &mut c, false);
         self.late_hits.extend(c.0);
     }
 }
@@ -1345,7 +1458,7 @@ impl<T: Target> Engine<T> {
             | Stop::Event {
                 event: Event::Exec(_),
                 ..
-            } => self.drain_ring(pid, sink, false),
+            } => self.drain_ring_all(pid, sink, false),
             _ => {
                 // Stopped, and noted so, before the others are stopped to
                 // learn a key.

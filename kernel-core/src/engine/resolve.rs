@@ -23,9 +23,8 @@ pub(super) enum Resolved {
         return_probe: bool,
         /// Said to the user when the probe is armed.
         warning: Option<String>,
-        /// The function around `addr` (address, file bytes), for an
-        /// optimized probe's checks.
-        func: Option<(u64, Vec<u8>)>,
+        /// The function around `addr`, for an optimized probe's checks.
+        func: Option<super::opt::FuncInfo>,
     },
     /// The module is not mapped (yet).
     Pending(String),
@@ -346,13 +345,17 @@ impl<T: Target> Engine<T> {
 
     /// A thread of `pid` in a ptrace-stop, interrupting one if none is.
     pub(super) fn stopped_thread(&mut self, pid: Tid) -> Result<Tid> {
-        if let Some((&tid, _)) = self.threads.iter().find(|(_, t)| t.pid == pid && t.stopped) {
+        if let Some((&tid, _)) = self
+            .threads
+            .iter()
+            .find(|(_, t)| t.pid == pid && t.stopped && !t.exiting)
+        {
             return Ok(tid);
         }
         let tid = self
             .threads
             .iter()
-            .find(|(_, t)| t.pid == pid && !t.in_vfork)
+            .find(|(_, t)| t.pid == pid && !t.in_vfork && !t.exiting)
             .map(|(&t, _)| t)
             .ok_or_else(|| EngineError::Refused(format!("process {pid} has no threads left")))?;
         self.target.interrupt(tid)?;
@@ -560,7 +563,12 @@ impl<T: Target> Engine<T> {
             location: format!("{}:{location}", module.path),
             return_probe: spec.kind == Kind::Return,
             warning,
-            func,
+            func: func.map(|(addr, bytes)| super::opt::FuncInfo {
+                addr,
+                bytes,
+                file: module.file.clone(),
+                bias: module.bias,
+            }),
         })
     }
 

@@ -50,7 +50,11 @@ impl<T: Target> Engine<T> {
             .filter(|t| !self.deferred.iter().any(|s| s.tid() == *t))
             .collect();
         for tid in stopped {
-            self.resume(tid, Resume::Continue, 0)?;
+            match self.resume(tid, Resume::Continue, 0) {
+                // Killed meanwhile: its end is reported by the loop.
+                Err(e) if is_gone(&e) => {}
+                r => r?,
+            }
         }
         loop {
             if self.processes.is_empty() {
@@ -119,7 +123,11 @@ impl<T: Target> Engine<T> {
                 .threads
                 .get(&tid)
                 .is_some_and(|t| !t.pending.is_empty() && how != Resume::Listen);
-        if delivering && how != Resume::Step {
+        let here = self
+            .threads
+            .get_mut(&tid)
+            .is_some_and(|t| std::mem::take(&mut t.signal_here));
+        if delivering && how != Resume::Step && !here {
             self.out_of_trampoline(tid);
         }
         if let Some(t) = self.threads.get_mut(&tid) {
@@ -593,6 +601,13 @@ impl<T: Target> Engine<T> {
             // finishes it first, and takes the signal where it lands. One
             // whose relocated instruction faults takes it there, and the
             // trampoline is never given back.
+            if info.is_fault() {
+                self.pinned.insert(tramp);
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.signal_here = true;
+                }
+                return self.resume(tid, Resume::Continue, info.signo());
+            }
             let is_step = info.signo() == libc::SIGTRAP && info.code() > 0;
             if !is_step {
                 if let Some(t) = self.threads.get_mut(&tid) {
@@ -1079,6 +1094,7 @@ impl<T: Target> Engine<T> {
         }
         self.thread(tid, pid).stopped = true;
         let _ = self.move_out_of_slot(tid, pid);
+        self.learn_key(pid, tid);
     }
 
     /// A thread that is not stepping a copy must never run inside a slot:
@@ -1201,6 +1217,9 @@ impl<T: Target> Engine<T> {
                         && info.code() > 0
                         && self.trap_is_ours(tid, pid)
                     {
+                        // A hit stopped at a full ring's trap: kept for
+                        // `drain` before the jump goes.
+                        self.late_full_trap(tid, pid);
                         trapped.push(tid);
                     } else if let Some(t) = self.threads.get_mut(&tid) {
                         t.pending.push(info);

@@ -711,7 +711,7 @@ mod errors {
             &frame(0x21, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             "unknown error kind tag 0",
         );
-        check(&frame(0x32, &[7]), "unknown notice kind tag 7");
+        check(&frame(0x32, &[8]), "unknown notice kind tag 8");
         check(
             &frame(0x32, &[5, 1, 0, 0, 0, 2, 0, 0, 0, 0]),
             "unknown exit status tag 2",

@@ -160,6 +160,29 @@ pub fn arch_prepare_optimized_kprobe(
     })
 }
 
+/// Every target of a direct jump, call or conditional branch in `code`
+/// (at `addr`), decoded linearly: for a module's executable segments, the
+/// places other functions branch into (glibc's `__mempcpy_*_erms` jumps
+/// into `__memmove_*_unaligned_erms`, a `foo.cold` part back into `foo`),
+/// which a jump over several instructions must not cover.
+pub fn direct_branch_targets(code: &[u8], addr: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ) {
+            out.push(insn.near_branch_target());
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// `int3`, `int n`, `ud2`, `syscall`, `sysenter`: nothing of this kind may
 /// be moved into a trampoline (the kernel would report the trampoline's
 /// address, or the instruction is a probe of someone else's).
