@@ -252,6 +252,7 @@ fn async_probe(spec: String) -> Op {
             mode: Mode::Async,
             allow_mutation: false,
             sync_deadline_us: 0,
+            no_optimize: false,
         },
     }
 }
@@ -541,6 +542,7 @@ fn sync_probe(spec: String, allow_mutation: bool, sync_deadline_us: u32) -> Op {
             mode: Mode::Sync,
             allow_mutation,
             sync_deadline_us,
+            no_optimize: false,
         },
     }
 }
@@ -677,6 +679,7 @@ fn sync_probes_wait_for_verdicts_and_mutate_only_when_allowed() {
             mode: Mode::Async,
             allow_mutation: true,
             sync_deadline_us: 0,
+            no_optimize: false,
         },
     });
     assert_eq!(kind, ErrorKind::Spec);

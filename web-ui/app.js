@@ -639,7 +639,9 @@ function renderProbes() {
     },
     (tr, p) => {
       const state = tr.querySelector('.state');
-      setText(state, p.state + (p.reason ? `: ${p.reason}` : ''));
+      // How it is placed: a jump (no stop per hit) or int3, and why.
+      const placed = p.state === 'armed' && p.placements.length ? ` (${p.placements[0].placement})` : '';
+      setText(state, p.state + (p.reason ? `: ${p.reason}` : '') + placed);
       state.dataset.state = p.state;
       setText(tr.querySelector('.hits'), p.hits);
       setText(tr.querySelector('.nmissed'), p.nmissed);

@@ -57,6 +57,10 @@ pub struct TraceArgs {
     /// against the new image (by default they end and it runs untraced).
     #[arg(long)]
     follow_exec: bool,
+    /// Keep every probe on `int3` (a trap per hit) instead of a jump into
+    /// a trampoline that writes the hit into shared memory.
+    #[arg(long)]
+    no_optimize: bool,
     /// Run this WebAssembly handler plugin on every probe's hits
     /// (docs/plugin-abi.md); `FILE.wasm:{"json":"config"}` passes a
     /// configuration. May be given several times. With plugins, the raw
@@ -240,6 +244,7 @@ impl Session<'_> {
         self.client.call(Op::Configure {
             follow_fork: args.follow_fork,
             follow_exec: args.follow_exec,
+            no_optimize: args.no_optimize,
         })?;
         let started = match args.pid {
             Some(pid) => self.client.call(Op::Attach { pid }),
@@ -271,6 +276,7 @@ impl Session<'_> {
                     mode: if args.sync { Mode::Sync } else { Mode::Async },
                     allow_mutation: args.allow_mutation,
                     sync_deadline_us: 0,
+                    no_optimize: false,
                 },
             });
             match added {
@@ -798,6 +804,9 @@ impl JsonOut {
             Notice::Gone { probe, reason, .. } => {
                 eprintln!("wprobe: {} gone: {reason}", self.text(*probe))
             }
+            Notice::Placed {
+                probe, pid, state, ..
+            } => eprintln!("wprobe: {} in process {pid}: {state}", self.text(*probe)),
             Notice::Exited { .. } | Notice::Idle => {}
             Notice::Warning { text } => eprintln!("wprobe: warning: {text}"),
         }

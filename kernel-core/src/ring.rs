@@ -123,6 +123,34 @@ pub enum RingError {
     Bad(String),
 }
 
+/// Sleeps on the futex `word` while it is 1, `timeout` at most.
+fn sleep_while_one(word: &AtomicU32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: a futex wait on a word of a shared mapping, with a valid
+    // timeout; it returns at once if the word is not 1.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            1u32,
+            &ts as *const libc::timespec,
+        )
+    };
+}
+
+fn check_slots(slots: usize) -> Result<(), RingError> {
+    if !slots.is_power_of_two() || slots > MAX_SLOTS {
+        return Err(RingError::Bad(format!(
+            "{slots} slots: a ring has a power of two of them, at most {MAX_SLOTS}"
+        )));
+    }
+    Ok(())
+}
+
 fn os(op: &'static str) -> RingError {
     RingError::Os {
         op,
@@ -176,11 +204,7 @@ impl Ring {
     /// [`MAX_SLOTS`]) in a new sealed memfd; returns the reader's mapping
     /// and the descriptor to map into the target or hand to the host.
     pub fn create(slots: usize) -> Result<(Ring, OwnedFd), RingError> {
-        if !slots.is_power_of_two() || slots > MAX_SLOTS {
-            return Err(RingError::Bad(format!(
-                "{slots} slots: a ring has a power of two of them, at most {MAX_SLOTS}"
-            )));
-        }
+        check_slots(slots)?;
         let len = HEADER_LEN + slots * SLOT_SIZE;
         // SAFETY: a NUL-terminated name and valid flags.
         let fd = unsafe {
@@ -194,19 +218,41 @@ impl Ring {
         }
         // SAFETY: fd is a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain calls on our descriptor.
+        // SAFETY: a plain call on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(os("ftruncate"));
+        }
+        let ring = Ring::adopt(&fd, slots)?;
+        Ok((ring, fd))
+    }
+
+    /// Makes a ring of `slots` slots in a memfd created elsewhere (by the
+    /// target, for the engine: its own descriptor then never leaves the
+    /// core) and already sized: seals it against shrinking and growing,
+    /// maps it and writes a fresh header.
+    pub fn adopt(fd: &OwnedFd, slots: usize) -> Result<Ring, RingError> {
+        check_slots(slots)?;
+        let len = HEADER_LEN + slots * SLOT_SIZE;
+        // SAFETY: plain calls on a descriptor the caller owns.
         unsafe {
-            if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) != 0 {
-                return Err(os("ftruncate"));
-            }
-            // The target may hold the descriptor one day: it must not be
-            // able to shrink the file under the reader's mapping (SIGBUS).
+            // The target holds the descriptor a moment: it must not be able
+            // to shrink the file under the reader's mapping (SIGBUS).
             let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
             if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
                 return Err(os("F_ADD_SEALS"));
             }
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(os("fstat"));
+            }
+            if st.st_size as usize != len {
+                return Err(RingError::Bad(format!(
+                    "the memfd holds {} bytes; a ring of {slots} slots needs {len}",
+                    st.st_size
+                )));
+            }
         }
-        let ring = Ring::map(&fd, len, slots as u64)?;
+        let ring = Ring::map(fd, len, slots as u64)?;
         ring.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
         ring.u32_at(OFF_SLOT_SIZE)
             .store(SLOT_SIZE as u32, Ordering::Relaxed);
@@ -217,8 +263,14 @@ impl Ring {
         for i in 0..slots as u64 {
             ring.seq(i).store(i, Ordering::Relaxed);
         }
+        ring.u64_at(OFF_HEAD).store(0, Ordering::Relaxed);
         ring.u64_at(OFF_MAGIC).store(MAGIC, Ordering::Release);
-        Ok((ring, fd))
+        Ok(ring)
+    }
+
+    /// Bytes of a ring of `slots` slots.
+    pub fn len_for(slots: usize) -> usize {
+        HEADER_LEN + slots * SLOT_SIZE
     }
 
     /// Maps a ring made by [`create`](Self::create) elsewhere (the host's
@@ -361,12 +413,20 @@ impl Ring {
     /// Hands every committed event to `out` (at most one ring's worth of
     /// new positions per call), freeing its slot, and remembers the
     /// positions claimed but not committed yet.
-    pub fn poll(&mut self, mut out: impl FnMut(RawEvent)) -> PollStats {
+    pub fn poll(&mut self, out: impl FnMut(RawEvent)) -> PollStats {
+        self.poll_at_most(u64::MAX, out)
+    }
+
+    /// As [`poll`](Self::poll), looking at `max` new positions at most (a
+    /// reader with other work keeps each turn short).
+    pub fn poll_at_most(&mut self, max: u64, mut out: impl FnMut(RawEvent)) -> PollStats {
         let mut stats = PollStats::default();
         let head = self.u64_at(OFF_HEAD).load(Ordering::Acquire);
         // An untrusted head: never scan more than one ring's worth, and a
         // head behind the tail is no new position.
-        let end = head.min(self.tail.saturating_add(self.slots));
+        let end = head
+            .min(self.tail.saturating_add(self.slots))
+            .min(self.tail.saturating_add(max));
         // Positions pending since earlier calls first: oldest first.
         let mut still = std::collections::VecDeque::new();
         while let Some(p) = self.pending.pop_front() {
@@ -446,21 +506,49 @@ impl Ring {
         word.store(1, Ordering::SeqCst);
         // Anything committed meanwhile: do not sleep.
         if self.seq(self.tail).load(Ordering::SeqCst) != self.tail.wrapping_add(1) {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: a futex wait on a word of our shared mapping, with a
-            // valid timeout; it returns at once if the word is not 1.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    word.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    1u32,
-                    &ts as *const libc::timespec,
-                )
-            };
+            sleep_while_one(word, timeout);
+        }
+        word.store(0, Ordering::SeqCst);
+    }
+
+    /// The next position the reader looks at.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Positions the reader passed whose producer had not committed yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The oldest position the reader has not delivered: the oldest
+    /// pending one, else the tail. A watcher compares the head with it.
+    pub fn oldest_unread(&self) -> u64 {
+        self.pending.front().copied().unwrap_or(self.tail)
+    }
+
+    /// The next position producers will claim (untrusted).
+    pub fn head(&self) -> u64 {
+        self.u64_at(OFF_HEAD).load(Ordering::SeqCst)
+    }
+
+    /// Whether producers claimed positions at or beyond `tail` (untrusted:
+    /// a hint to wake the reader, nothing more).
+    pub fn claimed_past(&self, tail: u64) -> bool {
+        self.u64_at(OFF_HEAD).load(Ordering::SeqCst) != tail
+    }
+
+    /// Waits until a producer commits something after `tail` was read by
+    /// the reader, or `timeout` passes: for a thread that watches the ring
+    /// on behalf of a reader that cannot sleep on it (the engine sleeps in
+    /// `waitpid`). A producer wakes the sleeper after its commit; the claim
+    /// before it is a locked instruction, so a producer that claimed after
+    /// this sleeper looked at the head sees `consumer_sleeping` set.
+    pub fn wait_past(&self, tail: u64, timeout: Duration) {
+        let word = self.u32_at(OFF_SLEEPING);
+        word.store(1, Ordering::SeqCst);
+        if !self.claimed_past(tail) {
+            sleep_while_one(word, timeout);
         }
         word.store(0, Ordering::SeqCst);
     }

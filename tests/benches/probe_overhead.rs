@@ -101,6 +101,14 @@ fn main() {
         }
         How::Wprobe(a)
     };
+    // The same with every probe on int3.
+    let wpi = |specs: &[&str], regs: bool| match wp(specs, regs) {
+        How::Wprobe(mut a) => {
+            a.push("--no-optimize".into());
+            How::Wprobe(a)
+        }
+        other => other,
+    };
     let mut cases = vec![
         Case::new("unprobed", Row::Base, 1, How::Plain),
         Case::new("kernel uprobe", Row::Kernel, 1, How::Kernel(&["p"])).seed("k", Side::Kernel),
@@ -145,7 +153,7 @@ fn main() {
             How::Floor { regs: true },
         ),
         Case::new(
-            "wprobe entry (boosted), --no-regs",
+            "wprobe entry (optimized), --no-regs",
             Row::Entry,
             1,
             wp(&[&entry], false),
@@ -200,6 +208,41 @@ fn main() {
             wp(&[&entry, &ret], true),
         )
         .seed("jr", Side::Wprobe),
+        Case::new(
+            "wprobe entry, int3 (--no-optimize), --no-regs",
+            Row::Other,
+            1,
+            wpi(&[&entry], false),
+        )
+        .seed("k", Side::Int3),
+        Case::new(
+            "wprobe entry + args + registers, int3",
+            Row::Other,
+            1,
+            wpi(&[&entry], true),
+        )
+        .seed("j", Side::Int3),
+        Case::new(
+            "wprobe return, int3, --no-regs",
+            Row::Other,
+            1,
+            wpi(&[&ret], false),
+        )
+        .seed("r", Side::Int3),
+        Case::new(
+            "wprobe entry + return, int3, --no-regs",
+            Row::Other,
+            1,
+            wpi(&[&entry, &ret], false),
+        )
+        .seed("kr", Side::Int3),
+        Case::new(
+            "wprobe entry + return, int3, default event",
+            Row::Other,
+            1,
+            wpi(&[&entry, &ret], true),
+        )
+        .seed("jr", Side::Int3),
         // The daemon's own cost: the same probe with the engine in the
         // measuring process (as before wprobe-core existed), and through
         // a wprobe-core whose client only counts the events.
@@ -248,6 +291,12 @@ fn main() {
             Row::Entry,
             threads,
             wp(&[&entry], false),
+        ),
+        Case::new(
+            "wprobe entry, int3, --no-regs, 4 threads",
+            Row::Other,
+            threads,
+            wpi(&[&entry], false),
         ),
         Case::new(
             "wprobe-core entry, events counted by its client, 4 threads",
@@ -350,7 +399,11 @@ enum Row {
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     Kernel,
+    /// wprobe as it runs by default: entry probes optimized (a jump into
+    /// a trampoline) where they can be.
     Wprobe,
+    /// wprobe with `--no-optimize`: every probe an int3 and a ptrace stop.
+    Int3,
 }
 
 /// The columns of the seed's table, in its order.
@@ -1008,8 +1061,8 @@ impl Report {
     }
 
     /// wprobe ÷ kernel in a column of the seed's table.
-    fn seed_ratio(&self, column: &str) -> Option<f64> {
-        self.seed_us(column, Side::Wprobe)
+    fn seed_ratio(&self, column: &str, side: Side) -> Option<f64> {
+        self.seed_us(column, side)
             .zip(self.seed_us(column, Side::Kernel))
             .map(|(w, k)| w / k)
     }
@@ -1028,7 +1081,18 @@ impl Report {
                 "wprobe, µs per call",
                 row(&|c| self.seed_us(c, Side::Wprobe)),
             ),
-            ("wprobe ÷ kernel", row(&|c| self.seed_ratio(c))),
+            (
+                "wprobe int3, µs per call",
+                row(&|c| self.seed_us(c, Side::Int3)),
+            ),
+            (
+                "wprobe ÷ kernel",
+                row(&|c| self.seed_ratio(c, Side::Wprobe)),
+            ),
+            (
+                "wprobe int3 ÷ kernel",
+                row(&|c| self.seed_ratio(c, Side::Int3)),
+            ),
         ];
         let mut s = String::new();
         if markdown {
@@ -1168,7 +1232,7 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "Goal (issue 2): a boosted entry probe costs at most 2.5× a kernel uprobe hit. \
+            "Goal (issue 2): an entry probe costs at most 2.5× a kernel uprobe hit. \
              One thread: {}. Four threads: {}.",
             goal(self.entry_ratio(1)),
             goal(self.entry_ratio(self.threads))
@@ -1177,8 +1241,20 @@ impl Report {
             s,
             "\nGoal (return probes): a return probe costs at most 2.5× a kernel uretprobe \
              hit. One thread: {}.",
-            goal(self.seed_ratio("r"))
+            goal(self.seed_ratio("r", Side::Wprobe))
         );
+        // Issue 12: an optimized entry probe adds at most 50 ns per hit.
+        if let Some(us) = self.seed_us("k", Side::Wprobe) {
+            let ns = us * 1e3;
+            let verdict = if ns <= 50.0 { "met" } else { "**not met**" };
+            let _ = writeln!(
+                s,
+                "\nGoal (optimized probes): an optimized entry probe adds at most 50 ns per \
+                 hit. One thread: {verdict} ({ns:.0} ns; int3: {}).",
+                self.seed_us("k", Side::Int3)
+                    .map_or("not measured".to_string(), |u| format!("{:.0} ns", u * 1e3))
+            );
+        }
         let floor = self
             .lines
             .iter()

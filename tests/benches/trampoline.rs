@@ -171,10 +171,21 @@ fn main() {
             addr: ring.address(),
             slots: ring.slots(),
             probe: 0,
+            rdfsbase: false,
         },
     )
     .unwrap();
-    m.write(8192, &tramp);
+    m.write(8192, &tramp.code);
+    // A full ring makes a hit trap (the engine reports it from the
+    // registers); here a handler that returns stands for the engine.
+    extern "C" fn on_trap(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_trap as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGTRAP, &sa, std::ptr::null_mut());
+    }
     m.write(0, &region.patch(m.addr(8192)).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {

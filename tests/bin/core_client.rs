@@ -48,6 +48,12 @@ fn main() {
             Some("follow") => Op::Configure {
                 follow_fork: true,
                 follow_exec: true,
+                no_optimize: false,
+            },
+            Some("no-optimize") => Op::Configure {
+                follow_fork: false,
+                follow_exec: false,
+                no_optimize: true,
             },
             Some("spawn_here") => {
                 let argv = words[1..].iter().map(|s| s.to_string()).collect();
@@ -61,6 +67,7 @@ fn main() {
                     mode: Mode::Async,
                     allow_mutation: false,
                     sync_deadline_us: 0,
+                    no_optimize: false,
                 },
             },
             Some("list") => Op::ListProbes,

@@ -92,6 +92,7 @@ fn core(spec: &str, cmd: &[String]) -> (u64, Option<ExitStatus>) {
             mode: Mode::Async,
             allow_mutation: false,
             sync_deadline_us: 0,
+            no_optimize: false,
         },
     })
     .expect("probe");

@@ -107,6 +107,17 @@ impl Trace {
             .unwrap_or_else(|| panic!("no summary for probe {probe}; stderr:\n{}", self.stderr))
     }
 
+    /// Events of `probe` the core dropped (its queue for this client was
+    /// full), from the summary.
+    pub fn dropped(&self, probe: u64) -> u64 {
+        self.summary
+            .as_ref()
+            .and_then(|s| s["probes"].as_array().cloned())
+            .and_then(|ps| ps.into_iter().find(|p| p["probe"] == probe))
+            .and_then(|p| p["dropped"].as_u64())
+            .unwrap_or_else(|| panic!("no summary for probe {probe}; stderr:\n{}", self.stderr))
+    }
+
     pub fn events_of(&self, probe: u64, kind: &str) -> Vec<&Value> {
         self.events
             .iter()

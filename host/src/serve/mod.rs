@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// The most plugins one probe may have (422 beyond).
     #[arg(long, default_value_t = 8)]
     pub max_attachments_per_probe: usize,
+    /// Keep every probe on `int3` (a trap per hit) instead of a jump into
+    /// a trampoline that writes the hit into shared memory.
+    #[arg(long)]
+    pub no_optimize: bool,
     /// The memory, in bytes, that all plugin instances together may grow
     /// to: each counts for its memory cap (64 MiB), so the default allows
     /// 32 instances (422 beyond).
@@ -135,6 +139,7 @@ impl ServeArgs {
             header_timeout: 10.0,
             max_connections: 256,
             max_attachments_per_probe: 8,
+            no_optimize: false,
             plugin_memory_budget: 2 << 30,
             plugin_compile_memory: 512,
             allow_host: Vec::new(),
@@ -455,6 +460,7 @@ pub fn run(
             max_probes: args.max_probes_per_target,
             core_timeout: std::time::Duration::from_secs_f64(args.core_timeout),
             max_attachments: args.max_attachments_per_probe,
+            no_optimize: args.no_optimize,
             memory,
         },
     ));

@@ -65,6 +65,8 @@ pub struct Caps {
     pub core_timeout: Duration,
     pub max_attachments: usize,
     pub memory: Arc<MemoryBudget>,
+    /// `--no-optimize`: every probe stays on `int3`.
+    pub no_optimize: bool,
 }
 
 /// The plugin memory budget (`--plugin-memory-budget`): every instance
@@ -130,6 +132,9 @@ pub struct Placement {
     pub address: u64,
     /// The symbol and offset, and the module.
     pub location: String,
+    /// `optimized` (a jump into a trampoline: no stop per hit), or
+    /// `int3: ` and why not.
+    pub placement: String,
 }
 
 /// What the service knows of a probe beyond its stored definition.
@@ -201,6 +206,7 @@ pub struct Targets {
     /// How long one call to the core may take before its connection is
     /// declared lost (`--core-timeout`).
     core_timeout: Duration,
+    no_optimize: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,11 +244,13 @@ impl Targets {
             core_timeout,
             max_attachments,
             memory,
+            no_optimize,
         } = caps;
         Targets {
             max_attachments,
             memory,
             core_timeout,
+            no_optimize,
             link,
             store,
             runtime,
@@ -538,6 +546,7 @@ impl Targets {
         let op = Op::Configure {
             follow_fork: true,
             follow_exec: true,
+            no_optimize: self.no_optimize,
         };
         self.call(&mut client, op)
             .map_err(|e| core_error(e, "configuring the connection"))?;
@@ -990,6 +999,7 @@ impl Conn {
             },
             allow_mutation: row.allow_mutation,
             sync_deadline_us: SYNC_DEADLINE_US,
+            no_optimize: false,
         };
         let core = match self.call(Op::AddProbe {
             spec: row.spec.clone(),
@@ -1311,6 +1321,7 @@ impl Conn {
                         pid,
                         address: addr,
                         location,
+                        placement: "int3: being placed".into(),
                     });
                     p.state = "armed";
                     p.reason = None;
@@ -1329,6 +1340,21 @@ impl Conn {
             }
             Notice::Gone { probe, pid, reason } => {
                 self.set_state(self.id_of(probe), "gone", reason, Some(pid));
+            }
+            Notice::Placed {
+                probe,
+                pid,
+                addr,
+                state,
+            } => {
+                let Some(id) = self.id_of(probe) else { return };
+                if let Some(p) = lock(&self.targets.probes).get_mut(&id) {
+                    for pl in &mut p.placements {
+                        if (pl.pid, pl.address) == (pid, addr) {
+                            pl.placement = state.clone();
+                        }
+                    }
+                }
             }
             Notice::Exited { pid, status } => {
                 for l in self.by_core.values() {

@@ -75,6 +75,10 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
     // SAFETY: gettid has no preconditions.
     let engine_tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t;
     let waker = Waker::new(engine_tid);
+    // Optimized probes' events arrive without a stop: a watcher of each
+    // ring wakes this thread out of waitpid, as a request does.
+    let ring_waker = waker.clone();
+    engine.set_ring_waker(Arc::new(move || ring_waker.wake()));
 
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>();
     let (verdict_tx, verdict_rx) = mpsc::channel::<(u64, Action)>();
@@ -149,6 +153,7 @@ pub(super) fn run(stream: UnixStream, config: Config, registry: Option<Arc<Regis
     // The client is gone or we were told to stop: leave every target as it
     // was found.
     let _ = engine.detach_all();
+    engine.drain(&mut sink);
     // Programs it spawned that still run are reaped by the core when they
     // end (this thread, their parent, is ending).
     conn.reap_children(&engine, &queue);
@@ -642,6 +647,7 @@ fn probe_infos(engine: &Engine<Ptrace>, sink: &QueueSink, conn: &Conn) -> Vec<Pr
                         mode: Mode::Async,
                         allow_mutation: false,
                         sync_deadline_us: 0,
+                        no_optimize: false,
                     },
                 ),
             };
@@ -654,9 +660,9 @@ fn probe_infos(engine: &Engine<Ptrace>, sink: &QueueSink, conn: &Conn) -> Vec<Pr
                 nmissed: st.nmissed + conn.counters.sync_missed_of(p.0),
                 dropped: conn.counters.dropped_of(p.0),
                 placements: engine
-                    .placements(p)
+                    .placement_states(p)
                     .into_iter()
-                    .map(|(pid, addr)| proto::Placement { pid, addr })
+                    .map(|(pid, addr, state)| proto::Placement { pid, addr, state })
                     .collect(),
                 owner_uid: conn.peer.uid,
                 owner_pid: conn.peer.pid,
@@ -728,6 +734,7 @@ fn handle(
             if limited {
                 if let Err(why) = creds::may_trace(&conn.peer, pid) {
                     let _ = engine.detach_process(pid);
+                    engine.drain(sink);
                     return err(ErrorKind::Permission, why);
                 }
             }
@@ -740,7 +747,9 @@ fn handle(
                     format!("process {pid} is not traced by this client"),
                 );
             }
-            match engine.detach_process(pid) {
+            let r = engine.detach_process(pid);
+            engine.drain(sink);
+            match r {
                 Ok(()) => ok(Body::Empty),
                 Err(e) => engine_error(id, e),
             }
@@ -748,10 +757,12 @@ fn handle(
         Op::Configure {
             follow_fork,
             follow_exec,
+            no_optimize,
         } => {
             engine.set_options(engine::Options {
                 follow_fork,
                 follow_exec,
+                no_optimize,
             });
             ok(Body::Empty)
         }
@@ -785,7 +796,9 @@ fn handle(
                 Ok(p) => p,
                 Err(e) => return err(ErrorKind::Spec, e.to_string()),
             };
-            match engine.add_probe(parsed, sink) {
+            // A sync probe's verdict may change the thread: it traps.
+            let optimize = options.mode == Mode::Async && !options.no_optimize;
+            match engine.add_probe_with(parsed, optimize, sink) {
                 Ok(p) => {
                     sink.probes.insert(p, ProbeEntry { spec, options });
                     ok(Body::Probe { id: p.0 })
@@ -808,6 +821,8 @@ fn handle(
             Err(e) => engine_error(id, e),
         },
         Op::ListProbes => {
+            // Counters as of now: optimized hits still in a ring first.
+            engine.drain(sink);
             let mut infos = probe_infos(engine, sink, conn);
             if conn.peer.is_root() {
                 if let (Some(r), Some(me)) = (&conn.registry, conn.conn_id) {
@@ -817,6 +832,7 @@ fn handle(
             ok(Body::Probes(infos))
         }
         Op::Stats => {
+            engine.drain(sink);
             let ids = engine.probe_ids();
             let c = &conn.counters;
             ok(Body::Stats(proto::Stats {

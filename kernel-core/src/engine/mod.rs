@@ -9,7 +9,9 @@
 //! stopped, with the registers and captures read at that moment.
 
 pub mod capture;
+mod opt;
 mod resolve;
+pub use opt::{RingWaker, RING_SLOTS};
 pub use resolve::spec_text;
 mod ret;
 mod run;
@@ -106,6 +108,14 @@ pub enum Notice {
         probe: ProbeId,
         pid: Tid,
         reason: String,
+    },
+    /// How an armed probe is placed changed: `optimized` (a jump into a
+    /// trampoline, no stop per hit), or `int3: ` and why not.
+    Placed {
+        probe: ProbeId,
+        pid: Tid,
+        addr: u64,
+        state: String,
     },
     /// A process ended.
     Exited {
@@ -213,6 +223,8 @@ struct Probe {
     placed: HashMap<Tid, u64>,
     /// Return probes: calls in flight (live return instances).
     active: u32,
+    /// Whether its sites may be optimized (a jump instead of `int3`).
+    optimize: bool,
 }
 
 /// How deep return instances may nest on one thread when a probe gives no
@@ -258,6 +270,10 @@ struct Site {
     slot: Option<(u64, Slot)>,
     /// Module path and symbol, for messages.
     location: String,
+    /// The function around the site.
+    func: Option<std::sync::Arc<opt::FuncInfo>>,
+    /// Whether a jump replaced the `int3`.
+    opt: opt::OptState,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -296,6 +312,17 @@ struct Thread {
     /// step of a copy (as uprobes defers signals during its single step):
     /// a signal flood could otherwise keep the copy from ever running.
     saved_mask: Option<u64>,
+    /// An interrupt the engine asked for is still to be reported: the
+    /// thread stopped for something else first. Its `Interrupted` stop is
+    /// then not a new thread's first stop (which may need moving out of a
+    /// slot): the thread just goes on.
+    stray_interrupt: bool,
+    /// Its next resume delivers its signal where it is, even inside a
+    /// trampoline (a fault of a relocated instruction).
+    signal_here: bool,
+    /// Past its exit event: it is gone for the program, and a leader
+    /// stays a zombie (never stopping again) until the others have ended.
+    exiting: bool,
 }
 
 #[derive(Clone)]
@@ -358,6 +385,23 @@ pub struct Engine<T: Target> {
     exec_guard: Option<ExecGuard>,
     /// Warnings already said (each is said once per engine).
     warned: std::collections::HashSet<String>,
+    /// Optimized probes: each process's event ring.
+    rings: HashMap<Tid, opt::OptRing>,
+    ring_waker: Option<RingWaker>,
+    /// Sites to try optimizing again (a thread was in the way), with the
+    /// attempts made.
+    opt_retry: Vec<(Tid, u64, u32)>,
+    /// Where signals found threads, per process (see `opt`).
+    signal_sites: HashMap<Tid, HashSet<u64>>,
+    /// Optimized hits read at a detach, for the next [`Engine::drain`].
+    late_hits: Vec<opt::LateHit>,
+    /// Placement changes to tell the sink at the next drain.
+    placed_notices: Vec<Notice>,
+    /// Per module file: every direct branch target in its code (file
+    /// addresses, sorted), for optimized probes' checks.
+    branch_targets: HashMap<std::path::PathBuf, std::sync::Arc<Vec<u64>>>,
+    /// Trampolines a signal frame may return into: never reused.
+    pinned: HashSet<u64>,
 }
 
 /// Asked at every execve of a traced process, before the new image runs:
@@ -374,6 +418,8 @@ pub struct Options {
     /// After execve, resolve the probes again against the new image.
     /// Without it the old probes end, visibly, and the process is let go.
     pub follow_exec: bool,
+    /// Keep every probe on `int3`: no jumps into trampolines.
+    pub no_optimize: bool,
 }
 
 /// Why `run` returned.
@@ -403,6 +449,14 @@ impl<T: Target> Engine<T> {
             options: Options::default(),
             exec_guard: None,
             warned: Default::default(),
+            rings: HashMap::new(),
+            ring_waker: None,
+            opt_retry: Vec::new(),
+            signal_sites: HashMap::new(),
+            late_hits: Vec::new(),
+            placed_notices: Vec::new(),
+            branch_targets: HashMap::new(),
+            pinned: HashSet::new(),
         }
     }
 
@@ -501,6 +555,9 @@ impl<T: Target> Engine<T> {
             in_vfork: false,
             rehit: None,
             saved_mask: None,
+            stray_interrupt: false,
+            signal_here: false,
+            exiting: false,
         })
     }
 
@@ -523,6 +580,9 @@ impl<T: Target> Engine<T> {
             self.drop_thread(t);
         }
         self.processes.remove(&pid);
+        self.rings.remove(&pid);
+        self.signal_sites.remove(&pid);
+        self.opt_retry.retain(|(p, _, _)| *p != pid);
         for probe in self.probes.values_mut() {
             probe.placed.remove(&pid);
         }
@@ -538,6 +598,10 @@ impl<T: Target> Engine<T> {
     }
 
     fn new_process(&mut self, pid: Tid) {
+        // A new image: the old ring went with the old address space.
+        self.rings.remove(&pid);
+        self.signal_sites.remove(&pid);
+        self.opt_retry.retain(|(p, _, _)| *p != pid);
         self.processes.insert(
             pid,
             Process {

@@ -23,6 +23,8 @@ pub(super) enum Resolved {
         return_probe: bool,
         /// Said to the user when the probe is armed.
         warning: Option<String>,
+        /// The function around `addr`, for an optimized probe's checks.
+        func: Option<super::opt::FuncInfo>,
     },
     /// The module is not mapped (yet).
     Pending(String),
@@ -70,6 +72,18 @@ impl<T: Target> Engine<T> {
     /// When it cannot be placed in one of them, nothing is written
     /// anywhere and the error says why.
     pub fn add_probe(&mut self, spec: ProbeSpec, sink: &mut dyn Sink) -> Result<ProbeId> {
+        self.add_probe_with(spec, true, sink)
+    }
+
+    /// As [`add_probe`](Self::add_probe); `optimize` false keeps the
+    /// probe on `int3` (a probe whose handler changes registers, or one
+    /// the user wants trapped).
+    pub fn add_probe_with(
+        &mut self,
+        spec: ProbeSpec,
+        optimize: bool,
+        sink: &mut dyn Sink,
+    ) -> Result<ProbeId> {
         let text = spec_text(&spec);
         for c in &spec.captures {
             capture::validate(c)
@@ -94,6 +108,7 @@ impl<T: Target> Engine<T> {
                 stats: Default::default(),
                 placed: Default::default(),
                 active: 0,
+                optimize,
             },
         );
         for (pid, r) in placements {
@@ -131,7 +146,7 @@ impl<T: Target> Engine<T> {
         probe.enabled = enabled;
         let placed: Vec<(Tid, u64)> = probe.placed.iter().map(|(&p, &a)| (p, a)).collect();
         for (pid, addr) in placed {
-            self.sync_site(pid, addr)?;
+            self.sync_site_unless_ending(pid, addr)?;
         }
         Ok(())
     }
@@ -148,9 +163,20 @@ impl<T: Target> Engine<T> {
             {
                 site.probes.retain(|&p| p != id);
             }
-            self.sync_site(pid, addr)?;
+            self.sync_site_unless_ending(pid, addr)?;
         }
         Ok(())
+    }
+
+    /// As [`sync_site`](Self::sync_site), for a change the user asked for:
+    /// a process that is ending (its threads past their exit event, its
+    /// memory going) has nothing left to change, and is not an error.
+    fn sync_site_unless_ending(&mut self, pid: Tid, addr: u64) -> Result<()> {
+        match self.sync_site(pid, addr) {
+            Err(EngineError::Target(e)) if e.is_gone() => Ok(()),
+            Err(_) if self.threads_of(pid).iter().all(|t| self.threads[t].exiting) => Ok(()),
+            r => r,
+        }
     }
 
     /// Makes memory agree with the probes of a site: armed when one is
@@ -171,6 +197,11 @@ impl<T: Target> Engine<T> {
         let keep = site.internal.is_some() || !site.probes.is_empty();
         let armed = site.armed;
         let orig = site.prepared.bytes;
+        if !want && matches!(site.opt, super::opt::OptState::Optimized(_)) {
+            // The jump out first: the int3 it replaced comes back, and
+            // goes below with the rest.
+            self.unoptimize(pid, addr)?;
+        }
         if want && !armed {
             self.target.write_memory(pid, addr, BREAKPOINT)?;
         } else if !want && armed {
@@ -190,6 +221,7 @@ impl<T: Target> Engine<T> {
                 site.armed = want;
             }
             self.refresh_slot(pid, addr)?;
+            self.sync_opt(pid, addr);
         } else if let Some(site) = proc_.sites.remove(&addr) {
             // The slot is retired, not reused: a thread may still be
             // running its copy.
@@ -313,13 +345,17 @@ impl<T: Target> Engine<T> {
 
     /// A thread of `pid` in a ptrace-stop, interrupting one if none is.
     pub(super) fn stopped_thread(&mut self, pid: Tid) -> Result<Tid> {
-        if let Some((&tid, _)) = self.threads.iter().find(|(_, t)| t.pid == pid && t.stopped) {
+        if let Some((&tid, _)) = self
+            .threads
+            .iter()
+            .find(|(_, t)| t.pid == pid && t.stopped && !t.exiting)
+        {
             return Ok(tid);
         }
         let tid = self
             .threads
             .iter()
-            .find(|(_, t)| t.pid == pid && !t.in_vfork)
+            .find(|(_, t)| t.pid == pid && !t.in_vfork && !t.exiting)
             .map(|(&t, _)| t)
             .ok_or_else(|| EngineError::Refused(format!("process {pid} has no threads left")))?;
         self.target.interrupt(tid)?;
@@ -341,7 +377,13 @@ impl<T: Target> Engine<T> {
                 self.deferred.push_back(stop);
                 return Err(EngineError::Refused(format!("thread {tid} exited")));
             }
-            _ => self.deferred.push_back(stop),
+            _ => {
+                // The interrupt is still to come (see `stray_interrupt`).
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.stray_interrupt = true;
+                }
+                self.deferred.push_back(stop)
+            }
         }
         Ok(())
     }
@@ -389,7 +431,9 @@ impl<T: Target> Engine<T> {
                 location,
                 return_probe,
                 warning,
+                func,
             } => {
+                self.unoptimize_covering(pid, addr);
                 if return_probe {
                     self.ensure_trampoline(pid, addr)?;
                 }
@@ -399,6 +443,16 @@ impl<T: Target> Engine<T> {
                     }
                 }
                 self.install_site(pid, addr, prepared, location.clone(), None)?;
+                if let Some(f) = func {
+                    let site = self
+                        .processes
+                        .get_mut(&pid)
+                        .and_then(|p| p.sites.get_mut(&addr))
+                        .expect("installed");
+                    if site.func.is_none() {
+                        site.func = Some(std::sync::Arc::new(f));
+                    }
+                }
                 let proc_ = self.processes.get_mut(&pid).expect("caller checked");
                 let site = proc_.sites.get_mut(&addr).expect("installed");
                 if !site.probes.contains(&id) {
@@ -445,6 +499,8 @@ impl<T: Target> Engine<T> {
                 armed: false,
                 slot: None,
                 location,
+                func: None,
+                opt: super::opt::OptState::Int3("not tried yet".into()),
             },
         );
         if let Err(e) = self.refresh_slot(pid, addr) {
@@ -475,6 +531,7 @@ impl<T: Target> Engine<T> {
             code,
             prepared,
             warning,
+            func,
         } = match resolve_spec(self, pid, spec, &maps, &modules)? {
             Resolution::At(place) => *place,
             Resolution::Pending(reason) => return Ok(Resolved::Pending(reason)),
@@ -487,6 +544,9 @@ impl<T: Target> Engine<T> {
             self.target
                 .read_memory(pid, addr, &mut live)
                 .map_err(|e| e.to_string())?;
+            // Inside another probe's jump: what the program sees is the
+            // original (the jump is taken out before this one goes in).
+            self.overlay_original(pid, addr, &mut live);
             if live != code[..prepared.len] {
                 return Err(format!(
                     "the live bytes at {addr:#x} ({location}) differ from {}: live {}, file {} — \
@@ -503,6 +563,12 @@ impl<T: Target> Engine<T> {
             location: format!("{}:{location}", module.path),
             return_probe: spec.kind == Kind::Return,
             warning,
+            func: func.map(|(addr, bytes)| super::opt::FuncInfo {
+                addr,
+                bytes,
+                file: module.file.clone(),
+                bias: module.bias,
+            }),
         })
     }
 

@@ -50,11 +50,21 @@ impl<T: Target> Engine<T> {
             .filter(|t| !self.deferred.iter().any(|s| s.tid() == *t))
             .collect();
         for tid in stopped {
-            self.resume(tid, Resume::Continue, 0)?;
+            match self.resume(tid, Resume::Continue, 0) {
+                // Killed meanwhile: its end is reported by the loop.
+                Err(e) if is_gone(&e) => {}
+                r => r?,
+            }
         }
         loop {
             if self.processes.is_empty() {
                 return Ok(RunEnd::AllExited);
+            }
+            // Optimized hits first: they happened before whatever stop
+            // comes next.
+            self.drain_rings(sink);
+            if self.deferred.is_empty() && !self.opt_retry.is_empty() {
+                self.retry_optimizations();
             }
             if stop.load(Ordering::SeqCst) {
                 return Ok(RunEnd::Stopped);
@@ -69,6 +79,7 @@ impl<T: Target> Engine<T> {
             };
             let before = self.refusals.len();
             let tid = s.tid();
+            self.drain_before(&s, sink);
             match self.handle(s, sink) {
                 Ok(()) => {}
                 Err(e) if is_gone(&e) => {}
@@ -104,6 +115,20 @@ impl<T: Target> Engine<T> {
         // Not stepping a copy any more: its own signal mask back.
         if how != Resume::Step {
             self.unblock_signals(tid);
+        }
+        // A signal is never delivered inside a trampoline: its handler's
+        // frame would return there. The thread finishes it first.
+        let delivering = sig != 0
+            || self
+                .threads
+                .get(&tid)
+                .is_some_and(|t| !t.pending.is_empty() && how != Resume::Listen);
+        let here = self
+            .threads
+            .get_mut(&tid)
+            .is_some_and(|t| std::mem::take(&mut t.signal_here));
+        if delivering && how != Resume::Step && !here {
+            self.out_of_trampoline(tid);
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             if sig == 0 && !t.pending.is_empty() && how != Resume::Listen {
@@ -201,10 +226,20 @@ impl<T: Target> Engine<T> {
             Stop::Event { tid, event } => self.on_event(tid, event, sink),
             Stop::GroupStop { tid, .. } => self.resume(tid, Resume::Listen, 0),
             Stop::Interrupted { tid } => {
+                let stray = self
+                    .threads
+                    .get_mut(&tid)
+                    .map(|t| std::mem::take(&mut t.stray_interrupt))
+                    .unwrap_or(false);
                 // The first stop of a new thread: it may start in a slot.
-                if self.threads.get(&tid).is_some_and(|t| t.in_slot.is_none()) {
+                // (Not a stray interrupt's: that thread may be running a
+                // boosted copy, which it must finish.)
+                if !stray && self.threads.get(&tid).is_some_and(|t| t.in_slot.is_none()) {
                     let pid = self.threads[&tid].pid;
                     self.move_out_of_slot(tid, pid)?;
+                    // Its TLS is set (CLONE_SETTLS): its thread key is known
+                    // before it runs a trampoline.
+                    self.learn_key(pid, tid);
                 }
                 // A held process's threads stay stopped until it is let go
                 // (the next `run` after `hold(pid, false)` resumes them).
@@ -233,8 +268,10 @@ impl<T: Target> Engine<T> {
         if let Some(p) = self.processes.get_mut(&pid) {
             p.vfork_children.remove(&tid);
         }
+        self.forget_key(pid, tid);
         if tid == pid {
             // With __WALL the leader is reported last: the process is gone.
+            self.close_ring(pid, sink);
             self.release_shared_children(pid);
             self.forget_process(pid);
             self.exits.push((pid, status));
@@ -295,7 +332,12 @@ impl<T: Target> Engine<T> {
                 }
                 self.resume(tid, Resume::Continue, 0)
             }
-            Event::Exit(_) => self.resume(tid, Resume::Continue, 0),
+            Event::Exit(_) => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.exiting = true;
+                }
+                self.resume(tid, Resume::Continue, 0)
+            }
             Event::Exec(_) => {
                 if self.processes[&pid].vfork_children.contains(&tid) {
                     // A vfork child left our address space: it runs a new
@@ -389,6 +431,8 @@ impl<T: Target> Engine<T> {
         let mut copy = self.processes[&pid].clone();
         copy.vfork_children.clear();
         self.processes.insert(child, copy);
+        self.thread(child, child);
+        self.fork_child_unoptimized(child);
         let returns = self.threads[&parent].returns.clone();
         for r in &returns {
             for (id, _) in &r.probes {
@@ -490,6 +534,7 @@ impl<T: Target> Engine<T> {
     /// in the memory of `into`: the process itself, or a child that copied
     /// or shares its memory.
     fn restore_bytes(&mut self, pid: Tid, into: Tid) -> Result<()> {
+        self.restore_opt_bytes(pid, into)?;
         let sites: Vec<(u64, u8)> = self.processes[&pid]
             .sites
             .iter()
@@ -546,6 +591,39 @@ impl<T: Target> Engine<T> {
     fn on_signal(&mut self, tid: Tid, info: SigInfo, sink: &mut dyn Sink) -> Result<()> {
         let pid = self.threads[&tid].pid;
         let mut regs = self.target.get_regs(tid)?;
+        if info.signo() == libc::SIGTRAP && info.code() == SI_KERNEL {
+            if let Some(site) = self.full_trap_site(pid, regs.rip.wrapping_sub(1)) {
+                return self.on_full_trap(tid, pid, site, regs, sink);
+            }
+        }
+        if let Some(tramp) = self.trampoline_at(pid, regs.rip) {
+            // No signal frame may return into a trampoline: the thread
+            // finishes it first, and takes the signal where it lands. One
+            // whose relocated instruction faults takes it there, and the
+            // trampoline is never given back.
+            if info.is_fault() {
+                self.pinned.insert(tramp);
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.signal_here = true;
+                }
+                return self.resume(tid, Resume::Continue, info.signo());
+            }
+            let is_step = info.signo() == libc::SIGTRAP && info.code() > 0;
+            if !is_step {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.pending.push(info);
+                }
+            }
+            self.step_out_of(tid, tramp);
+            if self.threads.contains_key(&tid) {
+                return self.resume(tid, Resume::Continue, 0);
+            }
+            return Ok(());
+        }
+        if !(info.signo() == libc::SIGTRAP && info.code() > 0) {
+            // A handler may return here: no jump may cover this address.
+            self.note_signal_site(pid, regs.rip);
+        }
         if info.signo() == libc::SIGTRAP {
             if let Some(x) = self.threads[&tid].in_slot {
                 if self.slot_stop(tid, pid, x, &mut regs, &info, sink)? {
@@ -580,7 +658,7 @@ impl<T: Target> Engine<T> {
     /// Hands the hit to every probe at `addr` of this kind, in turn, and
     /// applies their verdicts to `regs`: each probe sees the registers the
     /// verdicts before it left.
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         tid: Tid,
         pid: Tid,
@@ -999,6 +1077,7 @@ impl<T: Target> Engine<T> {
         let p = &self.processes[&pid];
         let at = regs.rip.wrapping_sub(1);
         p.slot_at(regs.rip).is_some()
+            || self.full_trap_site(pid, at).is_some()
             || p.sites.contains_key(&at)
             || p.lifted.contains(&at)
             || p.trampoline == Some(at)
@@ -1015,6 +1094,7 @@ impl<T: Target> Engine<T> {
         }
         self.thread(tid, pid).stopped = true;
         let _ = self.move_out_of_slot(tid, pid);
+        self.learn_key(pid, tid);
     }
 
     /// A thread that is not stepping a copy must never run inside a slot:
@@ -1043,16 +1123,32 @@ impl<T: Target> Engine<T> {
         Ok(())
     }
 
-    fn stop_all(&mut self, pid: Tid) {
+    /// Stops every running thread of `pid`. Returns those that stopped
+    /// for the asking (true: in group-stop), which the caller lets go
+    /// again; threads with a stop to handle are kept for the run loop.
+    pub(super) fn stop_all(&mut self, pid: Tid) -> Vec<(Tid, bool)> {
+        let mut quiet = Vec::new();
         let running: Vec<Tid> = self
             .threads
             .iter()
-            .filter(|(_, t)| t.pid == pid && !t.stopped && !t.in_vfork)
+            .filter(|(_, t)| t.pid == pid && !t.stopped && !t.in_vfork && !t.exiting)
             .map(|(&t, _)| t)
             .collect();
-        for &tid in &running {
-            let _ = self.target.interrupt(tid);
-        }
+        // A thread the kernel will not interrupt is gone or a zombie (a
+        // leader whose group is exiting reports only after the others):
+        // waiting for it would never end.
+        let running: Vec<Tid> = running
+            .into_iter()
+            .filter(|&tid| {
+                let ok = !self.target.is_zombie(tid) && self.target.interrupt(tid).is_ok();
+                if !ok {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.exiting = true;
+                    }
+                }
+                ok
+            })
+            .collect();
         for tid in running {
             if self.threads.get(&tid).is_none_or(|t| t.stopped) {
                 continue;
@@ -1064,17 +1160,31 @@ impl<T: Target> Engine<T> {
                 .and_then(|s| self.settle_interrupt(tid, s));
             match stop {
                 Ok(s @ (Stop::Interrupted { .. } | Stop::GroupStop { .. })) => {
-                    self.note_stop(tid, &s)
+                    self.note_stop(tid, &s);
+                    quiet.push((tid, matches!(s, Stop::GroupStop { .. })));
                 }
                 Ok(s @ (Stop::Signal { .. } | Stop::Event { .. })) => {
                     self.note_stop(tid, &s);
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.stray_interrupt = true;
+                    }
                     self.deferred.push_back(s);
                 }
-                Ok(Stop::Exited { .. } | Stop::Killed { .. }) | Err(_) => {
+                // An end is handled by the run loop, which knows whether
+                // the process ended with it (detach drops the thread).
+                Ok(s @ (Stop::Exited { .. } | Stop::Killed { .. })) => {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.stopped = true;
+                        t.exiting = true;
+                    }
+                    self.deferred.push_back(s);
+                }
+                Err(_) => {
                     self.drop_thread(tid);
                 }
             }
         }
+        quiet
     }
 
     fn detach(&mut self, pid: Tid) -> Result<()> {
@@ -1107,6 +1217,9 @@ impl<T: Target> Engine<T> {
                         && info.code() > 0
                         && self.trap_is_ours(tid, pid)
                     {
+                        // A hit stopped at a full ring's trap: kept for
+                        // `drain` before the jump goes.
+                        self.late_full_trap(tid, pid);
                         trapped.push(tid);
                     } else if let Some(t) = self.threads.get_mut(&tid) {
                         t.pending.push(info);
@@ -1145,6 +1258,9 @@ impl<T: Target> Engine<T> {
                     event: Event::Exec(_),
                     ..
                 } => exec_seen = true,
+                Stop::Exited { tid, .. } | Stop::Killed { tid, .. } => {
+                    self.drop_thread(tid);
+                }
                 _ => {}
             }
         }
@@ -1158,6 +1274,10 @@ impl<T: Target> Engine<T> {
             self.forget_process(pid);
             return Ok(());
         }
+        // 0. Jumps out (threads stepped out of trampolines), the last
+        //    optimized hits kept for `drain`.
+        self.unoptimize_all(pid);
+        self.keep_late_hits(pid);
         // 1. Original bytes back.
         self.restore_bytes(pid, pid)?;
         // 2. Threads out of the slots, and off the breakpoints.
@@ -1228,6 +1348,9 @@ impl<T: Target> Engine<T> {
             },
         };
         if let Some(tid) = injector {
+            if let Some(a) = areas.first() {
+                self.unmap_ring(pid, tid, a.gadget());
+            }
             for area in &areas {
                 let mut sigs = Vec::new();
                 let _ = super::xol::unmap_area(&mut self.target, tid, area, &mut sigs);

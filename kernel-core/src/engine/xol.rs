@@ -28,7 +28,15 @@ pub struct Area {
     pub start: u64,
     next: u64,
     free: Vec<u64>,
+    /// Trampolines of optimized probes given back (no thread in them).
+    free_tramps: Vec<u64>,
 }
+
+/// Bytes set aside for one optimized probe's trampoline.
+pub const TRAMP_LEN: u64 = 512;
+/// Where in an area's first slot the engine writes a string argument of a
+/// system call it injects (after the header).
+pub const SCRATCH_OFFSET: u64 = 16;
 
 impl Area {
     pub fn new(start: u64) -> Self {
@@ -36,6 +44,7 @@ impl Area {
             start,
             next: start + SLOT_SIZE as u64,
             free: Vec::new(),
+            free_tramps: Vec::new(),
         }
     }
     pub fn contains(&self, addr: u64) -> bool {
@@ -59,6 +68,24 @@ impl Area {
             return Some(s);
         }
         None
+    }
+    /// Room for a trampoline ([`TRAMP_LEN`] bytes, cache-line aligned),
+    /// or `None` when the area is full.
+    pub fn alloc_tramp(&mut self) -> Option<u64> {
+        if let Some(t) = self.free_tramps.pop() {
+            return Some(t);
+        }
+        let t = self.next.next_multiple_of(64);
+        if t + TRAMP_LEN <= self.start + AREA_LEN {
+            self.next = t + TRAMP_LEN;
+            return Some(t);
+        }
+        None
+    }
+    /// Gives a trampoline back. The caller guarantees that no thread is
+    /// inside it and no signal frame returns into it.
+    pub fn release_tramp(&mut self, tramp: u64) {
+        self.free_tramps.push(tramp);
     }
     /// Gives a slot back. The caller guarantees that no thread is inside it.
     pub fn release(&mut self, slot: u64) {

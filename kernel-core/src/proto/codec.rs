@@ -7,8 +7,8 @@ use super::*;
 /// Smallest encodings, used to check counts before allocating. Each is a
 /// lower bound over every valid encoding of the element.
 const MIN_STRING: usize = 4;
-const MIN_OPTIONS: usize = 1 + 1 + 4;
-const MIN_PLACEMENT: usize = 4 + 8;
+const MIN_OPTIONS: usize = 1 + 1 + 4 + 1;
+const MIN_PLACEMENT: usize = 4 + 8 + MIN_STRING;
 const MIN_PROBE_INFO: usize = 4 + MIN_STRING + MIN_OPTIONS + 1 + 8 + 8 + 8 + 4 + 4 + 4;
 const MIN_PROBE_COUNTERS: usize = 4 + 8 + 8 + 8;
 const MIN_CAPTURE: usize = MIN_STRING + 1 + 4;
@@ -274,10 +274,12 @@ fn put_op(op: &Op, out: &mut Vec<u8>) {
         Op::Configure {
             follow_fork,
             follow_exec,
+            no_optimize,
         } => {
             out.put_u8(12);
             out.put_bool(*follow_fork);
             out.put_bool(*follow_exec);
+            out.put_bool(*no_optimize);
         }
     }
 }
@@ -327,6 +329,7 @@ fn get_op(c: &mut Cursor<'_>) -> Result<Op, ProtoError> {
         12 => Op::Configure {
             follow_fork: c.bool("Configure follow_fork")?,
             follow_exec: c.bool("Configure follow_exec")?,
+            no_optimize: c.bool("Configure no_optimize")?,
         },
         tag => return Err(unknown("request op", tag)),
     })
@@ -359,6 +362,7 @@ fn put_options(o: &ProbeOptions, out: &mut Vec<u8>) {
     });
     out.put_bool(o.allow_mutation);
     out.put_u32(o.sync_deadline_us);
+    out.put_bool(o.no_optimize);
 }
 
 fn get_options(c: &mut Cursor<'_>) -> Result<ProbeOptions, ProtoError> {
@@ -371,6 +375,7 @@ fn get_options(c: &mut Cursor<'_>) -> Result<ProbeOptions, ProtoError> {
         mode,
         allow_mutation: c.bool("allow_mutation")?,
         sync_deadline_us: c.u32("sync_deadline_us")?,
+        no_optimize: c.bool("no_optimize")?,
     })
 }
 
@@ -400,6 +405,7 @@ fn put_body(body: &Body, out: &mut Vec<u8>) {
                 for pl in &p.placements {
                     out.put_i32(pl.pid);
                     out.put_u64(pl.addr);
+                    out.put_str(&pl.state);
                 }
                 out.put_u32(p.owner_uid);
                 out.put_i32(p.owner_pid);
@@ -448,6 +454,7 @@ fn get_body(c: &mut Cursor<'_>) -> Result<Body, ProtoError> {
                     placements.push(Placement {
                         pid: c.i32("placement pid")?,
                         addr: c.u64("placement addr")?,
+                        state: c.string("placement state")?,
                     });
                 }
                 let owner_uid = c.u32("probe owner uid")?;
@@ -681,6 +688,18 @@ fn put_notice(n: &Notice, out: &mut Vec<u8>) {
             }
         }
         Notice::Idle => out.put_u8(6),
+        Notice::Placed {
+            probe,
+            pid,
+            addr,
+            state,
+        } => {
+            out.put_u8(7);
+            out.put_u32(*probe);
+            out.put_i32(*pid);
+            out.put_u64(*addr);
+            out.put_str(state);
+        }
     }
 }
 
@@ -715,6 +734,12 @@ fn get_notice(c: &mut Cursor<'_>) -> Result<Notice, ProtoError> {
             Notice::Exited { pid, status }
         }
         6 => Notice::Idle,
+        7 => Notice::Placed {
+            probe: c.u32("Placed probe")?,
+            pid: c.i32("Placed pid")?,
+            addr: c.u64("Placed addr")?,
+            state: c.string("Placed state")?,
+        },
         tag => return Err(unknown("notice kind", tag)),
     })
 }

@@ -84,6 +84,17 @@ impl From<engine::Notice> for Notice {
                 status: status.into(),
             },
             engine::Notice::Warning(text) => Notice::Warning { text },
+            engine::Notice::Placed {
+                probe,
+                pid,
+                addr,
+                state,
+            } => Notice::Placed {
+                probe: probe.0,
+                pid,
+                addr,
+                state,
+            },
         }
     }
 }

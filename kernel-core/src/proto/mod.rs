@@ -248,6 +248,8 @@ pub enum Op {
     Configure {
         follow_fork: bool,
         follow_exec: bool,
+        /// Keep every probe of this client on `int3`.
+        no_optimize: bool,
     },
 }
 
@@ -275,6 +277,9 @@ pub struct ProbeOptions {
     /// How long a sync hit waits for its verdict, in microseconds; after
     /// it the thread continues and the hit counts in `nmissed`.
     pub sync_deadline_us: u32,
+    /// Keep the probe on `int3`: never replaced by a jump into a
+    /// trampoline (sync probes are never optimized anyway).
+    pub no_optimize: bool,
 }
 
 /// When the hit thread continues.
@@ -323,10 +328,12 @@ pub struct ProbeInfo {
 }
 
 /// One place a probe is armed: an address in a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub pid: i32,
     pub addr: u64,
+    /// `optimized` (a jump into a trampoline), or `int3: ` and why not.
+    pub state: String,
 }
 
 /// Counters of one connection.
@@ -553,6 +560,14 @@ pub enum Notice {
     /// (6) This connection traces no process any more (the last one exited
     /// or was let go); sent after the last `Exited`.
     Idle,
+    /// (7) How an armed probe is placed changed: `optimized`, or `int3: `
+    /// and why not.
+    Placed {
+        probe: u32,
+        pid: i32,
+        addr: u64,
+        state: String,
+    },
 }
 
 /// How a process ended. Wire tags in parentheses.

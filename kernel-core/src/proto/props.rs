@@ -23,6 +23,7 @@ fn options() -> impl Strategy<Value = ProbeOptions> {
             mode: if sync { Mode::Sync } else { Mode::Async },
             allow_mutation,
             sync_deadline_us: deadline,
+            no_optimize: false,
         }
     })
 }
@@ -53,9 +54,12 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Stats),
         Just(Op::Ping),
         any::<i32>().prop_map(|pid| Op::Resume { pid }),
-        any::<(bool, bool)>().prop_map(|(follow_fork, follow_exec)| Op::Configure {
-            follow_fork,
-            follow_exec
+        any::<(bool, bool, bool)>().prop_map(|(follow_fork, follow_exec, no_optimize)| {
+            Op::Configure {
+                follow_fork,
+                follow_exec,
+                no_optimize,
+            }
         }),
     ]
 }
@@ -68,7 +72,11 @@ fn probe_info() -> impl Strategy<Value = ProbeInfo> {
         any::<bool>(),
         any::<(u64, u64, u64)>(),
         vec(
-            any::<(i32, u64)>().prop_map(|(pid, addr)| Placement { pid, addr }),
+            (any::<(i32, u64)>(), text()).prop_map(|((pid, addr), state)| Placement {
+                pid,
+                addr,
+                state,
+            }),
             0..3,
         ),
         any::<(u32, i32)>(),
@@ -198,6 +206,14 @@ fn notice() -> impl Strategy<Value = Notice> {
         }),
         (any::<i32>(), status).prop_map(|(pid, status)| Notice::Exited { pid, status }),
         Just(Notice::Idle),
+        (any::<(u32, i32, u64)>(), text()).prop_map(|((probe, pid, addr), state)| {
+            Notice::Placed {
+                probe,
+                pid,
+                addr,
+                state,
+            }
+        }),
     ]
 }
 
@@ -299,7 +315,8 @@ fn heap(f: &Frame) -> usize {
             | Notice::Armed { location: t, .. }
             | Notice::Pending { reason: t, .. }
             | Notice::Refused { reason: t, .. }
-            | Notice::Gone { reason: t, .. } => s(t),
+            | Notice::Gone { reason: t, .. }
+            | Notice::Placed { state: t, .. } => s(t),
             Notice::Exited { .. } | Notice::Idle => 0,
         },
         _ => 0,
@@ -528,6 +545,7 @@ fn corpus_seeds_are_current() {
                         mode: Mode::Sync,
                         allow_mutation: true,
                         sync_deadline_us: 1000,
+                        no_optimize: false,
                     },
                 },
             }),

@@ -53,6 +53,7 @@ fn every_frame() -> Vec<Frame> {
         mode: Mode::Sync,
         allow_mutation: true,
         sync_deadline_us: 250_000,
+        no_optimize: false,
     };
     let mut frames = vec![
         Frame::Hello(Hello {
@@ -129,6 +130,7 @@ fn every_frame() -> Vec<Frame> {
                 mode: Mode::Async,
                 allow_mutation: false,
                 sync_deadline_us: 0,
+                no_optimize: false,
             },
         },
         Op::EnableProbe { id: 1 },
@@ -141,6 +143,7 @@ fn every_frame() -> Vec<Frame> {
         Op::Configure {
             follow_fork: true,
             follow_exec: false,
+            no_optimize: true,
         },
     ];
     frames.extend(ops.into_iter().enumerate().map(|(i, op)| {
@@ -179,8 +182,13 @@ fn every_frame() -> Vec<Frame> {
                     Placement {
                         pid: 10,
                         addr: 0x7f00_0000_1000,
+                        state: "optimized".into(),
                     },
-                    Placement { pid: 11, addr: 0 },
+                    Placement {
+                        pid: 11,
+                        addr: 0,
+                        state: "int3: disabled".into(),
+                    },
                 ],
                 owner_uid: 1000,
                 owner_pid: -1,
@@ -244,6 +252,12 @@ fn every_frame() -> Vec<Frame> {
             status: ExitStatus::Signal(9),
         },
         Notice::Idle,
+        Notice::Placed {
+            probe: 1,
+            pid: 2,
+            addr: 0x401000,
+            state: "optimized".into(),
+        },
     ];
     frames.extend(notices.into_iter().map(Frame::Notice));
     frames
@@ -369,11 +383,12 @@ mod layout {
                         mode: Mode::Sync,
                         allow_mutation: true,
                         sync_deadline_us: 1000,
+                        no_optimize: false,
                     },
                 },
             }),
             &[
-                19, 0, 0, 0,    // length 19
+                20, 0, 0, 0,    // length 20
                 0x10, // Request
                 1, 0, 0, 0, // id 1
                 4, // op AddProbe
@@ -381,6 +396,7 @@ mod layout {
                 1,    // mode Sync
                 1,    // allow_mutation
                 0xe8, 0x03, 0, 0, // sync_deadline_us 1000
+                0, // no_optimize
             ],
         );
         check(
@@ -429,6 +445,7 @@ mod layout {
                         mode: Mode::Async,
                         allow_mutation: false,
                         sync_deadline_us: 0,
+                        no_optimize: false,
                     },
                     enabled: true,
                     hits: 2,
@@ -437,20 +454,21 @@ mod layout {
                     placements: vec![Placement {
                         pid: 9,
                         addr: 0x401000,
+                        state: "optimized".into(),
                     }],
                     owner_uid: 1000,
                     owner_pid: 77,
                 }]),
             },
             &[
-                74, 0, 0, 0,    // length 74
+                88, 0, 0, 0,    // length 88
                 0x20, // Ok
                 3, 0, 0, 0, // id 3
                 3, // body Probes
                 1, 0, 0, 0, // probe count 1
                 5, 0, 0, 0, // id 5
                 1, 0, 0, 0, b's', // spec "s"
-                0, 0, 0, 0, 0, 0, // mode Async, no mutation, deadline 0
+                0, 0, 0, 0, 0, 0, 0, // mode Async, no mutation, deadline 0, may optimize
                 1, // enabled
                 2, 0, 0, 0, 0, 0, 0, 0, // hits 2
                 1, 0, 0, 0, 0, 0, 0, 0, // nmissed 1
@@ -458,6 +476,7 @@ mod layout {
                 1, 0, 0, 0, // placement count 1
                 9, 0, 0, 0, // pid 9
                 0x00, 0x10, 0x40, 0, 0, 0, 0, 0, // addr 0x401000
+                9, 0, 0, 0, b'o', b'p', b't', b'i', b'm', b'i', b'z', b'e', b'd', // state
                 0xe8, 0x03, 0, 0, // owner uid 1000
                 77, 0, 0, 0, // owner pid 77
             ],
@@ -682,7 +701,7 @@ mod errors {
         check(&frame(0x20, &[1, 0, 0, 0, 9]), "unknown reply body tag 9");
         check(
             &frame(0x20, &[1, 0, 0, 0, 3, 2, 0, 0, 0]),
-            "probe count: count 2 needs at least 102 bytes, only 0 left",
+            "probe count: count 2 needs at least 104 bytes, only 0 left",
         );
         check(
             &frame(0x21, &[1, 0, 0, 0, 0xe7, 0x03, 0, 0, 0, 0]),
@@ -692,7 +711,7 @@ mod errors {
             &frame(0x21, &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             "unknown error kind tag 0",
         );
-        check(&frame(0x32, &[7]), "unknown notice kind tag 7");
+        check(&frame(0x32, &[8]), "unknown notice kind tag 8");
         check(
             &frame(0x32, &[5, 1, 0, 0, 0, 2, 0, 0, 0, 0]),
             "unknown exit status tag 2",

@@ -571,6 +571,22 @@ pub(crate) struct Place {
     pub prepared: Prepared,
     /// Said to the user when the probe is armed.
     pub warning: Option<String>,
+    /// The function around `addr`, as the file has it, at its address in
+    /// the process: what an optimized probe checks for branches into the
+    /// instructions it would replace. `None` for code no sized symbol
+    /// covers.
+    pub func: Option<(u64, Vec<u8>)>,
+}
+
+/// The function covering `vaddr` (a sized symbol), its file bytes at its
+/// address in the process.
+fn function_around(elf: &ElfFile, vaddr: u64, bias: u64) -> Option<(u64, Vec<u8>)> {
+    let (sym, _) = elf.symbol_at(vaddr)?;
+    if sym.size == 0 || sym.size > 1 << 20 || !(sym.addr..sym.addr + sym.size).contains(&vaddr) {
+        return None;
+    }
+    let bytes = elf.file_bytes(sym.addr, sym.size as usize)?;
+    Some((sym.addr.wrapping_add(bias), bytes))
 }
 
 /// Resolves a spec in one process without changing anything: the module,
@@ -691,6 +707,7 @@ pub(crate) fn resolve_spec(
             ));
         }
     }
+    let func = function_around(&elf, vaddr, module.bias);
     Ok(Resolution::At(Box::new(Place {
         module,
         addr,
@@ -698,6 +715,7 @@ pub(crate) fn resolve_spec(
         code,
         prepared,
         warning,
+        func,
     })))
 }
 

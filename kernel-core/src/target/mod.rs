@@ -158,8 +158,10 @@ impl TargetError {
     /// this as "nothing left to do" rather than as a failure.
     pub fn is_gone(&self) -> bool {
         match self {
-            TargetError::Os { source, .. } | TargetError::Memory { source, .. } => {
-                source.raw_os_error() == Some(libc::ESRCH)
+            TargetError::Os { source, .. } => source.raw_os_error() == Some(libc::ESRCH),
+            // /proc/PID/mem of a process already reaped is no more.
+            TargetError::Memory { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ESRCH | libc::ENOENT))
             }
             _ => false,
         }
@@ -224,6 +226,12 @@ pub trait Target {
     /// The thread's blocked-signal mask (bit n-1 for signal n).
     fn get_sigmask(&mut self, tid: Tid) -> Result<u64>;
     fn set_sigmask(&mut self, tid: Tid, mask: u64) -> Result<()>;
+    /// Whether the thread has ended but is not reaped (a zombie): it will
+    /// never stop again, and a thread-group leader is reported only after
+    /// every other thread of its group.
+    fn is_zombie(&mut self, _tid: Tid) -> bool {
+        false
+    }
     /// Whether two threads run in one address space (a thread, or a
     /// `CLONE_VM` child), as opposed to a copy of it (a fork child).
     fn same_memory(&mut self, a: Tid, b: Tid) -> bool;

@@ -562,6 +562,17 @@ impl Target for Ptrace {
         r == 0
     }
 
+    fn is_zombie(&mut self, tid: Tid) -> bool {
+        // The state is the field after the command's closing parenthesis.
+        std::fs::read_to_string(format!("/proc/{tid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            })
+            .is_some_and(|rest| rest.starts_with('Z') || rest.starts_with('X'))
+    }
+
     fn trap_pending(&mut self, tid: Tid) -> bool {
         // SigPnd is the thread's own pending set, in hex; signal n is bit n-1.
         status_field(tid, "SigPnd:")

@@ -54,7 +54,8 @@ pub use self::decode::{
     arch_prepare_kprobe, Action, Cond, Fixup, LoopKind, Prepared, Refusal, Sim, Xol,
 };
 pub use self::opt::{
-    arch_prepare_optimized_kprobe, arch_prepare_trampoline, OptRegion, RingPlace, JMP_LEN,
+    arch_prepare_optimized_kprobe, arch_prepare_trampoline, direct_branch_targets, has_rdfsbase,
+    OptRegion, RingPlace, Trampoline, JMP_LEN,
 };
 pub use self::regs::{Reg, Regs};
 pub use self::sim::arch_simulate;
@@ -72,5 +73,13 @@ pub const MAX_INSN_LEN: usize = 15;
 /// grow by a prefix when rewritten through a scratch register) plus a 5-byte
 /// jump back, rounded up.
 pub const SLOT_SIZE: usize = 32;
+/// The clock an optimized probe's trampoline stamps events with: the
+/// TSC, which is invariant and shared by every core on the machines this
+/// runs on; the engine converts it to `CLOCK_MONOTONIC`.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: rdtsc has no preconditions in user space.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// The architecture's name as Linux spells it.
 pub const ARCH_NAME: &str = "x86_64";

@@ -10,7 +10,9 @@
 //! back. Both are byte logic; the engine places and patches.
 
 use iced_x86::code_asm::*;
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
+use iced_x86::{
+    BlockEncoderOptions, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
+};
 
 use super::decode::{arch_prepare_kprobe, Action, Fixup, Sim};
 use crate::ring;
@@ -158,6 +160,29 @@ pub fn arch_prepare_optimized_kprobe(
     })
 }
 
+/// Every target of a direct jump, call or conditional branch in `code`
+/// (at `addr`), decoded linearly: for a module's executable segments, the
+/// places other functions branch into (glibc's `__mempcpy_*_erms` jumps
+/// into `__memmove_*_unaligned_erms`, a `foo.cold` part back into `foo`),
+/// which a jump over several instructions must not cover.
+pub fn direct_branch_targets(code: &[u8], addr: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if matches!(
+            insn.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ) {
+            out.push(insn.near_branch_target());
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// `int3`, `int n`, `ud2`, `syscall`, `sysenter`: nothing of this kind may
 /// be moved into a trampoline (the kernel would report the trampoline's
 /// address, or the instruction is a probe of someone else's).
@@ -184,6 +209,18 @@ pub struct RingPlace {
     pub addr: u64,
     pub slots: u64,
     pub probe: u32,
+    /// Read the thread key with `rdfsbase` (the kernel allows it:
+    /// `AT_HWCAP2` has `HWCAP2_FSGSBASE`) rather than from `%fs:0`, which
+    /// faults in a thread whose TLS is not set up yet (the dynamic loader
+    /// before it made the TCB).
+    pub rdfsbase: bool,
+}
+
+/// Whether this kernel and CPU let user space read `fs_base` with
+/// `rdfsbase` (`HWCAP2_FSGSBASE` in the auxiliary vector).
+pub fn has_rdfsbase() -> bool {
+    // SAFETY: getauxval has no preconditions.
+    unsafe { libc::getauxval(libc::AT_HWCAP2) & 2 != 0 }
 }
 
 /// Builds the trampoline of `region` at `tramp_addr` (Linux:
@@ -203,7 +240,7 @@ pub fn arch_prepare_trampoline(
     region: &OptRegion,
     tramp_addr: u64,
     ring: RingPlace,
-) -> Result<Vec<u8>, String> {
+) -> Result<Trampoline, String> {
     if !ring.slots.is_power_of_two() || ring.probe as usize >= ring::MAX_PROBES {
         return Err(format!(
             "ring of {} slots, probe index {}: not a ring this trampoline can write",
@@ -211,6 +248,18 @@ pub fn arch_prepare_trampoline(
         ));
     }
     build(region, tramp_addr, ring).map_err(|e| format!("cannot assemble the trampoline: {e}"))
+}
+
+/// A trampoline's code and the address of its `int3` for a full ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trampoline {
+    pub code: Vec<u8>,
+    /// A hit that finds the ring full counts it in `lost[probe]`, puts
+    /// every register back as at the probe, and stops here (`int3`): the
+    /// engine reads the ring, reports the hit from the registers, and lets
+    /// the thread run on into the relocated instructions. A full ring
+    /// therefore slows the program down instead of losing events.
+    pub full_trap: u64,
 }
 
 /// Offsets of the registers in a slot's register set
@@ -245,7 +294,7 @@ mod slot_reg {
     pub const GS: i32 = 26;
 }
 
-fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Vec<u8>, IcedError> {
+fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Trampoline, IcedError> {
     use slot_reg as R;
     let mut a = CodeAssembler::new(64)?;
     let hits = (ring::OFF_HITS + 8 * ring.probe as usize) as i32;
@@ -297,7 +346,11 @@ fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Vec<u8>
     a.shl(rdx, 32)?;
     a.or(rax, rdx)?;
     a.mov(qword_ptr(rsi + 16), rax)?;
-    a.mov(rax, qword_ptr(0u64).fs())?;
+    if ring.rdfsbase {
+        a.rdfsbase(rax)?;
+    } else {
+        a.mov(rax, qword_ptr(0u64).fs())?;
+    }
     a.mov(qword_ptr(rsi + 24), rax)?;
     a.mov(reg_at(R::FS_BASE), rax)?;
     // Registers the trampoline has not touched.
@@ -356,8 +409,20 @@ fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Vec<u8>
     a.mov(edx, 1u32)?;
     a.syscall()?;
     a.jmp(done)?;
+    // A full ring: counted, then everything back and a trap (see
+    // `Trampoline::full_trap`).
+    let mut trap = a.create_label();
+    let mut copy = a.create_label();
     a.set_label(&mut full)?;
     a.lock().inc(qword_ptr(rdi + lost))?;
+    for r in saved.into_iter().rev() {
+        a.pop(r)?;
+    }
+    a.popfq()?;
+    a.lea(rsp, ptr(rsp + RED_ZONE))?;
+    a.set_label(&mut trap)?;
+    a.int3()?;
+    a.jmp(copy)?;
     // 4. Back as it was; the replaced instructions; home.
     a.set_label(&mut done)?;
     for r in saved.into_iter().rev() {
@@ -365,12 +430,20 @@ fn build(region: &OptRegion, tramp_addr: u64, ring: RingPlace) -> Result<Vec<u8>
     }
     a.popfq()?;
     a.lea(rsp, ptr(rsp + RED_ZONE))?;
+    a.set_label(&mut copy)?;
     let mut decoder = Decoder::with_ip(64, &region.bytes, region.addr, DecoderOptions::NONE);
     for insn in decoder.iter() {
         a.add_instruction(insn)?;
     }
     a.jmp(region.end())?;
-    a.assemble(tramp_addr)
+    let r = a.assemble_options(
+        tramp_addr,
+        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )?;
+    Ok(Trampoline {
+        full_trap: r.label_ip(&trap)?,
+        code: r.inner.code_buffer,
+    })
 }
 
 #[cfg(test)]

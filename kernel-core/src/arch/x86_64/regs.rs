@@ -39,6 +39,42 @@ pub struct Regs {
 const _: () = assert!(core::mem::size_of::<Regs>() == 27 * 8);
 
 impl Regs {
+    /// The register file from its words in `user_regs_struct` order (an
+    /// optimized probe's event in the ring).
+    pub fn from_words(w: &[u64; 27]) -> Regs {
+        let [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs] =
+            *w;
+        Regs {
+            r15,
+            r14,
+            r13,
+            r12,
+            rbp,
+            rbx,
+            r11,
+            r10,
+            r9,
+            r8,
+            rax,
+            rcx,
+            rdx,
+            rsi,
+            rdi,
+            orig_rax,
+            rip,
+            cs,
+            eflags,
+            rsp,
+            ss,
+            fs_base,
+            gs_base,
+            ds,
+            es,
+            fs,
+            gs,
+        }
+    }
+
     /// The instruction pointer (`rip`), Linux's `instruction_pointer()`.
     pub fn ip(&self) -> u64 {
         self.rip
