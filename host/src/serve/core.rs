@@ -76,10 +76,9 @@ impl CoreLink {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting wprobe-core ({}): {e}", core.display()))?;
-        // Until it listens: the socket's file appears when the core binds
-        // it, a moment before it listens, and a connection in between is
-        // refused. (The first target attached again at a restart was
-        // refused so and marked gone, in the soak.)
+        // Until it listens: the socket's file appears only once the core
+        // accepts connections (`sockpath::listen`), and a core that cannot
+        // start says so by ending.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listens(socket) {
             if let Ok(Some(status)) = child.try_wait() {

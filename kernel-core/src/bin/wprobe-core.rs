@@ -13,8 +13,8 @@
 //! client is disarmed and its targets let go, untouched.
 
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 
 use wprobe_core::daemon::{self, Config};
 
@@ -125,16 +125,11 @@ fn listen(path: &str, config: Config) -> std::io::Result<()> {
             "{path} already exists; remove it or choose another path"
         ));
     }
-    let listener = wprobe_core::proto::sockpath::short(std::path::Path::new(path))
-        .and_then(|short| UnixListener::bind(short.path()))
-        .unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
     // Same-user mode: only this user may connect. System mode: anyone,
     // each checked with SO_PEERCRED.
     let mode = if config.system { 0o666 } else { 0o600 };
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-        let _ = std::fs::remove_file(path);
-        fail(format!("cannot set the mode of {path}: {e}"));
-    }
+    let listener = wprobe_core::proto::sockpath::listen(std::path::Path::new(path), mode)
+        .unwrap_or_else(|e| fail(format!("cannot listen on {path}: {e}")));
     // The file this core made, to remove it and no other at the end: by
     // then a new core may listen on the same path (a restarted service
     // starts one once this one stops listening), and removing its socket
