@@ -37,8 +37,10 @@
 //! | 20 | `u32` | probes: entries in each counter table, [`MAX_PROBES`] |
 //! | 64 | `u64` | `head`: the next position to claim (producers, CAS) |
 //! | 128 | `u32` | `consumer_sleeping`: a futex word; 1 while the reader waits |
+//! | 192 | `u64` | `instance_next`: where producers look for a free return instance (`lock xadd`) |
 //! | 4096 | `u64[MAX_PROBES]` | `hits`: incremented by a producer first thing |
 //! | 8192 | `u64[MAX_PROBES]` | `lost`: hits that found the ring full |
+//! | 12288 | `u64[MAX_PROBES]` | `missed`: returns not hijacked (no free instance) |
 //!
 //! Slot `i` starts at `HEADER_LEN + i * SLOT_SIZE`:
 //!
@@ -46,10 +48,28 @@
 //! | --- | --- | --- |
 //! | 0 | `u64` | `seq`: `p` free for position `p`; `p + 1` committed; the reader frees it with `p + slots` |
 //! | 8 | `u32` | probe: the ring-local probe index (< probes) |
-//! | 12 | `u32` | kind: 0 entry, 1 return |
+//! | 12 | `u32` | kind: 0 entry, 1 return, 2 entry whose return was hijacked |
 //! | 16 | `u64` | time (the producer's clock: the TSC on x86_64) |
 //! | 24 | `u64` | thread key (`%fs:0` on x86_64: the thread's TCB) |
 //! | 32 | `u64[NREGS]` | registers, in the order of the arch's register set (27 on x86_64) |
+//!
+//! After the slots, [`INSTANCES`] return instances of [`INSTANCE_SIZE`]
+//! bytes: a call whose return address an optimized return probe replaced
+//! (uprobes' `return_instance`, in shared memory):
+//!
+//! | offset | type | field |
+//! | --- | --- | --- |
+//! | 0 | `u64` | state: 0 free, 1 live (claimed by `lock cmpxchg` 0 → 1) |
+//! | 8 | `u64` | the original return address |
+//! | 16 | `u64` | the stack slot that held it |
+//! | 24 | `u64` | thread key |
+//! | 32 | `u64` | entry time |
+//! | 40 | `u32` | probe (ring-local index) |
+//! | 48 | `u64[6]` | the argument registers at entry |
+//!
+//! Instance `i` is returned to through pad `i` of the process's return
+//! code, so a return finds its instance without a search; the return
+//! writes a kind-1 event and frees the instance.
 //!
 //! # The producer's steps (the trampoline does exactly these)
 //!
@@ -70,13 +90,13 @@ use std::time::Duration;
 /// `"WPRBRING"`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WPRBRING");
 /// The layout version this code reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes of one slot.
 pub const SLOT_SIZE: usize = 256;
 /// Entries of each per-probe counter table: probes one ring serves.
 pub const MAX_PROBES: usize = 512;
-/// Bytes before the first slot: a control page and two counter tables.
-pub const HEADER_LEN: usize = 3 * 4096;
+/// Bytes before the first slot: a control page and three counter tables.
+pub const HEADER_LEN: usize = 4 * 4096;
 /// Registers in a slot: the words of the native register set (the
 /// arch's `Regs`, in the layout ptrace uses), so that arch knowledge stays
 /// in `arch/`.
@@ -93,8 +113,27 @@ pub const OFF_SLOTS: usize = 16;
 pub const OFF_PROBES: usize = 20;
 pub const OFF_HEAD: usize = 64;
 pub const OFF_SLEEPING: usize = 128;
+pub const OFF_INSTANCE_NEXT: usize = 192;
 pub const OFF_HITS: usize = 4096;
 pub const OFF_LOST: usize = 8192;
+pub const OFF_MISSED: usize = 12288;
+/// Return instances per ring: calls in flight through optimized return
+/// probes, all threads together.
+pub const INSTANCES: usize = 1024;
+/// Bytes of one return instance.
+pub const INSTANCE_SIZE: usize = 128;
+// Offsets in an instance (the table above).
+pub const INST_STATE: usize = 0;
+pub const INST_ORIG_RET: usize = 8;
+pub const INST_SLOT: usize = 16;
+pub const INST_KEY: usize = 24;
+pub const INST_TIME: usize = 32;
+pub const INST_PROBE: usize = 40;
+pub const INST_ARGS: usize = 48;
+/// Record kinds.
+pub const KIND_ENTRY: u32 = 0;
+pub const KIND_RETURN: u32 = 1;
+pub const KIND_ENTRY_HIJACKED: u32 = 2;
 /// The most slots a ring may have (64 MiB of slots).
 pub const MAX_SLOTS: usize = 1 << 18;
 
@@ -108,6 +147,18 @@ pub struct RawEvent {
     pub time: u64,
     pub thread_key: u64,
     pub regs: [u64; NREGS],
+}
+
+/// A live return instance, as read (see the layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub index: usize,
+    pub orig_ret: u64,
+    pub slot: u64,
+    pub thread_key: u64,
+    pub time: u64,
+    pub probe: u32,
+    pub args: [u64; 6],
 }
 
 /// Why a ring could not be made or opened.
@@ -205,7 +256,7 @@ impl Ring {
     /// and the descriptor to map into the target or hand to the host.
     pub fn create(slots: usize) -> Result<(Ring, OwnedFd), RingError> {
         check_slots(slots)?;
-        let len = HEADER_LEN + slots * SLOT_SIZE;
+        let len = Ring::len_for(slots);
         // SAFETY: a NUL-terminated name and valid flags.
         let fd = unsafe {
             libc::memfd_create(
@@ -232,7 +283,7 @@ impl Ring {
     /// maps it and writes a fresh header.
     pub fn adopt(fd: &OwnedFd, slots: usize) -> Result<Ring, RingError> {
         check_slots(slots)?;
-        let len = HEADER_LEN + slots * SLOT_SIZE;
+        let len = Ring::len_for(slots);
         // SAFETY: plain calls on a descriptor the caller owns.
         unsafe {
             // The target holds the descriptor a moment: it must not be able
@@ -270,6 +321,11 @@ impl Ring {
 
     /// Bytes of a ring of `slots` slots.
     pub fn len_for(slots: usize) -> usize {
+        Ring::instances_offset(slots) + INSTANCES * INSTANCE_SIZE
+    }
+
+    /// Where the return instances start, from the ring's base.
+    pub fn instances_offset(slots: usize) -> usize {
         HEADER_LEN + slots * SLOT_SIZE
     }
 
@@ -316,7 +372,7 @@ impl Ring {
                  {MAX_PROBES}"
             )));
         }
-        if !slots.is_power_of_two() || slots > MAX_SLOTS || HEADER_LEN + slots * SLOT_SIZE != size {
+        if !slots.is_power_of_two() || slots > MAX_SLOTS || Ring::len_for(slots) != size {
             return Err(RingError::Bad(format!(
                 "{slots} slots do not fit a file of {size} bytes"
             )));
@@ -400,6 +456,52 @@ impl Ring {
         })
     }
 
+    /// Returns the producers could not hijack for ring-local probe
+    /// `probe` (untrusted).
+    pub fn missed(&self, probe: u32) -> u64 {
+        let p = probe as usize;
+        if p < MAX_PROBES {
+            self.u64_at(OFF_MISSED + 8 * p).load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    fn instance_word(&self, i: usize, field: usize) -> &AtomicU64 {
+        let base = Ring::instances_offset(self.slots as usize) + i * INSTANCE_SIZE;
+        self.u64_at(base + field)
+    }
+
+    /// Return instance `i` if it is live (untrusted: the target writes it).
+    pub fn instance(&self, i: usize) -> Option<Instance> {
+        if i >= INSTANCES || self.instance_word(i, INST_STATE).load(Ordering::Acquire) != 1 {
+            return None;
+        }
+        let w = |f: usize| self.instance_word(i, f).load(Ordering::Relaxed);
+        let mut args = [0; 6];
+        for (k, a) in args.iter_mut().enumerate() {
+            *a = w(INST_ARGS + 8 * k);
+        }
+        Some(Instance {
+            index: i,
+            orig_ret: w(INST_ORIG_RET),
+            slot: w(INST_SLOT),
+            thread_key: w(INST_KEY),
+            time: w(INST_TIME),
+            probe: w(INST_PROBE) as u32,
+            args,
+        })
+    }
+
+    /// Frees return instance `i` (the engine, with every thread of the
+    /// target stopped and out of its trampolines).
+    pub fn free_instance(&self, i: usize) {
+        if i < INSTANCES {
+            self.instance_word(i, INST_STATE)
+                .store(0, Ordering::Release);
+        }
+    }
+
     /// Claimed positions given up on so far (see [`abandon`](Self::abandon)).
     pub fn abandoned(&self) -> u64 {
         self.abandoned
@@ -479,7 +581,7 @@ impl Ring {
         // Free the slot for position p + slots.
         self.u64_at(off)
             .store(p.wrapping_add(self.slots), Ordering::Release);
-        if ev.probe as usize >= MAX_PROBES || ev.kind > 1 {
+        if ev.probe as usize >= MAX_PROBES || ev.kind > KIND_ENTRY_HIJACKED {
             return Taken::Corrupt;
         }
         out(ev);

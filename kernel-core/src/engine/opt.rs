@@ -545,6 +545,8 @@ impl<T: Target> Engine<T> {
             slots: r.ring.slots(),
             probe: index,
             rdfsbase: native::has_rdfsbase(),
+            return_pads: None,
+            entry_event: true,
         };
         let built = native::arch_prepare_trampoline(region, tramp, place).and_then(|t| {
             if t.code.len() as u64 > TRAMP_LEN {

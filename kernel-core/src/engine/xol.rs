@@ -33,7 +33,7 @@ pub struct Area {
 }
 
 /// Bytes set aside for one optimized probe's trampoline.
-pub const TRAMP_LEN: u64 = 512;
+pub const TRAMP_LEN: u64 = 1024;
 /// Where in an area's first slot the engine writes a string argument of a
 /// system call it injects (after the header).
 pub const SCRATCH_OFFSET: u64 = 16;

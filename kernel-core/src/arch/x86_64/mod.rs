@@ -54,8 +54,9 @@ pub use self::decode::{
     arch_prepare_kprobe, Action, Cond, Fixup, LoopKind, Prepared, Refusal, Sim, Xol,
 };
 pub use self::opt::{
-    arch_prepare_optimized_kprobe, arch_prepare_trampoline, direct_branch_targets, has_rdfsbase,
-    OptRegion, RingPlace, Trampoline, JMP_LEN,
+    arch_prepare_optimized_kprobe, arch_prepare_return_code, arch_prepare_trampoline,
+    direct_branch_targets, has_rdfsbase, return_record, OptRegion, ReturnCode, RingPlace,
+    Trampoline, JMP_LEN, PAD_LEN,
 };
 pub use self::regs::{Reg, Regs};
 pub use self::sim::arch_simulate;

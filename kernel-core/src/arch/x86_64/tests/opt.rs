@@ -237,6 +237,8 @@ mod live {
                 slots: ring.slots(),
                 probe: 7,
                 rdfsbase: false,
+                return_pads: None,
+                entry_event: true,
             },
         )
         .unwrap();
@@ -413,4 +415,76 @@ fn threads_hitting_one_trampoline_lose_nothing_but_what_is_counted() {
     let (hits, lost) = ring.counters(7).unwrap();
     assert_eq!(hits, 4 * EACH);
     assert_eq!(hits, delivered + lost);
+}
+
+/// `add` with a return probe: the entry moves the return address into an
+/// instance and the return comes back through its pad, writing the event;
+/// the caller gets its result and goes on where it called from.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_return_through_a_pad_records_the_result_and_returns_home() {
+    use crate::ring::{Ring, KIND_ENTRY_HIJACKED, KIND_RETURN};
+    let (mut ring, _fd) = Ring::create(16).unwrap();
+    let code = live::Code::new(64 * 1024);
+    code.write(0, &ADD);
+    let (ring_addr, ring_slots) = (ring.address(), ring.slots());
+    let place = |entry_event| RingPlace {
+        addr: ring_addr,
+        slots: ring_slots,
+        probe: 7,
+        rdfsbase: false,
+        return_pads: Some(code.addr(16384)),
+        entry_event,
+    };
+    let region = arch_prepare_optimized_kprobe(&ADD, code.addr(0), code.addr(0)).unwrap();
+    let tramp = arch_prepare_trampoline(&region, code.addr(4096), place(true)).unwrap();
+    assert!(tramp.code.len() <= 1024, "{} bytes", tramp.code.len());
+    let ret = arch_prepare_return_code(code.addr(16384), place(true)).unwrap();
+    code.write(4096, &tramp.code);
+    code.write(16384, &ret.code);
+    code.write(0, &region.patch(code.addr(4096)).unwrap());
+    code.executable();
+    let f = code.func(0);
+    let home = a_return_through_a_pad_records_the_result_and_returns_home as *const () as u64;
+    assert_eq!(f(2, 3), 5);
+    assert_eq!(f(40, 2), 42);
+    let ev = live::events(&mut ring);
+    let kinds: Vec<u32> = ev.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            KIND_ENTRY_HIJACKED,
+            KIND_RETURN,
+            KIND_ENTRY_HIJACKED,
+            KIND_RETURN
+        ]
+    );
+    let (regs, entry_time, args) = return_record(&ev[1].regs);
+    assert_eq!(regs.rax, 5, "the result");
+    assert_eq!(args[..2], [2, 3], "the arguments at entry");
+    assert!(
+        entry_time <= ev[0].time,
+        "the entry's time, taken just before its event"
+    );
+    assert!(ev[1].time >= entry_time);
+    assert_eq!(ev[1].probe, 7);
+    let at_entry = crate::proto::RegSet::X86_64(ev[0].regs)
+        .to_x86_64()
+        .unwrap();
+    assert_eq!(regs.rsp, at_entry.rsp + 8, "rsp as after the ret");
+    assert!(
+        regs.rip > home.saturating_sub(1 << 20) && regs.rip < home + (1 << 20),
+        "rip {:#x} is the original return address, in this test's code (near {home:#x})",
+        regs.rip
+    );
+    assert_eq!((regs.cs, regs.ss), (0x33, 0x2b));
+    for i in 0..crate::ring::INSTANCES {
+        assert!(ring.instance(i).is_none(), "instance {i} freed");
+    }
+    // Each return went through the pad of the instance it claimed.
+    assert_eq!(ret.instance_of_pushed(ret.pad(3) + 5), Some(3));
+    assert_eq!(ret.instance_of_pushed(ret.pad(3) + 4), None);
+    // Return probes alone write no entry event.
+    let only = arch_prepare_trampoline(&region, code.addr(4096), place(false)).unwrap();
+    assert!(only.code.len() < tramp.code.len());
 }
