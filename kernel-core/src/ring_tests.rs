@@ -202,7 +202,7 @@ fn open_refuses_what_is_not_a_whole_ring() {
     };
     let (ring, fd) = Ring::create(8).unwrap();
     ring.scribble(OFF_MAGIC, 0);
-    check(&fd, "not a version-1 wprobe ring");
+    check(&fd, &format!("not a version-{VERSION} wprobe ring"));
     let (ring, fd) = Ring::create(8).unwrap();
     ring.u32_at(OFF_SLOTS).store(16, Ordering::Relaxed);
     check(&fd, "16 slots do not fit a file of");
