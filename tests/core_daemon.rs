@@ -821,6 +821,12 @@ fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        // CI runs as root: there a skip would pass without testing.
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but not root: this test acts as a second user"
+        );
         eprintln!("skipped: this test needs to run as root");
     }
     root
@@ -837,6 +843,23 @@ fn as_nobody(extra: &[&str], argv: &[&str]) -> Command {
         .args(argv)
         .current_dir("/");
     cmd
+}
+
+/// Processes SIGKILLed when it drops.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: killing a process the test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The effective capability set of a process.
+fn cap_effective(pid: i32) -> u64 {
+    u64::from_str_radix(&proc_status(pid, "CapEff:").unwrap(), 16).unwrap()
 }
 
 /// The permitted capability set of a process.
@@ -897,6 +920,83 @@ fn system_mode_refuses_a_process_holding_capabilities_its_user_lacks() {
     let sum = format!("sum={}\n", (0..20000).map(|i: i64| i * 3 + 1).sum::<i64>());
     assert_eq!(finish(capped), sum);
     assert_eq!(finish(plain), sum);
+    drop(c);
+    core.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client of nobody's whose connecting process then runs a set-user-ID
+/// root program (while its parent keeps the socket) gains nothing: the
+/// capabilities /proc shows by the time the core looks are not the
+/// client's. The core is stopped until the exec happened, so the check
+/// always sees the root program.
+#[test]
+fn a_client_whose_connecting_process_exec_d_set_user_id_root_gains_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root() {
+        return;
+    }
+    let built = build("spin", "core-suid", &["-O2"]);
+    let dir = shared_dir("suid", &[&built, &core_client_bin()]);
+    let suid = dir.join("suid-spin");
+    std::fs::copy(&built, &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // root's own process.
+    let mut roots = Command::new(&built)
+        .args(["20000", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    read_ready(&mut roots);
+    let root_pid = roots.id() as i32;
+    let core = Core::start_at(dir.join("core.sock"), &["--system"]);
+    let core_pid = core.child.id() as i32;
+    // SAFETY: stopping the core this test started (continued below).
+    unsafe { libc::kill(core_pid, libc::SIGSTOP) };
+    let mut c = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(dir.join("core-client"));
+        cmd.arg(&core.sock)
+            .arg("--connect-in-child-then")
+            .arg(&suid)
+            .args(["100000000", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .current_dir("/");
+        let mut child = cmd.spawn().expect("start core-client");
+        CoreClient {
+            input: child.stdin.take().unwrap(),
+            output: std::io::BufReader::new(child.stdout.take().unwrap()),
+            child,
+        }
+    };
+    let connected: serde_json::Value = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        c.output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let child = connected["connected"]
+        .as_i64()
+        .expect("the child connected") as i32;
+    // Killed however the test ends (it is root's now, and holds the pipe
+    // of the test's output).
+    let _kill = KillOnDrop(vec![child, roots.id() as i32]);
+    assert!(
+        wait_until(60, || proc_status(child, "Uid:")
+            .is_some_and(|u| u.split_whitespace().nth(1) == Some("0"))),
+        "the child runs the set-user-ID program"
+    );
+    assert_ne!(cap_effective(child), 0, "and holds root's capabilities");
+    // SAFETY: continuing the core stopped above.
+    unsafe { libc::kill(core_pid, libc::SIGCONT) };
+    let r = c.ask(&format!("attach {root_pid}"));
+    assert_eq!(r["error"], "Permission", "{r}");
+    assert_eq!(proc_status(root_pid, "TracerPid:").as_deref(), Some("0"));
+    drop(_kill);
+    let _ = roots.wait();
     drop(c);
     core.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -1129,6 +1229,9 @@ fn a_failed_spawn_says_why() {
     let script = dir.join("script");
     std::fs::write(&script, "#!/nonexistent/interpreter\necho hi\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let unrunnable = dir.join("unrunnable");
+    std::fs::write(&unrunnable, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&unrunnable, std::fs::Permissions::from_mode(0o644)).unwrap();
     let bin = build("spin", "spawnfail", &["-O2"]);
     let spawn = |argv: Vec<String>| Op::Spawn {
         argv,
@@ -1144,6 +1247,8 @@ fn a_failed_spawn_says_why() {
         ),
         // One argument longer than the kernel's MAX_ARG_STRLEN (128 KiB).
         (vec![s(&bin), "x".repeat(200_000)], "Argument list too long"),
+        // No execute bit at all: even root may not run it.
+        (vec![s(&unrunnable)], "Permission denied"),
     ];
     for (argv, want) in cases {
         let (kind, m) = c.refused(spawn(argv));

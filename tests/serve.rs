@@ -98,6 +98,54 @@ fn token_host_and_origin() {
     let health = s.raw("GET", "/api/health", &[], b"").json;
     assert_eq!(health["status"], "ok");
     assert!(health["version"].is_string(), "{health}");
+
+    // No Host at all (HTTP/1.0 allows it; a rebinding page's request can
+    // lack it too): refused, as a foreign one is.
+    let reply = http_exchange(&s.addr, "GET /api/health HTTP/1.0\r\n\r\n");
+    assert!(
+        reply.starts_with("HTTP/1.0 403") || reply.starts_with("HTTP/1.1 403"),
+        "{reply}"
+    );
+    assert!(reply.contains("Host ``"), "{reply}");
+    // The UI is served under a strict Content-Security-Policy.
+    let page = http_exchange(
+        &s.addr,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            s.addr
+        ),
+    );
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let csp = page
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-security-policy"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("a Content-Security-Policy header");
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'none'",
+    ] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+}
+
+/// Sends `request` as it is and returns the whole reply, head and body.
+fn http_exchange(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.write_all(request.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]

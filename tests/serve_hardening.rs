@@ -370,12 +370,17 @@ fn long_specs_and_nul_bytes_are_refused_before_any_work() {
     let long = format!("uprobe:{}:{}", bin.display(), "w".repeat(600_000));
     let nul = format!("uprobe:{}:wo\u{0}rk", bin.display());
     for (path, spec, status, words) in [
-        ("/api/probes", long.as_str(), 422, "limit of 4096 bytes"),
+        (
+            "/api/probes",
+            long.as_str(),
+            422,
+            "limit of 4096 characters",
+        ),
         (
             "/api/probes?dry_run=true",
             long.as_str(),
             422,
-            "limit of 4096 bytes",
+            "limit of 4096 characters",
         ),
         ("/api/probes", nul.as_str(), 400, "NUL byte"),
         ("/api/probes?dry_run=true", nul.as_str(), 400, "NUL byte"),
@@ -383,6 +388,12 @@ fn long_specs_and_nul_bytes_are_refused_before_any_work() {
         let body = json!({"target": t, "spec": spec}).to_string();
         refused(&s, "POST", path, &body, status, &[words]);
     }
+    // The limit counts characters, as the OpenAPI document's maxLength
+    // does: 2100 two-byte characters are within it.
+    let wide = format!("uprobe:{}:{}", bin.display(), "é".repeat(2100));
+    let body = json!({"target": t, "spec": wide}).to_string();
+    let r = s.call("POST", "/api/probes?dry_run=true", body.as_bytes());
+    assert!(!r.text.contains("limit of 4096"), "{}", r.text);
     let batch = json!({"probes": [{"target": t, "spec": long}]}).to_string();
     refused(
         &s,
@@ -397,7 +408,7 @@ fn long_specs_and_nul_bytes_are_refused_before_any_work() {
         format!("/api/targets/{t}/symbols?q={q}"),
         format!("/api/targets/{t}/disasm?symbol={q}"),
     ] {
-        refused(&s, "GET", &path, "", 422, &["limit of 4096 bytes"]);
+        refused(&s, "GET", &path, "", 422, &["limit of 4096 characters"]);
     }
     assert!(get(&s, "/api/probes").as_array().unwrap().is_empty());
 }
@@ -662,5 +673,49 @@ fn lesser_findings() {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
+    }
+}
+
+/// On every interface (`--listen 0.0.0.0`), the machine's own names and
+/// addresses and each `--allow-host` are accepted as Host; others still
+/// get 403.
+#[test]
+fn on_every_interface_the_machines_names_and_allowed_hosts_are_accepted() {
+    let dir = data_dir("any-interface");
+    let s = Server::try_start_on(
+        &wprobe_bin(),
+        "0.0.0.0:0",
+        &dir,
+        &["--allow-host", "wprobe.test"],
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = s.addr.rsplit(':').next().expect("a port").to_string();
+    let loopback = format!("127.0.0.1:{port}");
+    let auth = format!("Bearer {}", s.token);
+    let status = |host: &str| {
+        request(
+            &loopback,
+            "GET",
+            "/api/plugins",
+            &[("Authorization", &auth), ("Host", host)],
+            b"",
+        )
+        .status
+    };
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("the host name")
+        .trim()
+        .to_string();
+    for host in [
+        format!("wprobe.test:{port}"),
+        format!("{name}:{port}"),
+        format!("localhost:{port}"),
+        loopback.clone(),
+    ] {
+        assert_eq!(status(&host), 200, "Host {host}");
+    }
+    for host in [format!("evil.example:{port}"), "wprobe.test:1".to_string()] {
+        assert_eq!(status(&host), 403, "Host {host}");
     }
 }

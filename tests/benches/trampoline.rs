@@ -172,6 +172,8 @@ fn main() {
             slots: ring.slots(),
             probe: 0,
             rdfsbase: false,
+            return_pads: None,
+            entry_event: true,
         },
     )
     .unwrap();

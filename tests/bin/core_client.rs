@@ -19,11 +19,20 @@ use wprobe_core::proto::{Body, Client, ClientError, Frame, Mode, Op, ProbeOption
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, socket] = args.as_slice() else {
-        eprintln!("usage: core-client SOCKET  (commands on stdin)");
-        std::process::exit(2);
+    let connected = match args.as_slice() {
+        [_, socket] => Client::connect(socket.as_ref(), "core-client"),
+        [_, socket, flag, program, rest @ ..] if flag == "--connect-in-child-then" => {
+            connect_in_child_then(socket, program, rest)
+        }
+        _ => {
+            eprintln!(
+                "usage: core-client SOCKET [--connect-in-child-then PROGRAM ARG...]  \
+                 (commands on stdin)"
+            );
+            std::process::exit(2);
+        }
     };
-    let mut client = match Client::connect(socket.as_ref(), "core-client") {
+    let mut client = match connected {
         Ok(c) => c,
         Err(e) => {
             println!("{}", json!({"error": "connect", "message": e.to_string()}));
@@ -95,6 +104,70 @@ fn main() {
         };
         println!("{}", answer(client.call(op)));
         std::io::stdout().flush().expect("stdout");
+    }
+}
+
+/// The socket shared with a child that connects it and then runs
+/// `program` (its stdout to /dev/null), keeping the socket open: the core
+/// sees the child as the peer. Says `{"connected": CHILD}` once the child
+/// connected, then speaks over the socket itself.
+fn connect_in_child_then(
+    socket: &str,
+    program: &str,
+    args: &[String],
+) -> Result<Client, ClientError> {
+    use std::ffi::CString;
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let short = wprobe_core::proto::sockpath::short(socket.as_ref())?;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr
+        .sun_path
+        .iter_mut()
+        .zip(short.path().as_os_str().as_bytes())
+    {
+        *d = *s as libc::c_char;
+    }
+    let argv: Vec<CString> = std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(|a| CString::new(a).expect("no NUL"))
+        .collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let devnull = CString::new("/dev/null").expect("no NUL");
+    // SAFETY: plain system calls; between fork and exec the child runs
+    // only async-signal-safe ones on memory prepared before the fork.
+    unsafe {
+        // Not close-on-exec: the child's program keeps it.
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        let mut pipe = [0; 2];
+        if fd < 0 || libc::pipe(pipe.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let child = libc::fork();
+        if child == 0 {
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(1);
+            }
+            libc::write(pipe[1], b"c".as_ptr().cast(), 1);
+            let null = libc::open(devnull.as_ptr(), libc::O_WRONLY);
+            libc::dup2(null, 1);
+            libc::execv(argv_ptrs[0], argv_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+        libc::close(pipe[1]);
+        let mut b = [0u8; 1];
+        if child < 0 || libc::read(pipe[0], b.as_mut_ptr().cast(), 1) != 1 {
+            return Err(std::io::Error::other("the child did not connect").into());
+        }
+        println!("{}", json!({ "connected": child }));
+        std::io::stdout().flush().expect("stdout");
+        Client::over(
+            std::os::unix::net::UnixStream::from_raw_fd(fd),
+            "core-client",
+        )
     }
 }
 

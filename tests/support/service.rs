@@ -43,6 +43,17 @@ impl Server {
         extra: &[&str],
         append: bool,
     ) -> Result<Server, String> {
+        Server::try_start_on(bin, "127.0.0.1:0", dir, extra, append)
+    }
+
+    /// [`Server::try_start_bin`] listening on `listen`.
+    pub fn try_start_on(
+        bin: &Path,
+        listen: &str,
+        dir: &Path,
+        extra: &[&str],
+        append: bool,
+    ) -> Result<Server, String> {
         let log = dir.with_extension("stderr");
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent).expect("the data directory's parent");
@@ -56,7 +67,7 @@ impl Server {
             .expect("a log for the service's stderr");
         let start = stderr.metadata().map_or(0, |m| m.len() as usize);
         let mut child = Command::new(bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
             .stdout(Stdio::piped())

@@ -33,7 +33,7 @@ pub struct NewProbeBody {
     /// The target's id.
     pub target: i64,
     /// The probe spec, e.g. `uprobe:libc:malloc size=%rdi:u64` or
-    /// `uretprobe:/usr/bin/prog:parse`: at most 4096 bytes, no NUL.
+    /// `uretprobe:/usr/bin/prog:parse`: at most 4096 characters, no NUL.
     #[schema(max_length = 4096, pattern = "^[^\\x00]*$")]
     pub spec: String,
     /// Plugins run on each of its events, in this order.

@@ -58,18 +58,21 @@ fn with_browser<T>(f: impl FnOnce(&mut Browser) -> T) -> T {
 /// The longest probe spec, symbol name or symbol query accepted, in bytes:
 /// resolving a name and suggesting others costs work in proportion to its
 /// length, in the service and in the core.
-pub const MAX_SPEC_BYTES: usize = 4096;
+/// Counted in characters, as the OpenAPI document's `maxLength` counts
+/// them (4096 characters are at most 16 KiB, the core's own bound).
+pub const MAX_SPEC_CHARS: usize = 4096;
 
 /// Refuses a spec or name (`what`) that is too long (422, naming the
 /// limit) or holds a NUL byte (400), before any work is done on it.
 pub fn check_text(what: &str, text: &str) -> Result<(), ApiError> {
-    if text.len() > MAX_SPEC_BYTES {
+    // Bytes bound characters: the count is only taken when it may matter.
+    if text.len() > MAX_SPEC_CHARS && text.chars().count() > MAX_SPEC_CHARS {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
-                "the {what} is {} bytes, more than the limit of {MAX_SPEC_BYTES} bytes: no \
-                 probe spec or symbol name is that long",
-                text.len()
+                "the {what} is {} characters, more than the limit of {MAX_SPEC_CHARS} \
+                 characters: no probe spec or symbol name is that long",
+                text.chars().count()
             ),
         ));
     }
@@ -225,7 +228,7 @@ impl From<CheckedPlacement> for CheckedPlacementJson {
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such target", body = ErrorBody),
         (status = 409, description = "The target is not running", body = ErrorBody),
-        (status = 422, description = "`q` is longer than 4096 bytes", body = ErrorBody)))]
+        (status = 422, description = "`q` is longer than 4096 characters", body = ErrorBody)))]
 pub async fn symbols(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -256,7 +259,7 @@ pub async fn symbols(
         (status = 404, description = "No such target, module or function", body = ErrorBody),
         (status = 409, description = "The target is not running", body = ErrorBody),
         (status = 422, description = "The function has no code in its file, or `symbol` is \
-            longer than 4096 bytes", body = ErrorBody)))]
+            longer than 4096 characters", body = ErrorBody)))]
 pub async fn disasm(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -4,8 +4,9 @@
 //! Each client is identified with `SO_PEERCRED` when it connects, and may
 //! only touch what it could trace with ptrace itself: the rules of the
 //! kernel's `__ptrace_may_access` — same real, effective and saved uid and
-//! gid, the target's permitted capabilities a subset of the client's, a
-//! dumpable process, unless the client has `CAP_SYS_PTRACE` — and of
+//! gid, the target's permitted capabilities a subset of the client's (a
+//! client of a uid other than 0 counts as holding none: see [`peer_of`]),
+//! a dumpable process, unless the client has `CAP_SYS_PTRACE` — and of
 //! Yama's `ptrace_scope`, checked here because the core's own root
 //! privileges would let everything through.
 
@@ -74,16 +75,26 @@ pub fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // The capabilities are not in ucred; the client is connected and
-    // waiting for its Welcome, so its /proc entry is its own.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid))?;
-    let (Some(cap_permitted), Some(cap_effective)) =
-        (caps(&status, "CapPrm:"), caps(&status, "CapEff:"))
-    else {
-        return Err(std::io::Error::other(format!(
-            "process {}: no capability sets in its status",
-            cred.pid
-        )));
+    // The capabilities are not in ucred, and /proc can only say what the
+    // connecting process holds by the time the core looks: it may have
+    // exec'd a set-user-ID or file-capability program since it connected
+    // (while another process of its user holds the same socket). So a
+    // client of a uid other than 0 is taken to hold no capability at all;
+    // a root client's sets are read, and only while every uid of the
+    // process is still 0 (an exec cannot give a root process more than it
+    // could take itself).
+    let (cap_permitted, cap_effective) = if cred.uid == 0 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", cred.pid))?;
+        let still_root = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .is_some_and(|l| l[4..].split_whitespace().all(|u| u == "0"));
+        match (caps(&status, "CapPrm:"), caps(&status, "CapEff:")) {
+            (Some(p), Some(e)) if still_root => (p, e),
+            _ => (0, 0),
+        }
+    } else {
+        (0, 0)
     };
     Ok(Peer {
         uid: cred.uid,

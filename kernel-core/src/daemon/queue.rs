@@ -372,3 +372,63 @@ fn write_losses(stream: &mut UnixStream, counters: &Counters) -> Result<(), prot
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Body, Mode, ProbeInfo, ProbeOptions};
+
+    /// A reply larger than a frame goes out as a `Limit` error to the same
+    /// request, and the connection goes on: the next reply arrives.
+    #[test]
+    fn a_reply_larger_than_a_frame_is_a_limit_error_and_the_stream_goes_on() {
+        let (mut core, mut client) = UnixStream::pair().unwrap();
+        let probe = |id| ProbeInfo {
+            id,
+            spec: "x".repeat(600_000),
+            options: ProbeOptions {
+                mode: Mode::Async,
+                allow_mutation: false,
+                sync_deadline_us: 0,
+                no_optimize: false,
+            },
+            enabled: true,
+            hits: 0,
+            nmissed: 0,
+            dropped: 0,
+            placements: Vec::new(),
+            owner_uid: 0,
+            owner_pid: 1,
+        };
+        let big = Frame::Ok {
+            id: 7,
+            body: Body::Probes(vec![probe(1), probe(2)]),
+        };
+        let writer = std::thread::spawn(move || {
+            write_reply(&mut core, big).unwrap();
+            write_reply(
+                &mut core,
+                Frame::Ok {
+                    id: 8,
+                    body: Body::Empty,
+                },
+            )
+            .unwrap();
+        });
+        match proto::read_frame(&mut client).unwrap() {
+            Some(Frame::Error { id, kind, message }) => {
+                assert_eq!((id, kind), (7, proto::ErrorKind::Limit));
+                assert!(message.contains("frame limit"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            proto::read_frame(&mut client).unwrap(),
+            Some(Frame::Ok {
+                id: 8,
+                body: Body::Empty
+            })
+        ));
+        writer.join().unwrap();
+    }
+}

@@ -62,6 +62,12 @@ impl Client {
         Self::handshake(stream, name, None)
     }
 
+    /// Speaks to a core over `stream`, already connected (by this process
+    /// or another that shares the socket).
+    pub fn over(stream: UnixStream, name: &str) -> Result<Client> {
+        Self::handshake(stream, name, None)
+    }
+
     /// Starts `core` (the `wprobe-core` binary) in same-user mode with one
     /// end of a socket pair, and connects over the other.
     pub fn start_core(core: &Path, name: &str) -> Result<Client> {

@@ -29,6 +29,9 @@ const OPTIONS: libc::c_int = libc::PTRACE_O_TRACECLONE
 pub struct Ptrace {
     mem: HashMap<Tid, File>,
     spawn_as: Option<Credentials>,
+    /// Stops of other tracees taken while waiting for one thread, handed
+    /// out first by the next waits.
+    stash: std::collections::VecDeque<Stop>,
 }
 
 /// Whom spawned programs run as, when not as the tracer itself: the
@@ -384,18 +387,57 @@ impl Ptrace {
         })
     }
 
-    /// Waits for `which` (-1: any tracee). Only the wait for any tracee
-    /// gives way to a signal to the tracer (Ctrl-C); a wait for one thread
-    /// is the middle of an operation on it (a step, an injected call) and
-    /// must see it through, or the thread is left stopped and traced.
+    /// Waits for `which` (-1: any tracee), stops taken earlier first.
+    ///
+    /// A wait for one thread takes the stops of every tracee as they come
+    /// and keeps the others for later: a thread-group leader killed while
+    /// other threads live (another thread's `exit_group`) reports only
+    /// once they are reaped, so `waitpid` on the leader alone would never
+    /// return. Only the wait for any tracee gives way to a signal to the
+    /// tracer (Ctrl-C); a wait for one thread is the middle of an
+    /// operation on it (a step, an injected call) and must see it through,
+    /// or the thread is left stopped and traced.
     fn waitpid(&mut self, which: Tid) -> Result<Stop> {
+        if which == -1 {
+            if let Some(s) = self.stash.pop_front() {
+                return Ok(s);
+            }
+            return self.waitpid_blocking(-1);
+        }
+        if let Some(i) = self.stash.iter().position(|s| s.tid() == which) {
+            return Ok(self.stash.remove(i).expect("found"));
+        }
+        // Not a tracee of ours: said at once, never waited for.
+        if let Some(s) = self.waitpid_one(which, libc::WNOHANG)? {
+            return Ok(s);
+        }
+        loop {
+            match self.waitpid_blocking(-1) {
+                Ok(s) if s.tid() == which => return Ok(s),
+                Ok(s) => self.stash.push_back(s),
+                Err(TargetError::Interrupted) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn waitpid_blocking(&mut self, which: Tid) -> Result<Stop> {
+        Ok(self
+            .waitpid_one(which, 0)?
+            .expect("a blocking waitpid returns a stop"))
+    }
+
+    /// One `waitpid`; `None` when `WNOHANG` found nothing yet.
+    fn waitpid_one(&mut self, which: Tid, flags: libc::c_int) -> Result<Option<Stop>> {
         let mut status: libc::c_int = 0;
         let tid = loop {
             // SAFETY: status is a valid out-pointer.
             // __WNOTHREAD: only this thread's tracees. Other threads of
             // the process may run engines of their own (one per client in
             // wprobe-core), and must not have their stops taken.
-            let r = unsafe { libc::waitpid(which, &mut status, libc::__WALL | libc::__WNOTHREAD) };
+            let r = unsafe {
+                libc::waitpid(which, &mut status, libc::__WALL | libc::__WNOTHREAD | flags)
+            };
             if r < 0
                 && which != -1
                 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
@@ -415,7 +457,10 @@ impl Ptrace {
                 source: err,
             });
         }
-        self.decode(tid, status)
+        if tid == 0 {
+            return Ok(None);
+        }
+        self.decode(tid, status).map(Some)
     }
 }
 
