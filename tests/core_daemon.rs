@@ -1247,8 +1247,6 @@ fn a_failed_spawn_says_why() {
         ),
         // One argument longer than the kernel's MAX_ARG_STRLEN (128 KiB).
         (vec![s(&bin), "x".repeat(200_000)], "Argument list too long"),
-        // No execute bit at all: even root may not run it.
-        (vec![s(&unrunnable)], "Permission denied"),
     ];
     for (argv, want) in cases {
         let (kind, m) = c.refused(spawn(argv));
@@ -1256,6 +1254,10 @@ fn a_failed_spawn_says_why() {
         assert!(m.contains(want), "{m}");
         assert!(!m.contains("Exec format error"), "{m}");
     }
+    // No execute bit at all: even root may not run it.
+    let (kind, m) = c.refused(spawn(vec![s(&unrunnable)]));
+    assert_eq!(kind, ErrorKind::Permission, "{m}");
+    assert!(m.contains("Permission denied"), "{m}");
     // And a file that is no program at all is said to be one.
     let junk = dir.join("junk");
     std::fs::write(&junk, [0u8; 64]).unwrap();

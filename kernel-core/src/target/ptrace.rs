@@ -642,9 +642,10 @@ fn find_in_path(cmd: &str, path: Option<&std::ffi::OsStr>) -> Option<std::path::
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             .unwrap_or(false)
     };
+    // A path is run as it is: execve says what is wrong with it (ENOENT,
+    // EACCES, ENOEXEC), as a shell would.
     if cmd.contains('/') {
-        let p = std::path::PathBuf::from(cmd);
-        return is_exec(&p).then_some(p);
+        return Some(std::path::PathBuf::from(cmd));
     }
     std::env::split_paths(path?)
         .map(|d| d.join(cmd))
