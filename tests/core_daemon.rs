@@ -1354,6 +1354,105 @@ fn a_client_that_stops_reading_is_cut_off_and_its_targets_let_go() {
     core.stop();
 }
 
+/// A core out of descriptors leaves the connections it cannot accept in
+/// the backlog, says so once per ten seconds at most (not on every turn of
+/// its loop), and accepts them once descriptors are free again.
+#[test]
+fn a_core_out_of_descriptors_backs_off_says_so_once_and_recovers() {
+    use std::os::unix::process::CommandExt;
+    let sock = scratch_dir().join("nofile.sock");
+    let log = scratch_dir().join("nofile.stderr");
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = Command::new(core_bin());
+    cmd.arg("--socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("start wprobe-core");
+    let core = Core {
+        child,
+        sock: sock.clone(),
+    };
+    assert!(wait_until(60, || sock.exists()), "the core listens");
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let said = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("cannot accept a connection"))
+            .count()
+    };
+    let pid = core.child.id();
+    // Raw connections, each accepted (a descriptor more in the core) until
+    // the core has none left and says so.
+    let mut held = Vec::new();
+    let start = Instant::now();
+    while said() == 0 {
+        assert!(held.len() < 64, "the core never ran out of descriptors");
+        let before = fds(pid);
+        held.push(core.connect());
+        assert!(
+            wait_until(60, || fds(pid) > before || said() > 0),
+            "the connection was accepted, or the core said it cannot"
+        );
+    }
+    // Twenty more while it has none: each waits or is told, and stderr is
+    // not flooded (the bound below holds however long this takes).
+    for _ in 0..20 {
+        held.push(core.connect());
+    }
+    // The last one waits in the backlog, or was told why not (a Limit
+    // error, when it took the last descriptor): never dropped unanswered.
+    let mut last = held.pop().expect("the last connection");
+    drop(held);
+    last.conn
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = proto::write_frame(
+        &mut last.conn,
+        &Frame::Hello(wprobe_core::proto::Hello {
+            version: PROTOCOL_VERSION,
+            client: "last".into(),
+        }),
+    );
+    match proto::read_frame(&mut last.conn) {
+        Ok(Some(Frame::Welcome(_))) => {}
+        Ok(Some(Frame::Error { kind, message, .. })) => {
+            assert_eq!(kind, ErrorKind::Limit, "{message}");
+            assert!(message.contains("out of file descriptors"), "{message}");
+        }
+        other => panic!("the last connection got {other:?}"),
+    }
+    // Everything let go: a new client is served.
+    let _new = core.client();
+    let lines = said();
+    let allowed = 1 + start.elapsed().as_secs() as usize / 10 + 1;
+    assert!(
+        lines <= allowed,
+        "{lines} lines about it in {:?}, one per ten seconds at most",
+        start.elapsed()
+    );
+    drop(last);
+    core.stop();
+}
+
 #[test]
 fn connections_beyond_the_limits_are_refused_and_counted_back() {
     let core = Core::start_with("connlimit", &["--max-connections", "2"]);

@@ -367,10 +367,35 @@ pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 100) };
         registry.reap_orphans();
+        // Out of descriptors (EMFILE, ENFILE) or memory: said once in a
+        // while rather than on every turn.
+        let mut short_of = |e: &std::io::Error, open: usize| {
+            if out_of_fds_said.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                eprintln!(
+                    "wprobe-core: cannot accept a connection: {e} ({open} connections open); \
+                     trying again"
+                );
+                out_of_fds_said = Some(std::time::Instant::now());
+            }
+        };
         match listener.accept() {
             Ok((stream, _)) => {
                 let peer = match creds::peer_of(&stream) {
                     Ok(p) => p,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        // Accepted with the last descriptor: nothing left to
+                        // learn who it is. The client is told, not dropped.
+                        short_of(&e, threads.len());
+                        refuse(
+                            stream,
+                            format!(
+                                "wprobe-core is out of file descriptors ({e}) with {} \
+                                 connections open; try again once some have closed",
+                                threads.len()
+                            ),
+                        );
+                        continue;
+                    }
                     Err(_) => continue, // gone already
                 };
                 let slot = match registry.admit(&peer, &config) {
@@ -390,18 +415,9 @@ pub fn serve(listener: UnixListener, config: Config) -> std::io::Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                // Out of descriptors (EMFILE, ENFILE) or memory: the
-                // connection waits in the backlog; poll would say
-                // "readable" again at once, so wait before trying, and say
-                // so once in a while rather than on every turn.
-                if out_of_fds_said.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    eprintln!(
-                        "wprobe-core: cannot accept a connection: {e} ({} connections open); \
-                         trying again",
-                        threads.len()
-                    );
-                    out_of_fds_said = Some(std::time::Instant::now());
-                }
+                // The connection waits in the backlog; poll would say
+                // "readable" again at once, so wait before trying.
+                short_of(&e, threads.len());
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
