@@ -206,20 +206,62 @@ enum At<'a> {
     /// A query parameter; `None` leaves it out.
     Query(&'static str, Option<&'a str>),
     /// The JSON body.
-    Body(&'static str),
+    Body(&'a str),
 }
 
 /// What the document allows is what the service takes: for each value just
 /// inside or just outside a limit the service keeps, the service refuses
-/// it as a bad request (400) exactly when the document's schema refuses it.
+/// it as a bad request (400, or 422 naming a length limit) exactly when
+/// the document's schema refuses it.
 /// The other checks come first in each handler, so a value the service
 /// takes is answered with something else (no such target, not a module).
 #[test]
 fn the_documents_limits_are_the_services() {
     let long_name = "n".repeat(64);
     let too_long_name = "n".repeat(65);
+    // Specs and names: 4096 characters at most (a character may be several
+    // bytes), and no NUL.
+    let q_max = "q".repeat(4096);
+    let q_over = "q".repeat(4097);
+    let spec = |name: &str| {
+        serde_json::json!({"target": 987654, "spec": format!("uprobe:libc:{name}")}).to_string()
+    };
+    let spec_max = spec(&"m".repeat(4096 - 12));
+    let spec_over = spec(&"m".repeat(4097 - 12));
+    let spec_wide = spec(&"é".repeat(2100));
+    let spec_wide_over = spec(&"é".repeat(4097 - 12));
+    let spec_nul = spec("ma\u{0}lloc");
     let cases: Vec<(&str, &str, &str, At)> = vec![
         // (method, path template, the rest of the query, where the value is)
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("q", Some(q_max.as_str())),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/symbols",
+            "",
+            At::Query("q", Some(q_over.as_str())),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "",
+            At::Query("symbol", Some(q_max.as_str())),
+        ),
+        (
+            "GET",
+            "/api/targets/{id}/disasm",
+            "",
+            At::Query("symbol", Some(q_over.as_str())),
+        ),
+        ("POST", "/api/probes", "", At::Body(spec_max.as_str())),
+        ("POST", "/api/probes", "", At::Body(spec_over.as_str())),
+        ("POST", "/api/probes", "", At::Body(spec_wide.as_str())),
+        ("POST", "/api/probes", "", At::Body(spec_wide_over.as_str())),
+        ("POST", "/api/probes", "", At::Body(spec_nul.as_str())),
         (
             "GET",
             "/api/targets/{id}/symbols",
@@ -412,7 +454,11 @@ fn the_documents_limits_are_the_services() {
             &[("Authorization", &auth), ("Content-Type", ct)],
             &body,
         );
-        let taken = reply.status != 400;
+        // Refused: a bad request, or a value past a length limit (422
+        // naming the limit).
+        let refused =
+            reply.status == 400 || (reply.status == 422 && reply.text.contains("limit of"));
+        let taken = !refused;
         if taken != documented {
             wrong.push(format!(
                 "{method} {url} {}: the document {}, the service answers {} {}",

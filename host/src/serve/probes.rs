@@ -238,6 +238,8 @@ async fn blocking<T: Send + 'static>(
 
 /// Checks one new probe; the pid of its target.
 fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
+    // What the request says alone first, before anything is looked up.
+    super::symbols::check_text("spec", &p.spec)?;
     let target = state.store().target(p.target)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -250,7 +252,6 @@ fn check_new(state: &AppState, p: &NewProbeBody) -> Result<i32, ApiError> {
     if !state.targets.is_live(p.target) {
         return Err(state.targets.why_not_live(target.id));
     }
-    super::symbols::check_text("spec", &p.spec)?;
     state.targets.check_attachments(p.plugins.len())?;
     ProbeSpec::parse(&p.spec).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for pp in &p.plugins {
