@@ -450,6 +450,13 @@ fn a_corrupt_probe_row_is_skipped_not_fatal() {
         .map(|p| p["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, [good], "{list}");
+    // And said, naming the row and what to do.
+    let said = std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
+    assert!(
+        said.lines()
+            .any(|l| l.contains(&format!("probe row {bad}")) && l.contains("DELETE /api/probes")),
+        "{said}"
+    );
     assert_eq!(get(&s, &format!("/api/probes/{good}"))["state"], "armed");
     let r = s.call("GET", "/metrics", b"");
     assert_eq!(r.status, 200, "{}", r.text);
