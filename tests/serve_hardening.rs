@@ -726,3 +726,38 @@ fn on_every_interface_the_machines_names_and_allowed_hosts_are_accepted() {
         assert_eq!(status(&host), 403, "Host {host}");
     }
 }
+
+/// A program the service spawns (`POST /api/targets` with `spawn`) starts
+/// as a shell's command would: default signal dispositions (the service
+/// itself ignores SIGPIPE, as every Rust program does), nothing blocked,
+/// and only descriptors 0–2.
+#[test]
+fn a_spawned_target_starts_with_default_signals_and_no_stray_descriptors() {
+    let bin = build("selfreport", "serve-selfreport", &[]);
+    let dir = data_dir("selfreport");
+    let out = scratch_dir().join("serve-selfreport.txt");
+    let _ = std::fs::remove_file(&out);
+    let s = Server::start(&dir, &[]);
+    let argv = json!({"spawn": [bin.to_str().unwrap(), out.to_str().unwrap()]});
+    let r = s.call("POST", "/api/targets", argv.to_string().as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        wait_until(60, || std::fs::read_to_string(&out)
+            .is_ok_and(|t| t.ends_with("end\n"))),
+        "the program wrote its report"
+    );
+    let report = std::fs::read_to_string(&out).unwrap();
+    let with = |prefix: &str| -> Vec<&str> {
+        report
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .collect()
+    };
+    assert_eq!(with("ignored "), Vec::<&str>::new(), "SIG_IGN inherited");
+    assert_eq!(with("blocked "), Vec::<&str>::new(), "signals blocked");
+    let fds: Vec<&str> = with("fd ")
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(fds, ["0", "1", "2"], "descriptors: {report}");
+}
