@@ -8,9 +8,15 @@ use wprobe_tests::*;
 /// Runs `returns MODE N` under the given specs (`BIN` stands for the
 /// fixture).
 fn run(bin: &std::path::Path, specs: &[&str], args: &[&str]) -> Trace {
+    run_with(bin, &[], specs, args)
+}
+
+/// [`run`] with more options for `wprobe trace`.
+fn run_with(bin: &std::path::Path, opts: &[&str], specs: &[&str], args: &[&str]) -> Trace {
     let b = bin.to_string_lossy().into_owned();
     let specs: Vec<String> = specs.iter().map(|s| s.replace("BIN", &b)).collect();
     let mut a: Vec<&str> = vec!["--no-regs"];
+    a.extend_from_slice(opts);
     for s in &specs {
         a.push("-e");
         a.push(s);
@@ -19,6 +25,12 @@ fn run(bin: &std::path::Path, specs: &[&str], args: &[&str]) -> Trace {
     a.push(&b);
     a.extend_from_slice(args);
     trace(&a)
+}
+
+/// The run's probes were placed as jumps (its stderr says so).
+fn assert_optimized(t: &Trace) {
+    assert!(t.stderr.contains(": optimized"), "{}", t.stderr);
+    assert!(!t.stderr.contains(": int3: "), "{}", t.stderr);
 }
 
 fn retvals(t: &Trace, probe: u64) -> Vec<i64> {
@@ -45,6 +57,7 @@ fn return_values_and_counts_equal_the_kernel_uretprobe() {
         &["threads", "50"],
     );
     assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_optimized(&t);
     assert_eq!((t.hits(1), t.hits(2)), (200, 200));
     let mut mine = retvals(&t, 1);
     mine.sort_unstable();
@@ -114,10 +127,21 @@ fn recursion_1000_deep_with_maxactive_and_without() {
     let vals = retvals(&t, 1);
     let expect: Vec<i64> = (0..=1000).map(|n| n * (n + 1) / 2).collect();
     assert_eq!(vals, expect);
-    // Without maxactive, as uprobes: 64 instances deep per thread at most,
-    // so the outermost 64 calls are reported; the rest are counted as
-    // missed. The kernel's uretprobe reports the same calls.
+    // Optimized (the default), without maxactive: the process's return
+    // instances (1024 in flight) hold every call, reported innermost first.
     let t = run(&bin, &["uretprobe:BIN:rec"], &["rec", "1000"]);
+    assert!(t.stderr.contains(": optimized"), "{}", t.stderr);
+    assert_eq!(t.hits(1), 1001);
+    assert_eq!(retvals(&t, 1), expect);
+    // On int3 without maxactive, as uprobes: 64 instances deep per thread
+    // at most, so the outermost 64 calls are reported; the rest are
+    // counted as missed. The kernel's uretprobe reports the same calls.
+    let t = run_with(
+        &bin,
+        &["--no-optimize"],
+        &["uretprobe:BIN:rec"],
+        &["rec", "1000"],
+    );
     let summary = t.summary.as_ref().unwrap();
     let (hits, missed) = (
         summary["probes"][0]["hits"].as_u64().unwrap(),
@@ -172,6 +196,25 @@ fn longjmp_out_of_ten_probed_frames() {
         &["longjmp"],
     );
     assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(own_stdout(&t), "after longjmp: 50\n");
+    assert_eq!(t.hits(1), 0, "no frame of deep returned");
+    assert_eq!(retvals(&t, 2), vec![0, 5, 10, 15, 20]);
+    assert_eq!(t.summary.as_ref().unwrap()["probes"][1]["nmissed"], 0);
+}
+
+/// The same without maxactive: optimized, each return through its pad;
+/// the instances of the frames longjmp left are freed once the producers
+/// run short, and the later calls are all reported.
+#[test]
+fn longjmp_out_of_optimized_frames() {
+    let bin = build("returns", "longjmp-opt", &["-O0"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:deep", "uretprobe:BIN:leafy"],
+        &["longjmp"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_optimized(&t);
     assert_eq!(own_stdout(&t), "after longjmp: 50\n");
     assert_eq!(t.hits(1), 0, "no frame of deep returned");
     assert_eq!(retvals(&t, 2), vec![0, 5, 10, 15, 20]);

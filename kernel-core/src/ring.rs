@@ -493,6 +493,16 @@ impl Ring {
         })
     }
 
+    /// Points live instance `i`'s return somewhere else (the engine, with
+    /// every thread stopped: an instance it frees was returned to by
+    /// this one's pad).
+    pub fn set_instance_orig_ret(&self, i: usize, to: u64) {
+        if i < INSTANCES {
+            self.instance_word(i, INST_ORIG_RET)
+                .store(to, Ordering::Relaxed);
+        }
+    }
+
     /// Frees return instance `i` (the engine, with every thread of the
     /// target stopped and out of its trampolines).
     pub fn free_instance(&self, i: usize) {

@@ -320,6 +320,10 @@ struct Thread {
     /// Its next resume delivers its signal where it is, even inside a
     /// trampoline (a fault of a relocated instruction).
     signal_here: bool,
+    /// It stopped at the return code's trap and the engine already sent it
+    /// home while that stop was still to be handled: the stop, when it
+    /// comes, is the engine's, not the program's.
+    trap_settled: bool,
     /// Past its exit event: it is gone for the program, and a leader
     /// stays a zombie (never stopping again) until the others have ended.
     exiting: bool,
@@ -557,6 +561,7 @@ impl<T: Target> Engine<T> {
             saved_mask: None,
             stray_interrupt: false,
             signal_here: false,
+            trap_settled: false,
             exiting: false,
         })
     }

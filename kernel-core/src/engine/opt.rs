@@ -86,6 +86,10 @@ pub(super) struct FuncInfo {
 struct IndexEntry {
     site: u64,
     probes: Vec<ProbeId>,
+    /// Its trampoline hijacks returns (return probes at the site).
+    returns: bool,
+    /// The producers' `missed` count of this index already reported.
+    missed_seen: u64,
     /// Unoptimized when the head was here: free once the reader passed it.
     retired_at: Option<u64>,
 }
@@ -104,6 +108,8 @@ pub(super) struct OptRing {
     /// The reader's position, for the watcher.
     tail: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// The return code of optimized return probes, once one is placed.
+    ret_code: Option<native::ReturnCode>,
 }
 
 impl Drop for OptRing {
@@ -113,11 +119,13 @@ impl Drop for OptRing {
 }
 
 impl OptRing {
-    fn alloc_index(&mut self, site: u64, probes: Vec<ProbeId>) -> Option<u32> {
+    fn alloc_index(&mut self, site: u64, probes: Vec<ProbeId>, returns: bool) -> Option<u32> {
         let free = self.index.iter().position(Option::is_none)?;
         self.index[free] = Some(IndexEntry {
             site,
             probes,
+            returns,
+            missed_seen: self.ring.missed(free as u32),
             retired_at: None,
         });
         Some(free as u32)
@@ -140,6 +148,16 @@ impl From<super::EngineError> for Fail {
     fn from(e: super::EngineError) -> Fail {
         Fail::Refused(e.to_string())
     }
+}
+
+#[path = "opt_ret.rs"]
+mod ret;
+
+/// A producer's clock reading (the TSC) as CLOCK_MONOTONIC nanoseconds.
+fn ticks_to_ns(t: u64) -> u64 {
+    let (now_ticks, now_ns) = (native::clock_ticks(), monotonic_ns());
+    let ago = (now_ticks.saturating_sub(t) as f64 * ns_per_tick()) as u64;
+    now_ns.saturating_sub(ago)
 }
 
 /// Nanoseconds per TSC tick, measured once over 2 ms.
@@ -233,7 +251,17 @@ impl<T: Target> Engine<T> {
                 return Some("the probe asks for int3 (no-optimize, or a sync probe)".into());
             }
             if p.spec.kind == Kind::Return {
-                return Some("a return probe is at this address (return probes trap)".into());
+                if let Some(max) = p.spec.maxactive {
+                    return Some(format!(
+                        "maxactive={max} is counted per probe on the trap path only"
+                    ));
+                }
+                if !p.spec.captures.is_empty() {
+                    return Some(
+                        "a return probe's captures are taken at entry, on the trap path only"
+                            .into(),
+                    );
+                }
             }
             if p.spec.post {
                 return Some("a post handler needs a stop after the instruction".into());
@@ -358,6 +386,16 @@ impl<T: Target> Engine<T> {
         let site = &self.processes[&pid].sites[&addr];
         let func = site.func.clone().expect("checked by opt_refusal");
         let orig_first = site.prepared.bytes[0];
+        let returns = self
+            .site_probes(pid, addr)
+            .into_iter()
+            .any(|id| self.is_return_probe(id));
+        if returns && addr != func.addr {
+            return Err(Fail::Refused(format!(
+                "a return probe's jump must be at its function's first instruction ({:#x})",
+                func.addr
+            )));
+        }
         let region = native::arch_prepare_optimized_kprobe(&func.bytes, func.addr, addr)
             .map_err(Fail::Refused)?;
         if region.bytes.len() > native::JMP_LEN || region.addr != addr {
@@ -533,8 +571,19 @@ impl<T: Target> Engine<T> {
         probes: Vec<ProbeId>,
     ) -> std::result::Result<(u32, u64), Fail> {
         self.ensure_ring(pid)?;
+        let returns = probes.iter().any(|&id| self.is_return_probe(id));
+        let entry_event = probes.iter().any(|id| {
+            self.probes
+                .get(id)
+                .is_some_and(|p| p.spec.kind != Kind::Return || p.spec.entry)
+        });
+        let return_pads = if returns {
+            Some(self.ensure_return_code(pid, addr)?)
+        } else {
+            None
+        };
         let r = self.rings.get_mut(&pid).expect("just made");
-        let index = r.alloc_index(addr, probes).ok_or_else(|| {
+        let index = r.alloc_index(addr, probes, returns).ok_or_else(|| {
             Fail::Refused(format!(
                 "{} optimized sites already write into this process's ring",
                 ring::MAX_PROBES
@@ -545,8 +594,8 @@ impl<T: Target> Engine<T> {
             slots: r.ring.slots(),
             probe: index,
             rdfsbase: native::has_rdfsbase(),
-            return_pads: None,
-            entry_event: true,
+            return_pads,
+            entry_event,
         };
         let built = native::arch_prepare_trampoline(region, tramp, place).and_then(|t| {
             if t.code.len() as u64 > TRAMP_LEN {
@@ -664,6 +713,7 @@ impl<T: Target> Engine<T> {
                 keys: HashMap::new(),
                 tail,
                 stop,
+                ret_code: None,
             },
         );
         self.learn_keys(pid);
@@ -841,6 +891,7 @@ impl<T: Target> Engine<T> {
             let mut at_probe = regs;
             at_probe.rip = addr;
             let _ = self.emit(tid, pid, addr, &mut at_probe, HitKind::Entry, &mut c);
+            self.full_trap_return_entries(tid, pid, addr, &at_probe, &mut c);
             quiet.push((tid, false));
         }
         self.late_hits.extend(c.0);
@@ -851,6 +902,14 @@ impl<T: Target> Engine<T> {
         let mut pinned = false;
         for tid in self.threads_of(pid) {
             pinned |= !self.step_out_of(tid, o.tramp);
+        }
+        if o.probes.iter().any(|&id| self.is_return_probe(id)) {
+            // Returns in flight through this site's instances go home
+            // directly (their return events are not reported, as when a
+            // kretprobe is unregistered).
+            self.out_of_return_code(pid);
+            let index = o.index;
+            self.write_back_instances(pid, pid, |i| i.probe == index);
         }
         self.target
             .write_memory(pid, o.region.addr, &o.region.bytes)?;
@@ -876,11 +935,33 @@ impl<T: Target> Engine<T> {
     /// `tramp`. False when it cannot leave (an instruction of the
     /// relocated copy faults there): the trampoline is then kept for good.
     pub(super) fn step_out_of(&mut self, tid: Tid, tramp: u64) -> bool {
-        let inside = |ip: u64| ip >= tramp && ip < tramp + TRAMP_LEN;
+        let pid = self.threads.get(&tid).map_or(tid, |t| t.pid);
+        // A trampoline, or the return code (longer).
+        let len = self
+            .return_code_at(pid, tramp)
+            .map_or(TRAMP_LEN, |(_, len)| len);
+        let inside = |ip: u64| ip >= tramp && ip < tramp + len;
         for _ in 0..10_000 {
             let Ok(regs) = self.target.get_regs(tid) else {
                 return true;
             };
+            if self.is_return_trap(pid, regs.rip.wrapping_sub(1)) {
+                // Stopped at the return code's trap, a stop still to be
+                // handled: never stepped on from there (it goes home from
+                // the instance), and that stop is then the engine's.
+                self.late_full_trap(tid, pid);
+                let before = self.deferred.len();
+                self.deferred.retain(|s| {
+                    !matches!(s, Stop::Signal { tid: t, info }
+                        if *t == tid && info.signo() == libc::SIGTRAP && info.code() == 0x80)
+                });
+                if self.deferred.len() == before {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.trap_settled = true;
+                    }
+                }
+                continue;
+            }
             if !inside(regs.rip) {
                 self.take_step_trap(tid);
                 // The trap flag of the steps never stays behind: a popfq
@@ -897,7 +978,6 @@ impl<T: Target> Engine<T> {
             // A `pushfq` stepped pushes the trap flag the step set; the
             // `popfq` after it would keep the thread stepping untraced.
             let mut op = [0u8; 1];
-            let pid = self.threads.get(&tid).map_or(tid, |t| t.pid);
             let pushf = self.target.read_memory(pid, regs.rip, &mut op).is_ok() && op[0] == 0x9c;
             if self.target.resume(tid, Resume::Step, 0).is_err() {
                 return true;
@@ -972,6 +1052,7 @@ impl<T: Target> Engine<T> {
         at_probe.rip = site;
         let before = at_probe;
         self.emit(tid, pid, site, &mut at_probe, HitKind::Entry, sink)?;
+        self.full_trap_return_entries(tid, pid, site, &at_probe, sink);
         debug_assert_eq!(before, at_probe, "optimized probes take no verdict");
         self.resume(tid, Resume::Continue, 0)
     }
@@ -982,6 +1063,13 @@ impl<T: Target> Engine<T> {
         let Ok(regs) = self.target.get_regs(tid) else {
             return;
         };
+        if self.is_return_trap(pid, regs.rip.wrapping_sub(1)) {
+            self.keep_late_hits(pid);
+            let mut c = Collect::default();
+            self.settle_return_trap(tid, pid, &mut c);
+            self.late_hits.extend(c.0);
+            return;
+        }
         let Some(site) = self.full_trap_site(pid, regs.rip.wrapping_sub(1)) else {
             return;
         };
@@ -990,6 +1078,7 @@ impl<T: Target> Engine<T> {
         let mut at_probe = regs;
         at_probe.rip = site;
         let _ = self.emit(tid, pid, site, &mut at_probe, HitKind::Entry, &mut c);
+        self.full_trap_return_entries(tid, pid, site, &at_probe, &mut c);
         self.late_hits.extend(c.0);
     }
 
@@ -1092,6 +1181,7 @@ impl<T: Target> Engine<T> {
                 }
                 _ => None,
             })
+            .or_else(|| self.return_code_at(pid, ip).map(|(start, _)| start))
     }
 
     /// Remembers where a signal found a thread: a handler may return there.
@@ -1118,12 +1208,41 @@ impl<T: Target> Engine<T> {
         for addr in sites {
             let _ = self.unoptimize(pid, addr);
         }
+        // Instances of sites unoptimized earlier whose index the producers
+        // could still name: none may be left on a stack when the engine's
+        // pages go.
+        if self.rings.get(&pid).is_some_and(|r| r.ret_code.is_some()) {
+            let quiet = self.stop_all(pid);
+            self.out_of_return_code(pid);
+            self.write_back_instances(pid, pid, |_| true);
+            self.resume_quiet(quiet);
+        }
+    }
+
+    /// Steps every stopped thread of `pid` out of its return code.
+    fn out_of_return_code(&mut self, pid: Tid) {
+        let Some(start) = self
+            .rings
+            .get(&pid)
+            .and_then(|r| r.ret_code.as_ref())
+            .map(|rc| rc.pads)
+        else {
+            return;
+        };
+        for tid in self.threads_of(pid) {
+            if !self.step_out_of(tid, start) {
+                self.pinned.insert(start);
+            }
+        }
     }
 
     /// A fork child copied the parent's jumps but not its ring (it is
     /// `MADV_DONTFORK`): its sites go back to `int3` in its memory, and
     /// are optimized anew with a ring of its own.
-    pub(super) fn fork_child_unoptimized(&mut self, child: Tid) {
+    pub(super) fn fork_child_unoptimized(&mut self, parent: Tid, child: Tid) {
+        // Its stacks hold the parent's pads, which write into a ring it
+        // does not have: the return addresses go back first.
+        self.write_back_instances(parent, child, |_| true);
         let sites: Vec<(u64, OptSite, bool)> = self
             .processes
             .get(&child)
@@ -1235,8 +1354,6 @@ impl<T: Target> Engine<T> {
             self.learn_keys(pid);
             self.resume_quiet(quiet);
         }
-        let (now_ticks, now_ns) = (native::clock_ticks(), monotonic_ns());
-        let rate = ns_per_tick();
         for e in events {
             let Some(r) = self.rings.get(&pid) else {
                 return;
@@ -1245,13 +1362,27 @@ impl<T: Target> Engine<T> {
                 continue;
             };
             let tid = r.keys.get(&e.thread_key).copied().unwrap_or(pid);
+            let time_ns = ticks_to_ns(e.time);
+            let at = ret::RecordAt {
+                pid,
+                tid,
+                site: entry.site,
+                probes: &entry.probes,
+                time_ns,
+            };
+            if e.kind == ring::KIND_RETURN {
+                let (regs, entry_ticks, args) = native::return_record(&e.regs);
+                self.report_return(&at, &regs, ticks_to_ns(entry_ticks), args, sink);
+                continue;
+            }
             let regs = Regs::from_words(&e.regs);
-            let ago = (now_ticks.saturating_sub(e.time) as f64 * rate) as u64;
-            let time_ns = now_ns.saturating_sub(ago);
             for id in &entry.probes {
                 let Some(p) = self.probes.get_mut(id) else {
                     continue;
                 };
+                if p.spec.kind == Kind::Return {
+                    continue;
+                }
                 p.stats.hits += 1;
                 let caps = p.spec.captures.clone();
                 let captures: Vec<(String, capture::Value)> = caps
@@ -1275,6 +1406,31 @@ impl<T: Target> Engine<T> {
                     ret: None,
                 });
             }
+            if e.kind == ring::KIND_ENTRY_HIJACKED {
+                self.report_return_entries(&at, &regs, sink);
+            }
+        }
+        // Returns the producers could not hijack: counted; and when they
+        // ran out of instances, those of frames gone are freed.
+        if self.note_missed(pid) && refresh {
+            let quiet = self.stop_all(pid);
+            // A thread inside an entry trampoline may hold an instance not
+            // filled in yet: it finishes first. One in the return code or
+            // at a trap is left as it is (its instance's slot holds the
+            // pad's pushed address, which counts as live).
+            for tid in self.threads_of(pid) {
+                let Ok(regs) = self.target.get_regs(tid) else {
+                    continue;
+                };
+                let at = regs.rip.wrapping_sub(1);
+                let in_entry = self.return_code_at(pid, regs.rip).is_none()
+                    && self.full_trap_site(pid, at).is_none();
+                if in_entry && self.threads.get(&tid).is_some_and(|t| t.stopped) {
+                    self.out_of_trampoline(tid);
+                }
+            }
+            self.free_dead_instances(pid);
+            self.resume_quiet(quiet);
         }
         // After the events: those just read may be the retired sites'.
         if let Some(r) = self.rings.get_mut(&pid) {

@@ -432,7 +432,7 @@ impl<T: Target> Engine<T> {
         copy.vfork_children.clear();
         self.processes.insert(child, copy);
         self.thread(child, child);
-        self.fork_child_unoptimized(child);
+        self.fork_child_unoptimized(pid, child);
         let returns = self.threads[&parent].returns.clone();
         for r in &returns {
             for (id, _) in &r.probes {
@@ -574,6 +574,7 @@ impl<T: Target> Engine<T> {
         // The child copied the forking thread's stack, hijacked return
         // addresses included.
         self.restore_returns(pid, &[parent], child)?;
+        self.write_back_instances(pid, child, |_| true);
         // A fork from an instruction running out of line (a probed
         // `syscall`) leaves the child inside the slot.
         self.move_out_of_slot(child, pid)?;
@@ -594,6 +595,15 @@ impl<T: Target> Engine<T> {
         if info.signo() == libc::SIGTRAP && info.code() == SI_KERNEL {
             if let Some(site) = self.full_trap_site(pid, regs.rip.wrapping_sub(1)) {
                 return self.on_full_trap(tid, pid, site, regs, sink);
+            }
+            if self.settle_return_trap(tid, pid, sink) {
+                return self.resume(tid, Resume::Continue, 0);
+            }
+            if let Some(t) = self.threads.get_mut(&tid) {
+                if std::mem::take(&mut t.trap_settled) {
+                    // Its trap was handled already (see `trap_settled`).
+                    return self.resume(tid, Resume::Continue, 0);
+                }
             }
         }
         if let Some(tramp) = self.trampoline_at(pid, regs.rip) {
@@ -1078,6 +1088,7 @@ impl<T: Target> Engine<T> {
         let at = regs.rip.wrapping_sub(1);
         p.slot_at(regs.rip).is_some()
             || self.full_trap_site(pid, at).is_some()
+            || self.is_return_trap(pid, at)
             || p.sites.contains_key(&at)
             || p.lifted.contains(&at)
             || p.trampoline == Some(at)

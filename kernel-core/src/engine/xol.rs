@@ -82,6 +82,16 @@ impl Area {
         }
         None
     }
+    /// `len` bytes for good (a process's return code), cache-line
+    /// aligned, or `None` when the area has not that much room.
+    pub fn alloc_block(&mut self, len: u64) -> Option<u64> {
+        let t = self.next.next_multiple_of(64);
+        if t + len <= self.start + AREA_LEN {
+            self.next = t + len;
+            return Some(t);
+        }
+        None
+    }
     /// Gives a trampoline back. The caller guarantees that no thread is
     /// inside it and no signal frame returns into it.
     pub fn release_tramp(&mut self, tramp: u64) {

@@ -326,7 +326,7 @@ fn saved_at(r: AsmRegister64) -> i32 {
 }
 const FLAGS_AT: i32 = FRAME - 8;
 /// Tries at a free return instance before a return counts as missed.
-const INSTANCE_TRIES: i32 = 8;
+const INSTANCE_TRIES: i32 = 16;
 
 /// The slot's register `i`, from its base in rsi.
 fn reg_at(i: i32) -> AsmMemoryOperand {
@@ -473,7 +473,11 @@ fn hijack(a: &mut CodeAssembler, ring: &RingPlace, pads: u64) -> Result<(), Iced
     a.mov(eax, 1u32)?;
     a.lock()
         .xadd(qword_ptr(rdi + ring::OFF_INSTANCE_NEXT as i32), rax)?;
-    a.and(eax, (ring::INSTANCES - 1) as u32)?;
+    // Scattered (Fibonacci hashing of the counter): the instances of
+    // long-lived outer frames sit together, and consecutive tries must not
+    // all land among them.
+    a.imul_3(eax, eax, 0x9E37_79B1u32 as i32)?;
+    a.shr(eax, 32 - ring::INSTANCES.trailing_zeros())?;
     a.mov(rdx, rax)?;
     a.mov(rsi, rax)?;
     a.shl(rsi, ring::INSTANCE_SIZE.trailing_zeros())?;

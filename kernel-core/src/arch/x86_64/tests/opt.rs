@@ -484,6 +484,16 @@ fn a_return_through_a_pad_records_the_result_and_returns_home() {
     // Each return went through the pad of the instance it claimed.
     assert_eq!(ret.instance_of_pushed(ret.pad(3) + 5), Some(3));
     assert_eq!(ret.instance_of_pushed(ret.pad(3) + 4), None);
+    // Many calls: every instance is given back, none is missed.
+    for i in 0..5000u64 {
+        assert_eq!(f(i, 1), i + 1);
+        assert_eq!(live::events(&mut ring).len(), 2);
+    }
+    live::events(&mut ring);
+    assert_eq!(ring.missed(7), 0);
+    for i in 0..crate::ring::INSTANCES {
+        assert!(ring.instance(i).is_none(), "instance {i} freed");
+    }
     // Return probes alone write no entry event.
     let only = arch_prepare_trampoline(&region, code.addr(4096), place(false)).unwrap();
     assert!(only.code.len() < tramp.code.len());
