@@ -257,6 +257,39 @@ fn tail_call_chains_fire_innermost_first() {
     }
 }
 
+/// The same chain through two optimized return probes: the tail-called
+/// function's entry hijacks a return address that is already the outer
+/// call's pad; the one `ret` goes through both pads, innermost first.
+#[test]
+fn tail_call_chains_through_optimized_returns() {
+    let bin = build("returns", "ltail", &["-O2"]);
+    let t = run(
+        &bin,
+        &["uretprobe:BIN:ltail", "uretprobe:BIN:lleaf"],
+        &["ltail", "20"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_optimized(&t);
+    assert_eq!(
+        own_stdout(&t),
+        String::from_utf8_lossy(&run_plain(&bin, &["ltail", "20"]).stdout)
+    );
+    let rets: Vec<(u64, i64)> = t
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e["probe"].as_u64().unwrap(),
+                e["retval"].as_u64().unwrap() as i64,
+            )
+        })
+        .collect();
+    let expect: Vec<(u64, i64)> = (0..20)
+        .flat_map(|i| [(2, i * 2 + 100), (1, i * 2 + 100)])
+        .collect();
+    assert_eq!(rets, expect, "lleaf's return, then ltail's, with one value");
+}
+
 #[test]
 fn fork_inside_a_probed_frame_leaves_the_child_untouched() {
     let bin = build("returns", "fork", &["-O2"]);
