@@ -1411,7 +1411,8 @@ fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     // (a fault, then quarantine) where it should merely fail. These check
     // first and answer EINVAL, then call wasmtime-wasi's function.
     use wasmtime_wasi::p1::types::{
-        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Rights, Sdflags, Whence,
+        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Riflags, Rights, Sdflags, Signal,
+        Whence,
     };
     use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
     macro_rules! checked {
@@ -1458,6 +1459,9 @@ fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     checked!(sync clock_res_get(id: i32, out: i32) [id: Clockid]);
     checked!(sync sock_accept(fd: i32, flags: i32, out: i32) [flags: Fdflags]);
     checked!(sync sock_shutdown(fd: i32, how: i32) [how: Sdflags]);
+    checked!(sync sock_recv(fd: i32, data: i32, data_len: i32, flags: i32, out: i32,
+        out_flags: i32) [flags: Riflags]);
+    checked!(sync proc_raise(sig: i32) [sig: Signal]);
     Ok(())
 }
 

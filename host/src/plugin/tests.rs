@@ -945,7 +945,9 @@ fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))"#;
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv" (func $sock_recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_raise" (func $proc_raise (param i32) (result i32)))"#;
     let calls = [
         // Issue 17: rights with bits past the last defined one.
         "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const -1) (i64.const 0) (i32.const 0) (i32.const 400))",
@@ -963,6 +965,10 @@ fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
         "(call $clock_res_get (i32.const -1) (i32.const 400))",
         "(call $sock_accept (i32.const 3) (i32.const 0x10000) (i32.const 400))",
         "(call $sock_shutdown (i32.const 3) (i32.const 0x100))",
+        // Found by the hostile corpus (tests/plugins/hostile): a signal
+        // number WASI does not define, and receive flags it does not.
+        "(call $proc_raise (i32.const 200))",
+        "(call $sock_recv (i32.const 3) (i32.const 400) (i32.const 0) (i32.const 0x100) (i32.const 400) (i32.const 404))",
     ];
     let mut body = String::new();
     for (i, c) in calls.iter().enumerate() {
