@@ -787,7 +787,16 @@ impl Runtime {
         let instance = self
             .linker
             .instantiate(&mut store, &plugin.module)
-            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                // The module's start function ran, under the same bounds
+                // as a handler: say which it overran, not wasmtime's
+                // backtrace.
+                Some(_) => format!(
+                    "cannot instantiate: its start function {}",
+                    trap_reason(&e, store.data())
+                ),
+                None => format!("cannot instantiate: {e:#}"),
+            })?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or("does not export its memory")?;

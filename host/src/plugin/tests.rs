@@ -365,6 +365,26 @@ fn refused_modules_say_why() {
         .as_bytes(),
         "exports `_initialize` with the wrong type",
     );
+    // A start function that never returns is cut at the deadline (CPU or
+    // wall-clock: both are 1 s here), and the refusal says so, not only
+    // wasmtime's backtrace.
+    let p = rt
+        .load(
+            good.replacen(
+                "(memory",
+                "(func $forever (loop $l (br $l))) (start $forever) (memory",
+                1,
+            )
+            .as_bytes(),
+            None,
+            "start",
+        )
+        .expect("loads: the start function runs at instantiation");
+    let e = rt.attach(Arc::new(p), "{}").err().expect("refused");
+    assert!(
+        e.contains("cannot instantiate: its start function ran longer than its 1s "),
+        "{e}"
+    );
     // Text after blanks and comments is text.
     rt.load(
         format!(";; a plugin\n (; in text ;)\n{good}").as_bytes(),
