@@ -700,3 +700,79 @@ fn lhist_bounds_at_the_ends_of_i64_are_an_error_code_and_the_trace_goes_on() {
         assert!(t.stderr.contains(said), "`{said}` not in:\n{}", t.stderr);
     }
 }
+
+/// Issue 17, item 5: at each hit, 300 new keys in map `k`; answers of
+/// -7 (the key cap) summed in map `refused` (made at the first hit, under
+/// the cap).
+const KEY_HOARDER: &str = r#"(module
+  (import "wprobe" "map_update" (func $update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"hoarder\",\"version\":\"1\",\"abi\":1}")
+  (memory (export "memory") 1)
+  (global $next (mut i64) (i64.const 0))
+  (data (i32.const 4096) "krefused")
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32)
+    (local $i i32)
+    (drop (call $update (i32.const 1) (i32.const 4097) (i32.const 7) (i32.const 0) (i32.const 0)
+                        (i32.const 0) (i64.const 0)))
+    (loop $l
+      (i64.store (i32.const 4200) (global.get $next))
+      (global.set $next (i64.add (global.get $next) (i64.const 1)))
+      (if (i32.eq (i32.const -7)
+            (call $update (i32.const 0) (i32.const 4096) (i32.const 1) (i32.const 2) (i32.const 4200)
+                          (i32.const 8) (i64.const 0)))
+        (then (drop (call $update (i32.const 1) (i32.const 4097) (i32.const 7) (i32.const 0)
+                                  (i32.const 0) (i32.const 0) (i64.const 1)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 300))))
+    i32.const 0))"#;
+
+#[test]
+fn updates_refused_at_the_key_cap_show_in_the_summary() {
+    let bin = build("plugged", "plugin-key-cap", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("hoarder.wasm");
+    std::fs::write(&file, KEY_HOARDER).unwrap();
+    let spec = format!("uprobe:{b}:alloc_one");
+    // A long deadline: 300 updates a call must not be cut on a busy machine.
+    let t = trace_to_file(
+        "key-cap",
+        &[
+            "--plugin-deadline",
+            "5000",
+            "--plugin",
+            file.to_str().unwrap(),
+            "-e",
+            &spec,
+            "--",
+            &b,
+            "allocs",
+        ],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(t.hits(1), 100);
+    let s = summary_of(&t, "hoarder");
+    assert_eq!(s["stats"]["faults"], 0, "{}", s["stats"]);
+    // 100 × 300 new keys, 10 000 keys at most, one of them `refused`'s.
+    let refused = 100 * 300 - (10_000 - 1);
+    assert_eq!(
+        map(s, "refused"),
+        vec![(&Value::Null, &refused.into())],
+        "what the plugin was refused"
+    );
+    assert_eq!(
+        s["stats"]["map_updates_refused"], refused,
+        "what the host counted: {}",
+        s["stats"]
+    );
+    assert_eq!(
+        s["maps"]["k"]["values"].as_array().map(Vec::len),
+        Some(9_999)
+    );
+    // And where a person reads the summary.
+    let said = format!(
+        "hoarder: {refused} map updates refused (-7): its maps held 10000 keys, the most they may"
+    );
+    assert!(t.stderr.contains(&said), "`{said}` not in the stderr");
+}
