@@ -45,7 +45,17 @@ pub struct Limits {
     pub output_bytes: usize,
     pub log_lines: usize,
     pub call_data_calls: usize,
+    /// Test-only fault injection: every call of the host function
+    /// `wprobe.NAME` panics, as a bug in it would. `wprobe serve` sets it
+    /// from [`FAULT_INJECTION`] in its environment, read once at start.
+    pub host_panic: Option<String>,
 }
+
+/// The environment variable that makes `wprobe serve` inject a panic in a
+/// host function (its value names it, e.g. `log`): the tests check that
+/// such a bug faults the plugin, and the target's state stays true.
+/// Without it (or empty), nothing is injected.
+pub const FAULT_INJECTION: &str = "WPROBE_HOST_FAULT_INJECTION";
 
 /// What a module may hold to be compiled (docs/plugin-abi.md, "Sandbox and
 /// limits").
@@ -166,6 +176,7 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             log_lines: 1000,
             call_data_calls: 65_536,
+            host_panic: None,
         }
     }
 }
@@ -532,6 +543,9 @@ impl Runtime {
         // arguments would trap instead of failing.
         linker.allow_shadowing(true);
         add_wasi_overrides(&mut linker)?;
+        if let Some(name) = &limits.host_panic {
+            inject_host_panic(&mut linker, &engine, name)?;
+        }
         linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
@@ -1401,6 +1415,26 @@ fn poll_oneoff(
     }
     mem[out].copy_from_slice(&(count as u32).to_le_bytes());
     0
+}
+
+/// [`Limits::host_panic`]: host function `wprobe.NAME` replaced by one of
+/// its type that panics.
+fn inject_host_panic(
+    linker: &mut Linker<State>,
+    engine: &Engine,
+    name: &str,
+) -> wasmtime::Result<()> {
+    let Some((_, params, results)) = HOST_FUNCTIONS.iter().find(|f| f.0 == name) else {
+        let names: Vec<&str> = HOST_FUNCTIONS.iter().map(|f| f.0).collect();
+        return Err(wasmtime::Error::msg(format!(
+            "{FAULT_INJECTION}={name}: there is no host function `wprobe.{name}`; one of {}",
+            names.join(", ")
+        )));
+    };
+    let ty = wasmtime::FuncType::new(engine, params.iter().cloned(), results.iter().cloned());
+    let what = format!("{FAULT_INJECTION}: wprobe.{name} panics");
+    linker.func_new("wprobe", name, ty, move |_, _, _| panic!("{what}"))?;
+    Ok(())
 }
 
 fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
