@@ -500,6 +500,16 @@ struct Instance {
     scratch: Vec<u8>,
 }
 
+/// What a fault says of a panic caught in host code under a plugin call.
+fn host_panic_reason(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("made the host panic ({what}); this is a wprobe bug, please report it")
+}
+
 fn trap_reason(e: &wasmtime::Error, s: &State) -> String {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) if s.cut_by_wall => format!(
@@ -721,7 +731,23 @@ impl Runtime {
         })
     }
 
+    /// [`Runtime::instantiate_unguarded`], where a panic in host code
+    /// (under `_initialize`, `wprobe_init` or the allocator, which may call
+    /// host functions) is a refusal that says so, not an unwinding through
+    /// the caller (a request's thread of `wprobe serve`, `wprobe trace`).
     fn instantiate(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        shared: &Arc<Shared>,
+    ) -> Result<(Instance, usize), String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.instantiate_unguarded(plugin, config, shared)
+        }))
+        .unwrap_or_else(|panic| Err(host_panic_reason(&panic)))
+    }
+
+    fn instantiate_unguarded(
         &self,
         plugin: &Plugin,
         config: &str,
@@ -1056,7 +1082,14 @@ impl Attachment {
         abi::encode_event(e, flags, &mut scratch);
         let started = Instant::now();
         let mut host_panicked = false;
-        let result = inst.put(&scratch).and_then(|ptr| {
+        // A panic in host code under the call (a bug of ours, not the
+        // plugin's) faults the plugin instead of unwinding through the
+        // caller (a probe's thread, `wprobe trace`'s loop), the other
+        // plugins of the event with it; the plugin is quarantined at once
+        // below. The allocator is a call too: it may call host functions.
+        // The locks a panic may have poisoned are taken as they are.
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let ptr = inst.put(&scratch)?;
             inst.store.data_mut().call = Some(CallCtx {
                 pid: e.pid,
                 tid: e.tid,
@@ -1070,28 +1103,13 @@ impl Attachment {
                 set_return: None,
             });
             arm(&mut inst.store);
-            // A panic in host code under the call (a bug of ours, not the
-            // plugin's) faults the plugin instead of unwinding through the
-            // caller (a probe's thread, `wprobe trace`'s loop); the
-            // plugin is quarantined at once below. The locks it may have
-            // poisoned are taken as they are.
-            let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler.call(&mut inst.store, (ptr, scratch.len() as i32))
-            }));
-            match call {
-                Ok(r) => r.map_err(|err| trap_reason(&err, inst.store.data())),
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    host_panicked = true;
-                    Err(format!(
-                        "made the host panic ({what}); this is a wprobe bug, please report it"
-                    ))
-                }
-            }
+            handler
+                .call(&mut inst.store, (ptr, scratch.len() as i32))
+                .map_err(|err| trap_reason(&err, inst.store.data()))
+        }));
+        let result = call.unwrap_or_else(|panic| {
+            host_panicked = true;
+            Err(host_panic_reason(&panic))
         });
         inst.scratch = scratch;
         let call = inst.store.data_mut().call.take();

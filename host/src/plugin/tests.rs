@@ -1042,3 +1042,46 @@ fn a_panic_in_host_code_faults_the_plugin_not_the_caller() {
     // What it kept shows all the same.
     a.maps_json();
 }
+
+#[test]
+fn a_panic_under_the_allocator_or_at_attachment_faults_or_refuses_the_plugin() {
+    // The fault injection of `wprobe serve` (WPROBE_HOST_FAULT_INJECTION):
+    // every call of `wprobe.log` panics.
+    let rt = runtime(Limits {
+        host_panic: Some("log".into()),
+        ..relaxed()
+    });
+    let log = "(drop (call $log (i32.const 2) (i32.const 0) (i32.const 1)))";
+    let panic = "made the host panic (WPROBE_HOST_FAULT_INJECTION: wprobe.log panics)";
+    // In the allocator, asked for a buffer at the first event: it ran
+    // before the handler's own guard, and unwound through the caller.
+    let a = attach(
+        &rt,
+        &module("", "", "").replacen(
+            "(result i32) i32.const 65536)",
+            &format!("(result i32) {log} i32.const 65536)"),
+            1,
+        ),
+    );
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    let fault = out.fault.expect("a fault");
+    assert!(fault.contains(panic), "{fault}");
+    assert!(a.stats().quarantined.is_some(), "{:?}", a.stats());
+    // In wprobe_init: the attachment is refused, saying why.
+    let init = module(
+        "",
+        "",
+        &format!(r#"(func (export "wprobe_init") (param i32 i32) (result i32) {log} i32.const 0)"#),
+    );
+    let p = rt.load(init.as_bytes(), None, "init").expect("loads");
+    let e = rt.attach(Arc::new(p), "{}").err().expect("refused");
+    assert!(e.contains(panic), "{e}");
+    // Only a host function can be named.
+    let e = Runtime::new(Limits {
+        host_panic: Some("system".into()),
+        ..relaxed()
+    })
+    .err()
+    .expect("refused");
+    assert!(e.contains("no host function `wprobe.system`"), "{e}");
+}
