@@ -582,3 +582,197 @@ fn a_stop_signal_during_the_summary_cuts_it_and_wprobe_ends() {
         );
     }
 }
+
+/// Runs `wprobe trace -o FILE ARGS`: the events and summary are the file's,
+/// stdout is the program's own.
+fn trace_to_file(tag: &str, args: &[&str]) -> Trace {
+    let out = scratch_dir().join(format!("{tag}.jsonl"));
+    let _ = std::fs::remove_file(&out);
+    let mut all = vec!["-o", out.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    let mut t = trace(&all);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    (t.events, t.summary) = parse_jsonl(&text);
+    t
+}
+
+/// Issue 17, item 1: linear histograms at the ends of `i64`. The first
+/// has too many buckets (-4), the others are fine; the handler counts
+/// each answer, logs the refusal, and returns it (a fault, so the plugin
+/// is quarantined after 5).
+const LHIST_ENDS: &str = r#"(module
+  (import "wprobe" "map_lhist" (func $lhist (param i32 i32 i32 i32 i32 i64 i64 i64 i64) (result i32)))
+  (import "wprobe" "map_update" (func $update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (import "wprobe" "log" (func $log (param i32 i32 i32) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"lhist-ends\",\"version\":\"1\",\"abi\":1}")
+  (memory (export "memory") 1)
+  (data (i32.const 4096) "widehugeendsrc_widerc_hugerc_endsmap_lhist refused its bounds")
+  (func $count (param $name i32) (param $rc i32)
+    (i64.store (i32.const 4200) (i64.extend_i32_s (local.get $rc)))
+    (drop (call $update (i32.const 0) (local.get $name) (i32.const 7) (i32.const 2)
+                        (i32.const 4200) (i32.const 8) (i64.const 0))))
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param $ev i32) (param i32) (result i32)
+    (local $v i64)
+    (local $wide i32)
+    (local.set $v (i64.load offset=64 (local.get $ev)))
+    ;; -2^63 .. 2^63-1 by 1: index out of bounds before issue 17
+    (local.set $wide (call $lhist (i32.const 4096) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 0)
+      (local.get $v) (i64.const -9223372036854775808) (i64.const 9223372036854775807) (i64.const 1)))
+    (call $count (i32.const 4108) (local.get $wide))
+    ;; -2^62 .. 2^62 by 2^61: a capacity overflow before issue 17
+    (call $count (i32.const 4115) (call $lhist (i32.const 4100) (i32.const 4) (i32.const 0) (i32.const 0)
+      (i32.const 0) (local.get $v) (i64.const -4611686018427387904) (i64.const 4611686018427387904)
+      (i64.const 2305843009213693952)))
+    ;; -2^63 .. 2^63-1 by 2^63-1
+    (call $count (i32.const 4122) (call $lhist (i32.const 4104) (i32.const 4) (i32.const 0) (i32.const 0)
+      (i32.const 0) (local.get $v) (i64.const -9223372036854775808) (i64.const 9223372036854775807)
+      (i64.const 9223372036854775807)))
+    (if (local.get $wide)
+      (then (drop (call $log (i32.const 0) (i32.const 4129) (i32.const 28)))))
+    (local.get $wide)))"#;
+
+#[test]
+fn lhist_bounds_at_the_ends_of_i64_are_an_error_code_and_the_trace_goes_on() {
+    let bin = build("plugged", "plugin-lhist-ends", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("lhist-ends.wasm");
+    std::fs::write(&file, LHIST_ENDS).unwrap();
+    let spec = format!("uprobe:{b}:alloc_one");
+    let t = trace_to_file(
+        "lhist-ends",
+        &[
+            "--events",
+            "--plugin",
+            file.to_str().unwrap(),
+            "-e",
+            &spec,
+            "--",
+            &b,
+            "allocs",
+        ],
+    );
+    // Issue 17: exit 101, the -o file empty, no summary.
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert!(!t.stderr.contains("panicked"), "{}", t.stderr);
+    let plain = run_plain(&bin, &["allocs"]);
+    assert_eq!(t.stdout, String::from_utf8_lossy(&plain.stdout));
+    // The -o file has every event, the plugin's summary and the trace's.
+    assert_eq!(t.events_of(1, "entry").len(), 100);
+    assert_eq!(t.hits(1), 100);
+    let s = summary_of(&t, "lhist-ends");
+    // Each call got -4 for the first histogram, made the others, and said
+    // so; the handler returned -4, a fault, five times, then quarantine.
+    let st = &s["stats"];
+    assert_eq!((&st["calls"], &st["faults"]), (&5.into(), &5.into()), "{s}");
+    let last = st["last_fault"].as_str().unwrap_or_default();
+    assert_eq!(last, "plugin `lhist-ends` handler returned -4", "{s}");
+    assert!(
+        st["quarantined"]
+            .as_str()
+            .is_some_and(|q| q.ends_with("the last: plugin `lhist-ends` handler returned -4")),
+        "{s}"
+    );
+    assert_eq!(map(s, "rc_wide"), vec![(&(-4).into(), &5.into())], "{s}");
+    assert_eq!(map(s, "rc_huge"), vec![(&0.into(), &5.into())], "{s}");
+    assert_eq!(map(s, "rc_ends"), vec![(&0.into(), &5.into())], "{s}");
+    assert!(
+        s["maps"].get("wide").is_none(),
+        "a refused lhist makes no map: {s}"
+    );
+    // The five sizes (24, 100, 1000, 5000, 24) in the bucket from 0.
+    let total = |name: &str| -> u64 { buckets(map(s, name)[0].1).iter().map(|b| b.1).sum() };
+    assert_eq!((total("huge"), total("ends")), (5, 5), "{s}");
+    assert_eq!(
+        buckets(map(s, "huge")[0].1),
+        vec![(0, 5)],
+        "[0, 2^61) holds them: {s}"
+    );
+    // The faults, the quarantine, the log and the bars on stderr.
+    for said in [
+        "wprobe: plugin `lhist-ends` handler returned -4",
+        "quarantined after 5 faults in a row",
+        "error: map_lhist refused its bounds",
+        "@huge:",
+        "@ends:",
+    ] {
+        assert!(t.stderr.contains(said), "`{said}` not in:\n{}", t.stderr);
+    }
+}
+
+/// Issue 17, item 5: at each hit, 300 new keys in map `k`; answers of
+/// -7 (the key cap) summed in map `refused` (made at the first hit, under
+/// the cap).
+const KEY_HOARDER: &str = r#"(module
+  (import "wprobe" "map_update" (func $update (param i32 i32 i32 i32 i32 i32 i64) (result i32)))
+  (@custom "wprobe.manifest" "{\"name\":\"hoarder\",\"version\":\"1\",\"abi\":1}")
+  (memory (export "memory") 1)
+  (global $next (mut i64) (i64.const 0))
+  (data (i32.const 4096) "krefused")
+  (func (export "wprobe_abi_version") (result i32) i32.const 1)
+  (func (export "wprobe_alloc") (param i32) (result i32) i32.const 1024)
+  (func (export "wprobe_on_entry") (param i32 i32) (result i32)
+    (local $i i32)
+    (drop (call $update (i32.const 1) (i32.const 4097) (i32.const 7) (i32.const 0) (i32.const 0)
+                        (i32.const 0) (i64.const 0)))
+    (loop $l
+      (i64.store (i32.const 4200) (global.get $next))
+      (global.set $next (i64.add (global.get $next) (i64.const 1)))
+      (if (i32.eq (i32.const -7)
+            (call $update (i32.const 0) (i32.const 4096) (i32.const 1) (i32.const 2) (i32.const 4200)
+                          (i32.const 8) (i64.const 0)))
+        (then (drop (call $update (i32.const 1) (i32.const 4097) (i32.const 7) (i32.const 0)
+                                  (i32.const 0) (i32.const 0) (i64.const 1)))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 300))))
+    i32.const 0))"#;
+
+#[test]
+fn updates_refused_at_the_key_cap_show_in_the_summary() {
+    let bin = build("plugged", "plugin-key-cap", &["-O2"]);
+    let b = bin.to_string_lossy();
+    let file = scratch_dir().join("hoarder.wasm");
+    std::fs::write(&file, KEY_HOARDER).unwrap();
+    let spec = format!("uprobe:{b}:alloc_one");
+    // A long deadline: 300 updates a call must not be cut on a busy machine.
+    let t = trace_to_file(
+        "key-cap",
+        &[
+            "--plugin-deadline",
+            "5000",
+            "--plugin",
+            file.to_str().unwrap(),
+            "-e",
+            &spec,
+            "--",
+            &b,
+            "allocs",
+        ],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(t.hits(1), 100);
+    let s = summary_of(&t, "hoarder");
+    assert_eq!(s["stats"]["faults"], 0, "{}", s["stats"]);
+    // 100 × 300 new keys, 10 000 keys at most, one of them `refused`'s.
+    let refused = 100 * 300 - (10_000 - 1);
+    assert_eq!(
+        map(s, "refused"),
+        vec![(&Value::Null, &refused.into())],
+        "what the plugin was refused"
+    );
+    assert_eq!(
+        s["stats"]["map_updates_refused"], refused,
+        "what the host counted: {}",
+        s["stats"]
+    );
+    assert_eq!(
+        s["maps"]["k"]["values"].as_array().map(Vec::len),
+        Some(9_999)
+    );
+    // And where a person reads the summary.
+    let said = format!(
+        "hoarder: {refused} map updates refused (-7): its maps held 10000 keys, the most they may"
+    );
+    assert!(t.stderr.contains(&said), "`{said}` not in the stderr");
+}

@@ -25,7 +25,12 @@ struct Api {
 
 impl Api {
     fn start(dir: &Path, extra: &[&str]) -> Api {
-        let s = Server::start(dir, extra);
+        Api::start_env(dir, extra, &[])
+    }
+
+    /// [`Api::start`] with `env` added to the service's environment.
+    fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Api {
+        let s = Server::start_env(dir, extra, env);
         let r = s.call("GET", "/api/openapi.json", b"");
         assert_eq!(r.status, 200, "{}", r.text);
         let doc = OpenApiValidator::new(&r.json).expect("a usable OpenAPI document");
@@ -1252,4 +1257,182 @@ fn a_target_thread_waits_for_commands_in_poll_not_in_a_read() {
         "the target's thread waited in a read of its socket (system calls {reads:?}) after \
          answering: {seen:?}"
     );
+}
+
+/// A plugin whose `where` calls `wprobe.log`: "handler" (its entry
+/// handler), "alloc" (its allocator, first called at the first event: it
+/// has no `wprobe_init`) or "init" (`wprobe_init`, called when it is
+/// attached).
+fn log_caller(name: &str, place: &str) -> String {
+    let call = "(drop (call $log (i32.const 2) (i32.const 4096) (i32.const 2)))";
+    let (alloc, handler, init) = match place {
+        "handler" => ("", call, String::new()),
+        "alloc" => (call, "", String::new()),
+        "init" => (
+            "",
+            "",
+            format!(
+                r#"(func (export "wprobe_init") (param i32 i32) (result i32) {call} i32.const 0)"#
+            ),
+        ),
+        other => panic!("no place {other}"),
+    };
+    format!(
+        r#"(module
+      (import "wprobe" "log" (func $log (param i32 i32 i32) (result i32)))
+      (@custom "wprobe.manifest" "{{\"name\":\"{name}\",\"version\":\"1\",\"abi\":1}}")
+      (memory (export "memory") 1)
+      (data (i32.const 4096) "hi")
+      (func (export "wprobe_abi_version") (result i32) i32.const 1)
+      (func (export "wprobe_alloc") (param i32) (result i32) {alloc} i32.const 1024)
+      {init}
+      (func (export "wprobe_on_entry") (param i32 i32) (result i32) {handler} i32.const 0))"#
+    )
+}
+
+/// Issue 17, item 2: a panic in host code under a plugin call (a wprobe
+/// bug, injected here: `WPROBE_HOST_FAULT_INJECTION=log` makes every call
+/// of `wprobe.log` panic) faulted nothing and lost the target, whose probe
+/// still showed "armed" with 0 hits, and later requests got a false 409.
+/// Now the plugin is faulted and quarantined at once, with the panic's
+/// message; the other plugins of the probe count every hit; the probe,
+/// the target and later requests tell the truth.
+#[test]
+fn a_panic_in_host_code_under_a_plugin_call_faults_the_plugin_and_the_target_stays_true() {
+    let bin = gated("host-panic");
+    let dir = data_dir("host-panic");
+    let api = Api::start_env(&dir, &[], &[("WPROBE_HOST_FAULT_INJECTION", "log")]);
+    let stderr = std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
+    assert!(
+        stderr.contains("WPROBE_HOST_FAULT_INJECTION=log: every call of wprobe.log"),
+        "the service says it injects faults: {stderr}"
+    );
+    let auth = format!("Bearer {}", api.s.token);
+    let upload = |name: &str, place: &str| {
+        let r = api.s.raw(
+            "POST",
+            &format!("/api/plugins?name={name}"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/wasm"),
+            ],
+            log_caller(name, place).as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.json["id"].as_i64().expect("id")
+    };
+    let in_handler = upload("in-handler", "handler");
+    let in_alloc = upload("in-alloc", "alloc");
+    let in_init = upload("in-init", "init");
+    let count = api.upload(&example_plugin("count.c.wasm"), "count");
+    let n = 40;
+    let mut g = Gated::start(&bin, n, false);
+    let t = api.attach(g.pid());
+    let spec = format!("uprobe:{}:work", bin.display());
+    // The counting plugin last: it runs after the two that panic.
+    let p = api.json(
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": spec, "plugins": [
+            {"plugin": in_handler}, {"plugin": in_alloc}, {"plugin": count}]}),
+        201,
+    );
+    assert_eq!(p["state"], "armed", "{p}");
+    let p = p["id"].as_i64().unwrap();
+    g.round();
+    let calls = |plugin: i64| {
+        api.get(&format!("/api/plugins/{plugin}"))["attachments"][0]["calls"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(60, || calls(count) == n),
+        "the counting plugin was called {} times, not {n}: {}",
+        calls(count),
+        api.probe(p)
+    );
+    let panic = "made the host panic (WPROBE_HOST_FAULT_INJECTION: wprobe.log panics)";
+    for plugin in [in_handler, in_alloc] {
+        let page = api.get(&format!("/api/plugins/{plugin}"));
+        let att = &page["attachments"][0];
+        assert_eq!(
+            (&att["calls"], &att["faults"]),
+            (&1.into(), &1.into()),
+            "{page}"
+        );
+        let q = att["quarantined"].as_str().unwrap_or_default();
+        assert!(
+            q.starts_with("quarantined after 1 faults in a row") && q.contains(panic),
+            "{page}"
+        );
+    }
+    let aggs = api.get(&format!("/api/aggregations?probe={p}"));
+    let counted = aggs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["plugin"] == count)
+        .unwrap_or_else(|| panic!("no maps of the counting plugin: {aggs}"));
+    assert_eq!(map_total(&counted["maps"], "hits_by_probe"), n, "{aggs}");
+    // The probe and the target as they are: armed, every hit counted.
+    let probe = api.probe(p);
+    assert_eq!(probe["state"], "armed", "{probe}");
+    assert_eq!(probe["hits"], n, "{probe}");
+    let target = api.get(&format!("/api/targets/{t}"));
+    assert_eq!(target["state"], "running", "{target}");
+    // A plugin whose wprobe_init panics is refused with the reason, not a
+    // 5xx; nothing of that probe is made.
+    let before = api.probe_count();
+    api.refused(
+        "POST",
+        "/api/probes",
+        &json!({"target": t, "spec": spec, "plugins": [{"plugin": in_init}]}).to_string(),
+        422,
+        panic,
+    );
+    assert_eq!(api.probe_count(), before);
+    // Later requests on the target are answered as for any other: no 409.
+    let p2 = api.json(
+        "POST",
+        "/api/probes",
+        json!({"target": t, "spec": spec, "plugins": [{"plugin": count}]}),
+        201,
+    );
+    assert_eq!(p2["state"], "armed", "{p2}");
+    let p2 = p2["id"].as_i64().unwrap();
+    let off = api.json(
+        "PATCH",
+        &format!("/api/probes/{p}"),
+        json!({"enabled": false}),
+        200,
+    );
+    assert_eq!(off["state"], "disabled", "{off}");
+    g.round();
+    assert_eq!((api.hits(p), api.hits(p2)), (n, n));
+    let on = api.json(
+        "PATCH",
+        &format!("/api/probes/{p}"),
+        json!({"enabled": true}),
+        200,
+    );
+    assert_eq!(on["state"], "armed", "{on}");
+    g.round();
+    assert_eq!((api.hits(p), api.hits(p2)), (2 * n, 2 * n));
+    assert!(
+        wait_until(60, || calls(count) == 2 * n),
+        "the counting plugin of the first probe: {} calls",
+        calls(count)
+    );
+    // Its end is seen: the target exited, its probes are no longer armed.
+    g.end();
+    assert!(
+        wait_until(60, || api.get(&format!("/api/targets/{t}"))["state"]
+            == "exited"),
+        "{}",
+        api.get(&format!("/api/targets/{t}"))
+    );
+    for id in [p, p2] {
+        let probe = api.probe(id);
+        assert_eq!(probe["state"], "inactive", "{probe}");
+    }
 }

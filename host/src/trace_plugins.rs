@@ -199,8 +199,9 @@ impl Plugins {
         err: &mut dyn Write,
         stop: &dyn Fn() -> bool,
     ) -> bool {
+        let max_keys = self.rt.limits.max_keys;
         for (arg, a) in &self.list {
-            match plugin_summary(arg, a, out, err, stop) {
+            match plugin_summary(arg, a, max_keys, out, err, stop) {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return false,
             }
@@ -210,20 +211,24 @@ impl Plugins {
 }
 
 /// One plugin's part of the summary; `Ok(false)` when `stop` cut it.
+/// `max_keys`: the key cap of its maps.
 fn plugin_summary(
     arg: &PluginArg,
     a: &Attachment,
+    max_keys: usize,
     out: &mut dyn Write,
     err: &mut dyn Write,
     stop: &dyn Fn() -> bool,
 ) -> std::io::Result<bool> {
     let p = a.plugin();
+    let stats = a.stats();
+    let refused = stats.map_updates_refused;
     // `{"plugin": {…, "maps": {…}}}`, the maps written as they are read.
     let head = json!({
         "name": p.manifest.name,
         "version": p.manifest.version,
         "file": arg.path,
-        "stats": a.stats(),
+        "stats": stats,
     });
     let head = serde_json::to_string(&head)?;
     let head = head.strip_suffix('}').unwrap_or(&head);
@@ -246,6 +251,17 @@ fn plugin_summary(
         if !whole {
             return Ok(false);
         }
+    }
+    // The updates its maps lost to the key cap, where a person reads the
+    // maps (the JSON line has them as `map_updates_refused`).
+    if refused > 0 {
+        writeln!(
+            err,
+            "{}: {refused} map updates refused (-7): its maps held {max_keys} keys, the most \
+             they may",
+            p.manifest.name
+        )?;
+        err.flush()?;
     }
     let log = a.log();
     if !log.is_empty() {

@@ -27,6 +27,12 @@ impl Server {
         Server::start_bin(&wprobe_bin(), dir, extra)
     }
 
+    /// [`Server::start`] with these variables added to its environment.
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::try_start_with(&wprobe_bin(), "127.0.0.1:0", dir, extra, false, env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// [`Server::start`] of another `wprobe` binary (the benches measure
     /// release builds).
     pub fn start_bin(bin: &Path, dir: &Path, extra: &[&str]) -> Server {
@@ -54,6 +60,18 @@ impl Server {
         extra: &[&str],
         append: bool,
     ) -> Result<Server, String> {
+        Server::try_start_with(bin, listen, dir, extra, append, &[])
+    }
+
+    /// [`Server::try_start_on`] with `env` added to the environment.
+    pub fn try_start_with(
+        bin: &Path,
+        listen: &str,
+        dir: &Path,
+        extra: &[&str],
+        append: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let log = dir.with_extension("stderr");
         if let Some(parent) = dir.parent() {
             std::fs::create_dir_all(parent).expect("the data directory's parent");
@@ -70,6 +88,7 @@ impl Server {
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

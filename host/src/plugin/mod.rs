@@ -13,7 +13,7 @@ pub use compile::Compiler;
 pub use dispatch::dispatch;
 pub use runtime::{
     Attachment, CallInfo, CompileLimits, Handlers, Limits, Outcome, Plugin, ProcessMemory, Runtime,
-    Stats, TargetMemory,
+    Stats, TargetMemory, FAULT_INJECTION,
 };
 
 #[cfg(test)]

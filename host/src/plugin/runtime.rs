@@ -45,7 +45,17 @@ pub struct Limits {
     pub output_bytes: usize,
     pub log_lines: usize,
     pub call_data_calls: usize,
+    /// Test-only fault injection: every call of the host function
+    /// `wprobe.NAME` panics, as a bug in it would. `wprobe serve` sets it
+    /// from [`FAULT_INJECTION`] in its environment, read once at start.
+    pub host_panic: Option<String>,
 }
+
+/// The environment variable that makes `wprobe serve` inject a panic in a
+/// host function (its value names it, e.g. `log`): the tests check that
+/// such a bug faults the plugin, and the target's state stays true.
+/// Without it (or empty), nothing is injected.
+pub const FAULT_INJECTION: &str = "WPROBE_HOST_FAULT_INJECTION";
 
 /// What a module may hold to be compiled (docs/plugin-abi.md, "Sandbox and
 /// limits").
@@ -166,6 +176,7 @@ impl Default for Limits {
             output_bytes: 1 << 20,
             log_lines: 1000,
             call_data_calls: 65_536,
+            host_panic: None,
         }
     }
 }
@@ -489,6 +500,16 @@ struct Instance {
     scratch: Vec<u8>,
 }
 
+/// What a fault says of a panic caught in host code under a plugin call.
+fn host_panic_reason(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    format!("made the host panic ({what}); this is a wprobe bug, please report it")
+}
+
 fn trap_reason(e: &wasmtime::Error, s: &State) -> String {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) if s.cut_by_wall => format!(
@@ -532,6 +553,9 @@ impl Runtime {
         // arguments would trap instead of failing.
         linker.allow_shadowing(true);
         add_wasi_overrides(&mut linker)?;
+        if let Some(name) = &limits.host_panic {
+            inject_host_panic(&mut linker, &engine, name)?;
+        }
         linker.allow_shadowing(false);
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
@@ -707,7 +731,23 @@ impl Runtime {
         })
     }
 
+    /// [`Runtime::instantiate_unguarded`], where a panic in host code
+    /// (under `_initialize`, `wprobe_init` or the allocator, which may call
+    /// host functions) is a refusal that says so, not an unwinding through
+    /// the caller (a request's thread of `wprobe serve`, `wprobe trace`).
     fn instantiate(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        shared: &Arc<Shared>,
+    ) -> Result<(Instance, usize), String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.instantiate_unguarded(plugin, config, shared)
+        }))
+        .unwrap_or_else(|panic| Err(host_panic_reason(&panic)))
+    }
+
+    fn instantiate_unguarded(
         &self,
         plugin: &Plugin,
         config: &str,
@@ -787,7 +827,16 @@ impl Runtime {
         let instance = self
             .linker
             .instantiate(&mut store, &plugin.module)
-            .map_err(|e| format!("cannot instantiate: {e:#}"))?;
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                // The module's start function ran, under the same bounds
+                // as a handler: say which it overran, not wasmtime's
+                // backtrace.
+                Some(_) => format!(
+                    "cannot instantiate: its start function {}",
+                    trap_reason(&e, store.data())
+                ),
+                None => format!("cannot instantiate: {e:#}"),
+            })?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or("does not export its memory")?;
@@ -1033,7 +1082,14 @@ impl Attachment {
         abi::encode_event(e, flags, &mut scratch);
         let started = Instant::now();
         let mut host_panicked = false;
-        let result = inst.put(&scratch).and_then(|ptr| {
+        // A panic in host code under the call (a bug of ours, not the
+        // plugin's) faults the plugin instead of unwinding through the
+        // caller (a probe's thread, `wprobe trace`'s loop), the other
+        // plugins of the event with it; the plugin is quarantined at once
+        // below. The allocator is a call too: it may call host functions.
+        // The locks a panic may have poisoned are taken as they are.
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let ptr = inst.put(&scratch)?;
             inst.store.data_mut().call = Some(CallCtx {
                 pid: e.pid,
                 tid: e.tid,
@@ -1047,28 +1103,13 @@ impl Attachment {
                 set_return: None,
             });
             arm(&mut inst.store);
-            // A panic in host code under the call (a bug of ours, not the
-            // plugin's) faults the plugin instead of unwinding through the
-            // caller (a probe's thread, `wprobe trace`'s loop); the
-            // plugin is quarantined at once below. The locks it may have
-            // poisoned are taken as they are.
-            let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler.call(&mut inst.store, (ptr, scratch.len() as i32))
-            }));
-            match call {
-                Ok(r) => r.map_err(|err| trap_reason(&err, inst.store.data())),
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    host_panicked = true;
-                    Err(format!(
-                        "made the host panic ({what}); this is a wprobe bug, please report it"
-                    ))
-                }
-            }
+            handler
+                .call(&mut inst.store, (ptr, scratch.len() as i32))
+                .map_err(|err| trap_reason(&err, inst.store.data()))
+        }));
+        let result = call.unwrap_or_else(|panic| {
+            host_panicked = true;
+            Err(host_panic_reason(&panic))
         });
         inst.scratch = scratch;
         let call = inst.store.data_mut().call.take();
@@ -1394,6 +1435,26 @@ fn poll_oneoff(
     0
 }
 
+/// [`Limits::host_panic`]: host function `wprobe.NAME` replaced by one of
+/// its type that panics.
+fn inject_host_panic(
+    linker: &mut Linker<State>,
+    engine: &Engine,
+    name: &str,
+) -> wasmtime::Result<()> {
+    let Some((_, params, results)) = HOST_FUNCTIONS.iter().find(|f| f.0 == name) else {
+        let names: Vec<&str> = HOST_FUNCTIONS.iter().map(|f| f.0).collect();
+        return Err(wasmtime::Error::msg(format!(
+            "{FAULT_INJECTION}={name}: there is no host function `wprobe.{name}`; one of {}",
+            names.join(", ")
+        )));
+    };
+    let ty = wasmtime::FuncType::new(engine, params.iter().cloned(), results.iter().cloned());
+    let what = format!("{FAULT_INJECTION}: wprobe.{name} panics");
+    linker.func_new("wprobe", name, ty, move |_, _, _| panic!("{what}"))?;
+    Ok(())
+}
+
 fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     const WASI: &str = "wasi_snapshot_preview1";
     linker.func_wrap(
@@ -1411,7 +1472,8 @@ fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     // (a fault, then quarantine) where it should merely fail. These check
     // first and answer EINVAL, then call wasmtime-wasi's function.
     use wasmtime_wasi::p1::types::{
-        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Rights, Sdflags, Whence,
+        Advice, Clockid, Fdflags, Fstflags, Lookupflags, Oflags, Riflags, Rights, Sdflags, Signal,
+        Whence,
     };
     use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
     macro_rules! checked {
@@ -1458,6 +1520,9 @@ fn add_wasi_overrides(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     checked!(sync clock_res_get(id: i32, out: i32) [id: Clockid]);
     checked!(sync sock_accept(fd: i32, flags: i32, out: i32) [flags: Fdflags]);
     checked!(sync sock_shutdown(fd: i32, how: i32) [how: Sdflags]);
+    checked!(sync sock_recv(fd: i32, data: i32, data_len: i32, flags: i32, out: i32,
+        out_flags: i32) [flags: Riflags]);
+    checked!(sync proc_raise(sig: i32) [sig: Signal]);
     Ok(())
 }
 

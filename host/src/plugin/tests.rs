@@ -365,6 +365,26 @@ fn refused_modules_say_why() {
         .as_bytes(),
         "exports `_initialize` with the wrong type",
     );
+    // A start function that never returns is cut at the deadline (CPU or
+    // wall-clock: both are 1 s here), and the refusal says so, not only
+    // wasmtime's backtrace.
+    let p = rt
+        .load(
+            good.replacen(
+                "(memory",
+                "(func $forever (loop $l (br $l))) (start $forever) (memory",
+                1,
+            )
+            .as_bytes(),
+            None,
+            "start",
+        )
+        .expect("loads: the start function runs at instantiation");
+    let e = rt.attach(Arc::new(p), "{}").err().expect("refused");
+    assert!(
+        e.contains("cannot instantiate: its start function ran longer than its 1s "),
+        "{e}"
+    );
     // Text after blanks and comments is text.
     rt.load(
         format!(";; a plugin\n (; in text ;)\n{good}").as_bytes(),
@@ -945,7 +965,9 @@ fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
   (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
   (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))"#;
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv" (func $sock_recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_raise" (func $proc_raise (param i32) (result i32)))"#;
     let calls = [
         // Issue 17: rights with bits past the last defined one.
         "(call $path_open (i32.const 3) (i32.const 0) (i32.const 300) (i32.const 3) (i32.const 0) (i64.const -1) (i64.const 0) (i32.const 0) (i32.const 400))",
@@ -963,6 +985,10 @@ fn wasi_flags_and_enums_out_of_range_fail_not_trap() {
         "(call $clock_res_get (i32.const -1) (i32.const 400))",
         "(call $sock_accept (i32.const 3) (i32.const 0x10000) (i32.const 400))",
         "(call $sock_shutdown (i32.const 3) (i32.const 0x100))",
+        // Found by the hostile corpus (tests/plugins/hostile): a signal
+        // number WASI does not define, and receive flags it does not.
+        "(call $proc_raise (i32.const 200))",
+        "(call $sock_recv (i32.const 3) (i32.const 400) (i32.const 0) (i32.const 0x100) (i32.const 400) (i32.const 404))",
     ];
     let mut body = String::new();
     for (i, c) in calls.iter().enumerate() {
@@ -1015,4 +1041,47 @@ fn a_panic_in_host_code_faults_the_plugin_not_the_caller() {
     assert!(!out.called, "{out:?}");
     // What it kept shows all the same.
     a.maps_json();
+}
+
+#[test]
+fn a_panic_under_the_allocator_or_at_attachment_faults_or_refuses_the_plugin() {
+    // The fault injection of `wprobe serve` (WPROBE_HOST_FAULT_INJECTION):
+    // every call of `wprobe.log` panics.
+    let rt = runtime(Limits {
+        host_panic: Some("log".into()),
+        ..relaxed()
+    });
+    let log = "(drop (call $log (i32.const 2) (i32.const 0) (i32.const 1)))";
+    let panic = "made the host panic (WPROBE_HOST_FAULT_INJECTION: wprobe.log panics)";
+    // In the allocator, asked for a buffer at the first event: it ran
+    // before the handler's own guard, and unwound through the caller.
+    let a = attach(
+        &rt,
+        &module("", "", "").replacen(
+            "(result i32) i32.const 65536)",
+            &format!("(result i32) {log} i32.const 65536)"),
+            1,
+        ),
+    );
+    let out = a.handle(&rt, &event(EventKind::Entry, 0), CallInfo::default());
+    let fault = out.fault.expect("a fault");
+    assert!(fault.contains(panic), "{fault}");
+    assert!(a.stats().quarantined.is_some(), "{:?}", a.stats());
+    // In wprobe_init: the attachment is refused, saying why.
+    let init = module(
+        "",
+        "",
+        &format!(r#"(func (export "wprobe_init") (param i32 i32) (result i32) {log} i32.const 0)"#),
+    );
+    let p = rt.load(init.as_bytes(), None, "init").expect("loads");
+    let e = rt.attach(Arc::new(p), "{}").err().expect("refused");
+    assert!(e.contains(panic), "{e}");
+    // Only a host function can be named.
+    let e = Runtime::new(Limits {
+        host_panic: Some("system".into()),
+        ..relaxed()
+    })
+    .err()
+    .expect("refused");
+    assert!(e.contains("no host function `wprobe.system`"), "{e}");
 }

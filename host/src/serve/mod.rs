@@ -436,8 +436,14 @@ pub fn run(
         None => core::CoreLink::start(&crate::core_binary(), &dir.join("core.sock"))?,
     };
     let defaults = Limits::default();
+    // Test-only (docs/core-protocol.md, beside the core's own): a host
+    // function that panics whenever a plugin calls it.
+    let host_panic = std::env::var(crate::plugin::FAULT_INJECTION)
+        .ok()
+        .filter(|name| !name.is_empty());
     let limits = Limits {
         module_bytes: args.max_upload,
+        host_panic,
         compile: crate::plugin::CompileLimits {
             memory_bytes: args.plugin_compile_memory.saturating_mul(1 << 20),
             ..defaults.compile
@@ -446,6 +452,13 @@ pub fn run(
     };
     let memory = targets::MemoryBudget::new(args.plugin_memory_budget, limits.memory_bytes);
     let runtime = Arc::new(Runtime::new(limits)?);
+    if let Some(name) = &runtime.limits.host_panic {
+        eprintln!(
+            "wprobe serve: {}={name}: every call of wprobe.{name} by a plugin panics (fault \
+             injection for tests)",
+            crate::plugin::FAULT_INJECTION
+        );
+    }
     let bus = Arc::new(Bus::new(
         args.sse_buffer,
         args.retain_events,
