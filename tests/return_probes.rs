@@ -27,6 +27,29 @@ fn run_with(bin: &std::path::Path, opts: &[&str], specs: &[&str], args: &[&str])
     trace(&a)
 }
 
+/// A probe's number and a return value.
+type ProbeValue = (u64, i64);
+
+/// The (probe, return value) of each event of a `tail N` run, and what
+/// they must be: the leaf's return (probe 2), then the tail-calling
+/// function's (probe 1), with one value.
+fn tail_returns(t: &Trace, n: i64) -> (Vec<ProbeValue>, Vec<ProbeValue>) {
+    let rets = t
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e["probe"].as_u64().unwrap(),
+                e["retval"].as_u64().unwrap() as i64,
+            )
+        })
+        .collect();
+    let expect = (0..n)
+        .flat_map(|i| [(2, i * 2 + 100), (1, i * 2 + 100)])
+        .collect();
+    (rets, expect)
+}
+
 /// The run's probes were placed as jumps (its stderr says so).
 fn assert_optimized(t: &Trace) {
     assert!(t.stderr.contains(": optimized"), "{}", t.stderr);
@@ -235,19 +258,7 @@ fn tail_call_chains_fire_innermost_first() {
         String::from_utf8_lossy(&run_plain(&bin, &["tail", "20"]).stdout)
     );
     assert_eq!((t.hits(1), t.hits(2)), (20, 20));
-    let rets: Vec<(u64, i64)> = t
-        .events
-        .iter()
-        .map(|e| {
-            (
-                e["probe"].as_u64().unwrap(),
-                e["retval"].as_u64().unwrap() as i64,
-            )
-        })
-        .collect();
-    let expect: Vec<(u64, i64)> = (0..20)
-        .flat_map(|i| [(2, i * 2 + 100), (1, i * 2 + 100)])
-        .collect();
+    let (rets, expect) = tail_returns(&t, 20);
     assert_eq!(rets, expect, "leaf's return, then tail's, with one value");
     if tracefs_available() {
         let k = KernelProbes::new(&bin, &[('r', "tail", 0), ('r', "leaf", 0)]);
@@ -274,19 +285,7 @@ fn tail_call_chains_through_optimized_returns() {
         own_stdout(&t),
         String::from_utf8_lossy(&run_plain(&bin, &["ltail", "20"]).stdout)
     );
-    let rets: Vec<(u64, i64)> = t
-        .events
-        .iter()
-        .map(|e| {
-            (
-                e["probe"].as_u64().unwrap(),
-                e["retval"].as_u64().unwrap() as i64,
-            )
-        })
-        .collect();
-    let expect: Vec<(u64, i64)> = (0..20)
-        .flat_map(|i| [(2, i * 2 + 100), (1, i * 2 + 100)])
-        .collect();
+    let (rets, expect) = tail_returns(&t, 20);
     assert_eq!(rets, expect, "lleaf's return, then ltail's, with one value");
 }
 

@@ -623,6 +623,18 @@ impl<T: Target> Engine<T> {
 
     /// Room for a trampoline within reach of `near`.
     fn alloc_tramp(&mut self, pid: Tid, near: u64) -> std::result::Result<u64, Fail> {
+        self.alloc_in_area(pid, near, "a trampoline", xol::Area::alloc_tramp)
+    }
+
+    /// What `take` finds in an area of `pid` within reach of `near`, in a
+    /// new area mapped there if none has room.
+    fn alloc_in_area(
+        &mut self,
+        pid: Tid,
+        near: u64,
+        what: &str,
+        take: impl Fn(&mut xol::Area) -> Option<u64>,
+    ) -> std::result::Result<u64, Fail> {
         let find = |e: &mut Self| {
             e.processes
                 .get_mut(&pid)
@@ -630,7 +642,7 @@ impl<T: Target> Engine<T> {
                 .areas
                 .iter_mut()
                 .filter(|a| a.reaches(near))
-                .find_map(xol::Area::alloc_tramp)
+                .find_map(&take)
         };
         if let Some(t) = find(self) {
             return Ok(t);
@@ -647,11 +659,8 @@ impl<T: Target> Engine<T> {
         {
             a.release(slot);
         }
-        find(self).ok_or_else(|| {
-            Fail::Refused(format!(
-                "no room for a trampoline within 2 GiB of {near:#x}"
-            ))
-        })
+        find(self)
+            .ok_or_else(|| Fail::Refused(format!("no room for {what} within 2 GiB of {near:#x}")))
     }
 
     fn release_tramp(&mut self, pid: Tid, tramp: u64) {

@@ -48,34 +48,9 @@ impl<T: Target> Engine<T> {
         if let Some(rc) = self.rings.get(&pid).and_then(|r| r.ret_code.as_ref()) {
             return Ok(rc.pads);
         }
-        let find = |e: &mut Self| {
-            e.processes
-                .get_mut(&pid)
-                .expect("checked")
-                .areas
-                .iter_mut()
-                .find_map(|a| a.alloc_block(RETURN_CODE_LEN))
-        };
-        let base = match find(self) {
-            Some(b) => b,
-            None => {
-                // A new area, as for a trampoline.
-                let slot = self.alloc_slot(pid, near)?;
-                if let Some(a) = self
-                    .processes
-                    .get_mut(&pid)
-                    .expect("checked")
-                    .areas
-                    .iter_mut()
-                    .find(|a| a.contains(slot))
-                {
-                    a.release(slot);
-                }
-                find(self).ok_or_else(|| {
-                    Fail::Refused("no room for the return code in a new area".into())
-                })?
-            }
-        };
+        let base = self.alloc_in_area(pid, near, "the return code", |a| {
+            a.alloc_block(RETURN_CODE_LEN)
+        })?;
         let r = self.rings.get(&pid).expect("made by the caller");
         let place = native::RingPlace {
             addr: r.addr,
