@@ -413,6 +413,34 @@ mod tests {
         check(Some(5001), Err("`limit` is 5001: give 1 to 5000"));
     }
 
+    /// A request's browse work never waits for another's: while one call
+    /// holds the browser (its work blocked here), a second one runs to
+    /// its end. With the lock held across the work it would wait for
+    /// ever; the bound below turns that into a failure.
+    #[test]
+    fn browse_work_never_waits_for_another_requests() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let (inside_tx, inside_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let first = std::thread::spawn(move || {
+            with_browser(|_| {
+                inside_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+        });
+        inside_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || done_tx.send(with_browser(|_| 42)).unwrap());
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_secs(60)),
+            Ok(42),
+            "the second request waited for the first one's work"
+        );
+        release_tx.send(()).unwrap();
+        first.join().unwrap();
+    }
+
     /// The dry run's statuses, in this very process (it maps libc).
     #[test]
     fn dry_runs() {
