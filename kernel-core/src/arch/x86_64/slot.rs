@@ -3,7 +3,7 @@
 //! thread back after the copy ran (`arch_uprobe_post_xol`) or was interrupted
 //! (`arch_uprobe_abort_xol`).
 
-use iced_x86::{Encoder, InstructionInfoFactory, Mnemonic};
+use iced_x86::{Encoder, Instruction, InstructionInfoFactory, Mnemonic};
 
 use super::decode::{decode, disassemble, Action, Fixup, Prepared, Refusal, Xol};
 use super::{Memory, MemoryError, Reg, Regs, BREAKPOINT, SLOT_SIZE};
@@ -158,7 +158,9 @@ fn copy_rip_relative(
     let target = instr.ip_rel_memory_address();
     let mut encoder = Encoder::new(64);
     if encoder.encode(&instr, slot_addr).is_ok() {
-        return Ok((encoder.take_buffer(), None));
+        let code = encoder.take_buffer();
+        same_after_encoding(&instr, &code, slot_addr)?;
+        return Ok((code, None));
     }
     if mode != SlotMode::Step {
         return Err(format!(
@@ -193,7 +195,23 @@ fn copy_rip_relative(
             disassemble(&instr)
         )
     })?;
-    Ok((encoder.take_buffer(), Some((reg, p.next_ip()))))
+    let code = encoder.take_buffer();
+    same_after_encoding(&instr, &code, slot_addr)?;
+    Ok((code, Some((reg, p.next_ip()))))
+}
+
+/// Refuses a re-encoding that is another instruction: iced encodes a few
+/// reserved-NOP forms (`66 REX.W 0f 1c /r`) as the instruction that now
+/// owns their opcode (`cldemote`). Compared as iced compares, the address
+/// and length aside and a RIP-relative operand by its absolute target.
+fn same_after_encoding(instr: &Instruction, code: &[u8], at: u64) -> Result<(), String> {
+    match decode(code, at) {
+        Ok(copy) if copy == *instr && copy.len() == code.len() => Ok(()),
+        _ => Err(format!(
+            "`{}` does not re-encode as itself out of line",
+            disassemble(instr)
+        )),
+    }
 }
 
 /// Fixes the registers after the copy ran (Linux: `arch_uprobe_post_xol`,
