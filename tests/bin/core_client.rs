@@ -120,6 +120,7 @@ fn connect_in_child_then(
     use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
     let short = wprobe_core::proto::sockpath::short(socket.as_ref())?;
+    // SAFETY: sockaddr_un is plain data; all zeros is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (d, s) in addr

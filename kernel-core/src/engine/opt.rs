@@ -153,11 +153,28 @@ impl From<super::EngineError> for Fail {
 #[path = "opt_ret.rs"]
 mod ret;
 
-/// A producer's clock reading (the TSC) as CLOCK_MONOTONIC nanoseconds.
-fn ticks_to_ns(t: u64) -> u64 {
-    let (now_ticks, now_ns) = (native::clock_ticks(), monotonic_ns());
-    let ago = (now_ticks.saturating_sub(t) as f64 * ns_per_tick()) as u64;
-    now_ns.saturating_sub(ago)
+/// The producers' clock (the TSC) and CLOCK_MONOTONIC read together once,
+/// to turn a batch of events' times into nanoseconds.
+struct TickClock {
+    ticks: u64,
+    ns: u64,
+    rate: f64,
+}
+
+impl TickClock {
+    fn now() -> TickClock {
+        TickClock {
+            ticks: native::clock_ticks(),
+            ns: monotonic_ns(),
+            rate: ns_per_tick(),
+        }
+    }
+
+    /// A producer's clock reading as CLOCK_MONOTONIC nanoseconds.
+    fn ns(&self, t: u64) -> u64 {
+        let ago = (self.ticks.saturating_sub(t) as f64 * self.rate) as u64;
+        self.ns.saturating_sub(ago)
+    }
 }
 
 /// Nanoseconds per TSC tick, measured once over 2 ms.
@@ -962,7 +979,8 @@ impl<T: Target> Engine<T> {
                 let before = self.deferred.len();
                 self.deferred.retain(|s| {
                     !matches!(s, Stop::Signal { tid: t, info }
-                        if *t == tid && info.signo() == libc::SIGTRAP && info.code() == 0x80)
+                        if *t == tid && info.signo() == libc::SIGTRAP
+                            && info.code() == super::run::SI_KERNEL)
                 });
                 if self.deferred.len() == before {
                     if let Some(t) = self.threads.get_mut(&tid) {
@@ -1001,7 +1019,7 @@ impl<T: Target> Engine<T> {
                         t.at_signal_stop = true;
                     }
                     let step = info.signo() == libc::SIGTRAP && info.code() > 0;
-                    if info.signo() == libc::SIGTRAP && info.code() == 0x80 {
+                    if info.signo() == libc::SIGTRAP && info.code() == super::run::SI_KERNEL {
                         // The full-ring trap, reached while stepping: its
                         // hit is kept for `drain`, after the ring's.
                         self.late_full_trap(tid, pid);
@@ -1363,6 +1381,7 @@ impl<T: Target> Engine<T> {
             self.learn_keys(pid);
             self.resume_quiet(quiet);
         }
+        let clock = TickClock::now();
         for e in events {
             let Some(r) = self.rings.get(&pid) else {
                 return;
@@ -1371,7 +1390,7 @@ impl<T: Target> Engine<T> {
                 continue;
             };
             let tid = r.keys.get(&e.thread_key).copied().unwrap_or(pid);
-            let time_ns = ticks_to_ns(e.time);
+            let time_ns = clock.ns(e.time);
             let at = ret::RecordAt {
                 pid,
                 tid,
@@ -1381,7 +1400,7 @@ impl<T: Target> Engine<T> {
             };
             if e.kind == ring::KIND_RETURN {
                 let (regs, entry_ticks, args) = native::return_record(&e.regs);
-                self.report_return(&at, &regs, ticks_to_ns(entry_ticks), args, sink);
+                self.report_return(&at, &regs, clock.ns(entry_ticks), args, sink);
                 continue;
             }
             let regs = Regs::from_words(&e.regs);

@@ -12,7 +12,7 @@
 
 use super::{Fail, Regs};
 use crate::arch::native;
-use crate::engine::{capture, monotonic_ns, Engine, Hit, HitKind, ProbeId, Return, Sink};
+use crate::engine::{monotonic_ns, Engine, Hit, HitKind, ProbeId, Return, Sink};
 use crate::ring::{self, Instance};
 use crate::spec::Kind;
 use crate::target::{Target, Tid};
@@ -132,7 +132,6 @@ impl<T: Target> Engine<T> {
                 .get(&id)
                 .is_some_and(|p| p.spec.kind == Kind::Return && p.spec.entry);
             if entry {
-                let captures: Vec<(String, capture::Value)> = Vec::new();
                 sink.hit(&Hit {
                     probe: id,
                     kind: HitKind::Entry,
@@ -141,7 +140,7 @@ impl<T: Target> Engine<T> {
                     time_ns: at.time_ns,
                     addr: at.site,
                     regs,
-                    captures: &captures,
+                    captures: &[],
                     ret: None,
                 });
             }
@@ -164,9 +163,7 @@ impl<T: Target> Engine<T> {
         };
         let mut word = [0u8; 8];
         let hijacked = self.target.read_memory(pid, regs.rsp, &mut word).is_ok()
-            && rc
-                .instance_of_pushed(u64::from_le_bytes(word).wrapping_add(5))
-                .is_some();
+            && rc.instance_of_pad(u64::from_le_bytes(word)).is_some();
         if !hijacked {
             return;
         }
@@ -247,7 +244,7 @@ impl<T: Target> Engine<T> {
         // gone: through their pads to the first address that is not one.
         let resolve = |mut a: u64| {
             for _ in 0..ring::INSTANCES {
-                let Some(j) = rc.instance_of_pushed(a.wrapping_add(5)) else {
+                let Some(j) = rc.instance_of_pad(a) else {
                     break;
                 };
                 match freed.iter().find(|f| f.index == j) {
@@ -295,11 +292,8 @@ impl<T: Target> Engine<T> {
         let mut dead = Vec::new();
         for inst in self.live_instances(pid) {
             let mut word = [0u8; 8];
-            // The pad, or the address its `call` pushed there (a return
-            // under way).
-            let pad = rc.pad(inst.index);
             let holds = self.target.read_memory(pid, inst.slot, &mut word).is_ok()
-                && [pad, pad + 5].contains(&u64::from_le_bytes(word));
+                && rc.slot_is_live(inst.index, u64::from_le_bytes(word));
             if !holds {
                 dead.push(inst.index);
             }
@@ -340,7 +334,7 @@ impl<T: Target> Engine<T> {
         let mut word = [0u8; 8];
         let inst = self
             .target
-            .read_memory(pid, regs.rsp, &mut word)
+            .read_memory(pid, native::ReturnCode::pushed_at(&regs), &mut word)
             .ok()
             .and_then(|_| rc.instance_of_pushed(u64::from_le_bytes(word)))
             .and_then(|i| self.rings[&pid].ring.instance(i));
@@ -354,8 +348,7 @@ impl<T: Target> Engine<T> {
             unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGILL) };
             return true;
         };
-        regs.rip = inst.orig_ret;
-        regs.rsp = regs.rsp.wrapping_add(8);
+        native::ReturnCode::go_home(&mut regs, inst.orig_ret);
         let entry = self.rings[&pid]
             .index
             .get(inst.probe as usize)
@@ -368,7 +361,7 @@ impl<T: Target> Engine<T> {
                 probes: &entry.probes,
                 time_ns: monotonic_ns(),
             };
-            let entry_ns = super::ticks_to_ns(inst.time);
+            let entry_ns = super::TickClock::now().ns(inst.time);
             self.report_return(&at, &regs, entry_ns, inst.args, sink);
         }
         self.rings[&pid].ring.free_instance(inst.index);

@@ -15,7 +15,7 @@ use crate::spec::Kind;
 use crate::target::{Event, Resume, SigInfo, Stop, Target, TargetError, Tid};
 
 /// `si_code` of a SIGTRAP raised by `int3`.
-const SI_KERNEL: i32 = 0x80;
+pub(super) const SI_KERNEL: i32 = 0x80;
 
 /// Target memory of one process, as the arch code wants it.
 struct Mem<'a, T: Target> {

@@ -625,6 +625,31 @@ impl ReturnCode {
     pub fn pad(&self, i: usize) -> u64 {
         self.pads + i as u64 * PAD_LEN
     }
+
+    /// The instance whose pad is `addr`.
+    pub fn instance_of_pad(&self, addr: u64) -> Option<usize> {
+        self.instance_of_pushed(addr.wrapping_add(5))
+    }
+
+    /// Whether a hijacked stack slot holding `word` still belongs to
+    /// instance `i`: its pad, or the address the pad's `call` pushed there
+    /// (a return under way).
+    pub fn slot_is_live(&self, i: usize, word: u64) -> bool {
+        word == self.pad(i) || word == self.pad(i) + 5
+    }
+
+    /// Where a thread stopped at [`ReturnCode::full_trap`] holds the
+    /// address its pad's `call` pushed.
+    pub fn pushed_at(regs: &Regs) -> u64 {
+        regs.rsp
+    }
+
+    /// A thread stopped at [`ReturnCode::full_trap`], sent to `orig_ret`
+    /// as its `ret` would have: the pushed address popped.
+    pub fn go_home(regs: &mut Regs, orig_ret: u64) {
+        regs.rip = orig_ret;
+        regs.rsp = regs.rsp.wrapping_add(8);
+    }
 }
 
 /// Builds the return code at `base`, writing into the ring at
